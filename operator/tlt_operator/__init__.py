@@ -1,0 +1,1 @@
+"""The tlt Kubernetes operator (kopf): ReasoningRLJob -> pods, lending, rebalancing."""

@@ -1,0 +1,62 @@
+"""The `tlt` command line.
+
+Each subcommand lives beside the code it drives and exposes `register(subparsers)`;
+this module only collects them, so adding a command never touches the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import tlt
+
+# Modules that contribute subcommands, in the order `tlt --help` lists them.
+COMMAND_MODULES = [
+    "tlt.api.commands",
+]
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit code 1 (or `code`)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlt",
+        description=(
+            "tlt trains reasoning LLMs with reinforcement learning and removes the "
+            "rollout long tail with adaptive, lossless speculative decoding. "
+            "Run `tlt COMMAND --help` for the options of one command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"tlt {tlt.__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
