@@ -1,0 +1,124 @@
+"""Preallocated per-slot KV cache.
+
+Layout `[layers, slots, capacity, kv_heads, head_dim]` with one committed length per
+slot. A forward writes its new entries right after the slot's committed length (plus
+an optional offset, so tree levels can stack uncommitted entries) and attends to the
+committed prefix plus the new entries through an arbitrary mask; nothing becomes part
+of the sequence until `advance` (keep all new entries) or `keep` (keep a chosen subset,
+gathered into place) moves the length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionPlan:
+    """What every layer of one forward needs: where to write, what to read, the mask."""
+
+    rows: torch.Tensor  # [B, T] slot index per new token
+    write_pos: torch.Tensor  # [B, T] cache position per new token
+    read_slots: torch.Tensor | slice  # slots to read, a slice when contiguous (no copy)
+    read_len: int  # number of cache positions read (max over the batch)
+    mask: torch.Tensor  # [B, 1, T, read_len] True = may attend
+
+
+class KVCache:
+    def __init__(self, num_layers: int, num_slots: int, capacity: int, num_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        shape = (num_layers, num_slots, capacity, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(num_slots, dtype=torch.long, device=device)
+        self.capacity = capacity
+
+    @property
+    def num_slots(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.k.device
+
+    def reset(self, slots: torch.Tensor) -> None:
+        self.lengths[slots] = 0
+
+    def plan(self, slots: torch.Tensor, num_new: int, write_offset: int = 0,
+             tail_mask: torch.Tensor | None = None) -> AttentionPlan:
+        """Plan a forward of `num_new` tokens per slot.
+
+        `tail_mask[b, t, j]` says whether new token t of row b attends to uncommitted
+        entry j (j < write_offset + num_new; entries before write_offset were written by
+        earlier forwards, e.g. earlier tree levels). Default: causal over the new tokens.
+        """
+        dev = self.lengths.device
+        bsz = slots.shape[0]
+        base = self.lengths[slots]  # [B]
+        width = write_offset + num_new
+        if tail_mask is None:
+            causal = torch.ones(num_new, num_new, dtype=torch.bool, device=dev).tril_()
+            tail_mask = torch.ones(num_new, width, dtype=torch.bool, device=dev)
+            tail_mask[:, write_offset:] = causal
+            tail_mask = tail_mask.expand(bsz, num_new, width)
+        read_len = int(base.max().item()) + width
+        if read_len > self.capacity:
+            raise RuntimeError(
+                f"KV cache capacity {self.capacity} exceeded (needs {read_len}); "
+                "raise the engine's max_model_len"
+            )
+        positions = torch.arange(read_len, device=dev)
+        mask = positions[None, None, :] < base[:, None, None]  # committed prefix
+        mask = mask.expand(bsz, num_new, read_len).clone()
+        tail_idx = (base[:, None] + torch.arange(width, device=dev)[None, :])  # [B, W]
+        mask.scatter_(2, tail_idx[:, None, :].expand(bsz, num_new, width), tail_mask)
+        write_pos = base[:, None] + write_offset + torch.arange(num_new, device=dev)[None, :]
+        rows = slots[:, None].expand(bsz, num_new)
+        read_slots = _as_slice(slots)
+        return AttentionPlan(rows=rows, write_pos=write_pos, read_slots=read_slots,
+                             read_len=read_len, mask=mask[:, None])
+
+    def write_and_read(self, layer: int, plan: AttentionPlan, k_new: torch.Tensor,
+                       v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values ([B, T, Hkv, D]); return all readable ones ([B, Hkv, K, D])."""
+        kc, vc = self.k[layer], self.v[layer]
+        kc[plan.rows, plan.write_pos] = k_new
+        vc[plan.rows, plan.write_pos] = v_new
+        if isinstance(plan.read_slots, slice):
+            keys = kc[plan.read_slots, : plan.read_len]
+            values = vc[plan.read_slots, : plan.read_len]
+        else:
+            keys = kc[plan.read_slots, : plan.read_len]
+            values = vc[plan.read_slots, : plan.read_len]
+        return keys.transpose(1, 2), values.transpose(1, 2)
+
+    def advance(self, slots: torch.Tensor, counts: torch.Tensor | int) -> None:
+        """Commit the first `counts` new entries of each slot (written at offset 0)."""
+        self.lengths[slots] += counts
+
+    def keep(self, slots: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor) -> None:
+        """Commit a subset of the uncommitted entries: for row b, entries at offsets
+        `offsets[b, :counts[b]]` (relative to the committed length) are gathered into
+        consecutive positions; the rest is dropped. Padding entries of `offsets` beyond
+        `counts[b]` must still be valid offsets (they are copied but not committed)."""
+        base = self.lengths[slots]
+        width = offsets.shape[1]
+        src = base[:, None] + offsets
+        dst = base[:, None] + torch.arange(width, device=base.device)[None, :]
+        rows = slots[:, None].expand(-1, width)
+        self.k[:, rows, dst] = self.k[:, rows, src]
+        self.v[:, rows, dst] = self.v[:, rows, src]
+        self.lengths[slots] = base + counts
+
+
+def _as_slice(slots: torch.Tensor) -> torch.Tensor | slice:
+    """Contiguous ascending slot ranges read as a view instead of a gather copy."""
+    n = slots.shape[0]
+    if n == 0:
+        return slots
+    first = int(slots[0])
+    if n == 1 or bool((slots == torch.arange(first, first + n, device=slots.device)).all()):
+        return slice(first, first + n)
+    return slots
