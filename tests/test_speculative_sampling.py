@@ -1,0 +1,179 @@
+"""Speculative acceptance keeps the target distribution exactly (statistical tests
+against exact enumeration), and the sampling helpers behave."""
+
+import itertools
+
+import pytest
+import torch
+
+from tlt.speculative.sampling import sample_from, target_probs, uniforms
+from tlt.speculative.tree import build_tree, chain_tree
+from tlt.speculative.verify import accept
+
+V = 4  # tiny vocabulary: whole blocks can be enumerated
+BLOCK = 3  # tokens per compared block
+ALPHA = 1e-3  # significance of the chi-square goodness-of-fit test
+
+
+def _tables(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(V, V, V, generator=g, dtype=torch.float64) * 1.5  # logits given (prev2, prev1)
+    draft = torch.randn(V, V, V, generator=g, dtype=torch.float64) * 1.5  # a different, imperfect drafter
+    return target, draft
+
+
+def _draft_tree(ctx, draft, topk, steps):
+    """Full top-k tree of `steps` levels from the drafter table, for contexts [B, 2]."""
+    bsz = ctx.shape[0]
+    tokens, parents, hist = [ctx[:, 1]], [torch.zeros(bsz, dtype=torch.long)], [ctx]
+    frontier = [(0, ctx)]  # (node index, its (prev2, prev1))
+    for _ in range(steps):
+        nxt = []
+        for node, c in frontier:
+            top = draft[c[:, 0], c[:, 1]].topk(topk, dim=-1).indices
+            for j in range(topk):
+                tokens.append(top[:, j])
+                parents.append(torch.full((bsz,), node, dtype=torch.long))
+                nxt.append((len(tokens) - 1, torch.stack([c[:, 1], top[:, j]], 1)))
+        frontier = nxt
+    tok = torch.stack(tokens, 1)
+    par = torch.stack(parents, 1)
+    return build_tree(tok, par, torch.ones_like(tok, dtype=torch.bool))
+
+
+def _node_contexts(tree, ctx):
+    """(prev2, prev1) of every node: the context its target logits condition on."""
+    bsz, n = tree.tokens.shape
+    prev1 = tree.tokens
+    par_tok = tree.tokens.gather(1, tree.parents)
+    prev2 = torch.where(torch.arange(n)[None] == 0, ctx[:, :1].expand(bsz, n), par_tok)
+    return prev2, prev1
+
+
+def _run_blocks(n, temperature, top_p, topk, steps, seed, **accept_kw):
+    target, draft = _tables()
+    ctx = torch.tensor([[1, 2]]).expand(n, 2).clone()
+    seeds = torch.arange(n, dtype=torch.int64) + seed * 1_000_003
+    out = torch.zeros(n, 0, dtype=torch.long)
+    temp = torch.full((n,), temperature, dtype=torch.float64)
+    tp = torch.full((n,), top_p, dtype=torch.float64)
+    # The root is the pending token; sample the first one plainly like the engine does.
+    u0 = uniforms(seeds, torch.zeros(n, 1, dtype=torch.long), 1)[:, 0, 0]
+    first = sample_from(target_probs(target[ctx[:, 0], ctx[:, 1]], temp, tp), u0)
+    out = first[:, None]
+    ctx = torch.stack([ctx[:, 1], first], 1)
+    while out.shape[1] < BLOCK:
+        tree = _draft_tree(ctx, draft, topk, steps)
+        p2, p1 = _node_contexts(tree, ctx)
+        logits = target[p2, p1]
+        pos = out.shape[1] + torch.arange(tree.max_depth + 1)[None].expand(n, -1)
+        u = uniforms(seeds, pos, tree.children.shape[2] + 1)
+        acc = accept(tree, logits, temp, tp, u, **accept_kw)
+        width = int(acc.num_nodes.min())  # rows emit different counts; keep the common prefix
+        out = torch.cat([out, acc.tokens[:, :width]], 1)
+        ctx = out[:, -2:]
+    return out[:, :BLOCK], target
+
+
+def _exact_block_probs(target, temperature, top_p):
+    probs = {}
+    temp = torch.tensor([temperature], dtype=torch.float64)
+    tp = torch.tensor([top_p], dtype=torch.float64)
+    for block in itertools.product(range(V), repeat=BLOCK):
+        ctx, p = (1, 2), 1.0
+        for tok in block:
+            p *= float(target_probs(target[ctx][None], temp, tp)[0, tok])
+            ctx = (ctx[1], tok)
+        probs[block] = p
+    return probs
+
+
+def _chi_square_pvalue(samples, exact):
+    n = samples.shape[0]
+    counts = {}
+    for row in samples.tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    if any(exact.get(k, 0.0) == 0.0 for k in counts):
+        return 0.0  # a block the target can never produce
+    cells = [k for k, p in exact.items() if p > 0]
+    # pool rare cells so every expected count is >= 5 (chi-square validity)
+    stat, pooled_obs, pooled_exp = 0.0, 0, 0.0
+    used = 0
+    for k in sorted(cells, key=lambda k: exact[k]):
+        e, o = exact[k] * n, counts.get(k, 0)
+        if e < 5:
+            pooled_obs += o
+            pooled_exp += e
+            continue
+        stat += (o - e) ** 2 / e
+        used += 1
+    if pooled_exp > 0:
+        stat += (pooled_obs - pooled_exp) ** 2 / pooled_exp
+        used += 1
+    df = used - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2.0), torch.tensor(stat / 2.0)))
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+@pytest.mark.parametrize("topk,steps", [(1, 3), (2, 2)])
+def test_blocks_from_speculative_sampling_follow_the_target_distribution(temperature, top_p, topk, steps):
+    samples, target = _run_blocks(20_000, temperature, top_p, topk, steps, seed=1)
+    p = _chi_square_pvalue(samples, _exact_block_probs(target, temperature, top_p))
+    assert p > ALPHA, f"chi-square p-value {p:.2e} rejects the target distribution"
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_the_same_test_rejects_a_verifier_that_skips_the_residual(temperature, top_p):
+    samples, target = _run_blocks(20_000, temperature, top_p, topk=2, steps=2, seed=2,
+                                  renormalize_on_reject=False)
+    p = _chi_square_pvalue(samples, _exact_block_probs(target, temperature, top_p))
+    assert p < ALPHA
+
+
+def test_greedy_rows_accept_exactly_the_argmax_path():
+    target, draft = _tables()
+    ctx = torch.tensor([[0, 1], [2, 3], [3, 3]])
+    tree = _draft_tree(ctx, draft, topk=2, steps=3)
+    p2, p1 = _node_contexts(tree, ctx)
+    zero = torch.zeros(3, dtype=torch.float64)
+    u = uniforms(torch.arange(3), torch.zeros(3, tree.max_depth + 1, dtype=torch.long), 3)
+    acc = accept(tree, target[p2, p1], zero, torch.ones(3, dtype=torch.float64), u)
+    for b in range(3):
+        c = tuple(ctx[b].tolist())
+        expected = []
+        for _ in range(int(acc.num_nodes[b])):
+            tok = int(target[c].argmax())
+            expected.append(tok)
+            c = (c[1], tok)
+        assert acc.tokens[b, : len(expected)].tolist() == expected
+        # stopping was forced: the argmax after the last accepted node is not among its children
+        last = int(acc.path[b, acc.num_nodes[b] - 1])
+        kids = [int(k) for k in tree.children[b, last] if k >= 0]
+        assert all(int(tree.tokens[b, k]) != expected[-1] for k in kids)
+
+
+def test_chain_tree_marks_padding_invalid_and_masks_ancestors():
+    tree = chain_tree(torch.tensor([5, 6]), torch.tensor([[1, 2, 3], [4, 0, 0]]), torch.tensor([3, 1]))
+    assert tree.valid.tolist() == [[True] * 4, [True, True, False, False]]
+    assert tree.depth.tolist() == [[0, 1, 2, 3], [0, 1, 0, 0]]
+    assert tree.mask[0].tolist() == torch.ones(4, 4, dtype=torch.bool).tril().tolist()
+    assert tree.children[1, 1].tolist() == [-1]
+
+
+def test_uniforms_depend_only_on_seed_position_and_stream():
+    seeds = torch.tensor([7, 8, 7])
+    pos = torch.tensor([[3, 4], [3, 4], [3, 9]])
+    u = uniforms(seeds, pos, 2)
+    assert u[0, 0, 0] == u[2, 0, 0] and u[0, 0, 0] != u[1, 0, 0] and u[0, 0, 0] != u[0, 0, 1]
+    big = uniforms(torch.arange(200_000), torch.zeros(200_000, 1, dtype=torch.long), 1).flatten()
+    assert 0.0 < float(big.min()) and float(big.max()) < 1.0
+    hist = torch.histc(big.float(), bins=10, min=0, max=1) / big.numel()
+    assert (hist - 0.1).abs().max() < 0.005
+
+
+def test_top_p_keeps_the_smallest_nucleus_and_temperature_zero_is_argmax():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64))
+    p = target_probs(logits, torch.tensor([1.0]), torch.tensor([0.7]))
+    assert torch.allclose(p, torch.tensor([[0.625, 0.375, 0.0, 0.0]], dtype=torch.float64))
+    g = target_probs(logits, torch.tensor([0.0]), torch.tensor([1.0]))
+    assert g.tolist() == [[1.0, 0.0, 0.0, 0.0]]

@@ -1,0 +1,1 @@
+"""Speculative decoding: draft trees, lossless acceptance, n-gram drafting, adaptive control."""

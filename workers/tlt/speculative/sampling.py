@@ -1,0 +1,80 @@
+"""Sampling math shared by plain decoding and speculative verification (pure functions).
+
+Randomness is counter-based: the uniform number for a decision is a hash of
+(request seed, response position, stream), so a request's samples do not depend on
+which other requests share its batch, and every decision draws fresh numbers without
+a per-request generator object (which would force a Python loop over the batch).
+Stream 0 is the final sample of a position; streams 1..k test the k draft candidates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    # Constants below 2**31 keep every product inside int64 (no overflow).
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x297A2D39) & _M32
+    return x ^ (x >> 15)
+
+
+def uniforms(seeds: torch.Tensor, positions: torch.Tensor, num_streams: int) -> torch.Tensor:
+    """Uniform(0, 1) float64 numbers [B, D, S] for seeds [B] and positions [B, D]."""
+    seeds = seeds.to(torch.int64)
+    h = _mix32((seeds & _M32) ^ 0x5BD1E995)
+    h = _mix32(h ^ ((seeds >> 32) & _M32))[:, None]
+    h = _mix32(h ^ (positions.to(torch.int64) & _M32))[..., None]
+    streams = torch.arange(num_streams, device=seeds.device, dtype=torch.int64)
+    h = _mix32(h ^ (streams * 0x3C6EF372 & _M32))
+    h2 = _mix32(h ^ 0x1B873593)
+    # 53 random bits from two 32-bit words, centred in their cell so 0 and 1 never occur
+    bits = (h << 21) | (h2 >> 11)
+    return (bits.to(torch.float64) + 0.5) / float(1 << 53)
+
+
+def target_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The distribution a token is drawn from: float64 [..., V].
+
+    Rows with temperature 0 are greedy: a point mass on the argmax, which makes the
+    speculative acceptance rule below reduce exactly to greedy verification.
+    """
+    logits = logits.to(torch.float64)
+    temperature = temperature.to(torch.float64)
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
+    probs = torch.softmax(logits / safe_t[..., None], dim=-1)
+    if bool((top_p < 1.0).any()):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each token
+        keep_sorted = before < top_p.to(torch.float64)[..., None]
+        keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum(-1, keepdim=True)
+    if bool(greedy.any()):
+        onehot = torch.zeros_like(probs).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        probs = torch.where(greedy[..., None], onehot, probs)
+    return probs
+
+
+def token_logprobs(logits: torch.Tensor, temperature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under the temperature-scaled target distribution, before top-p
+    (temperature 0 counts as 1): what the RL trainer recomputes. float32 [...]."""
+    t = temperature.to(torch.float64)
+    scale = torch.where(t <= 0, torch.ones_like(t), t)
+    lp = torch.log_softmax(logits.to(torch.float64) / scale[..., None], dim=-1)
+    return lp.gather(-1, tokens[..., None].long())[..., 0].float()
+
+
+def sample_from(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from (unnormalised) probs [..., V] with uniforms u [...]."""
+    cdf = probs.cumsum(-1)
+    x = (u * cdf[..., -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf, x, right=True)[..., 0]
+    return idx.clamp_max(probs.shape[-1] - 1)
