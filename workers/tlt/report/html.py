@@ -1,0 +1,130 @@
+"""report.html: the story of a run, rendered from metrics.jsonl alone."""
+
+from __future__ import annotations
+
+import html
+import statistics
+from pathlib import Path
+
+from tlt.report.log import read_records
+from tlt.report.svg import line_chart, stacked_bars, timeline
+
+STEP_PHASES = ("rollout", "reward", "train", "sync")
+
+
+def role_spans(records: list[dict], end: float) -> dict[str, list[tuple[float, float, str]]]:
+    """Per worker, the (start, end, role) spans implied by its role-switch records."""
+    switches: dict[str, list[tuple[float, str]]] = {}
+    for r in records:
+        if r.get("kind") == "role":
+            switches.setdefault(r["worker"], []).append((r["t"], r["role"]))
+    spans = {}
+    for worker, events in switches.items():
+        events.sort()
+        spans[worker] = [
+            (start, events[i + 1][0] if i + 1 < len(events) else max(end, start), role)
+            for i, (start, role) in enumerate(events)
+        ]
+    return spans
+
+
+def summarize(records: list[dict]) -> dict:
+    """The headline figures of a run (also printed at the end of `tlt run`)."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    out: dict = {"steps": len(steps)}
+    if evals:
+        out["accuracy_first"] = evals[0]["accuracy"]
+        out["accuracy_last"] = evals[-1]["accuracy"]
+    if steps:
+        step_times = [sum(s.get(f"time_{p}", 0.0) for p in STEP_PHASES) for s in steps]
+        rollout = sum(s.get("time_rollout", 0.0) for s in steps)
+        out["mean_step_seconds"] = statistics.fmean(step_times)
+        out["rollout_share"] = rollout / (sum(step_times) or 1.0)
+        accepts = [s["acceptance_length"] for s in steps if s.get("acceptance_length")]
+        if accepts:
+            out["mean_acceptance_length"] = statistics.fmean(accepts)
+        lent = [s["lent_fraction"] for s in steps if "lent_fraction" in s]
+        if lent:
+            out["lent_fraction"] = statistics.fmean(lent)
+        out["reward_last"] = steps[-1].get("reward_mean")
+    return out
+
+
+def render_report(records: list[dict], title: str = "tlt run") -> str:
+    steps = [r for r in records if r.get("kind") == "step"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    end = max((r.get("t", 0.0) for r in records), default=0.0)
+    step_ids = [s["step"] for s in steps]
+
+    charts = [
+        line_chart(
+            "Reward and held-out accuracy",
+            {
+                "train reward (mean)": [(s["step"], s["reward_mean"]) for s in steps if "reward_mean" in s],
+                "held-out accuracy": [(e["step"], e["accuracy"]) for e in evals],
+            },
+            y_label="fraction",
+        ),
+        stacked_bars(
+            "Step time: rollout / reward / train / sync",
+            step_ids,
+            {p: [s.get(f"time_{p}", 0.0) for s in steps] for p in STEP_PHASES},
+        ),
+        line_chart(
+            "Acceptance length",
+            _acceptance_series(steps),
+            y_label="tokens per verification",
+        ),
+        line_chart(
+            "Rollout response length",
+            {
+                "mean": [(s["step"], s["response_len_mean"]) for s in steps if "response_len_mean" in s],
+                "max": [(s["step"], s["response_len_max"]) for s in steps if "response_len_max" in s],
+            },
+            y_label="tokens",
+        ),
+    ]
+    gantt = timeline("Worker roles over time", role_spans(records, end))
+    summary = summarize(records)
+    rows = "".join(
+        f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{_show(v)}</td></tr>" for k, v in summary.items()
+    )
+    grid = "".join(f'<div class="chart">{c}</div>' for c in charts)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:24px;color:#111}}.grid{{display:flex;flex-wrap:wrap;gap:12px}}
+.chart{{border:1px solid #e5e7eb;padding:6px}}table{{border-collapse:collapse}}th,td{{padding:4px 10px;border-bottom:1px solid #eee;text-align:left}}</style>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<table>{rows}</table>
+<h2>Training</h2><div class="grid">{grid}</div>
+<h2>Workers</h2><div class="chart">{gantt}</div>
+<p>Rendered from metrics.jsonl ({len(records)} records).</p>
+</body></html>
+"""
+
+
+def _acceptance_series(steps: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in steps:
+        if s.get("acceptance_length"):
+            series.setdefault(f"drafter v{s.get('drafter_version', 0)}", []).append((s["step"], s["acceptance_length"]))
+    return series
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def write_report(run_dir: str | Path, title: str | None = None) -> Path:
+    """Render run_dir/metrics.jsonl into run_dir/report.html (atomically replaced)."""
+    run_dir = Path(run_dir)
+    records = read_records(run_dir / "metrics.jsonl")
+    out = run_dir / "report.html"
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(render_report(records, title or f"tlt run: {run_dir.name}"))
+    tmp.replace(out)
+    return out
