@@ -642,6 +642,10 @@ class ReasoningRLJobStatus(SpecModel):
     roles: RoleStatus = Field(default_factory=RoleStatus, description=RoleStatus.__doc__)
     progress: ProgressStatus | None = Field(None, description=ProgressStatus.__doc__)
     drafter: DrafterStatus = Field(default_factory=DrafterStatus, description=DrafterStatus.__doc__)
+    failures: int = Field(0, ge=0, description="Pod failures and deletions counted against runPolicy.backoffLimit.")
+    last_failure_time: str | None = Field(
+        None, description="When the last counted pod failure was seen (RFC 3339); replacements back off from it."
+    )
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
     # Preformatted for `kubectl get rlj` printer columns, written with the rest of the status.
