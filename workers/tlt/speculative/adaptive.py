@@ -1,0 +1,207 @@
+"""When to speculate and with which strategy (pure control logic, no torch).
+
+- `ThresholdSwitch`: speculation on while the running batch is at or below the
+  threshold, off above threshold + hysteresis once on (so a batch hovering around the
+  threshold does not flap every step).
+- `Strategy` arms `steps_topk_verifyTokens`; a `BucketedBandit` keeps, per batch-size
+  bucket, a sliding window of rewards (accepted tokens per second) per arm and picks
+  the arm with the best median, exploring with probability epsilon.
+- A compute guard drops arms whose verification width x batch exceeds the budget.
+- `threshold_from_costs`: the `auto` threshold, the largest batch size at which the
+  measured cost table predicts a speedup.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Strategy:
+    steps: int  # draft depth
+    topk: int  # candidates per expanded node
+    verify_tokens: int  # drafted nodes sent to verification (tree size without the root)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.topk < 1 or self.verify_tokens < 1:
+            raise ValueError(f"strategy {self.name}: steps, topk and verifyTokens must be >= 1")
+        most = self.topk + (self.steps - 1) * self.topk * self.topk
+        if self.verify_tokens > most:
+            raise ValueError(
+                f"strategy {self.name}: verifyTokens {self.verify_tokens} exceeds the {most} nodes "
+                f"a depth-{self.steps}, top-{self.topk} tree can hold; lower verifyTokens"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{self.steps}_{self.topk}_{self.verify_tokens}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Strategy":
+        try:
+            steps, topk, verify = (int(x) for x in str(text).split("_"))
+        except ValueError:
+            raise ValueError(
+                f"strategy {text!r} is not of the form steps_topk_verifyTokens, e.g. 4_1_4 or 3_2_6"
+            ) from None
+        return cls(steps, topk, verify)
+
+
+class ThresholdSwitch:
+    def __init__(self, threshold: int, hysteresis: int = 0):
+        if threshold < 0 or hysteresis < 0:
+            raise ValueError("batchThreshold and hysteresis must be >= 0")
+        self.threshold = threshold
+        self.hysteresis = hysteresis
+        self.on = False
+
+    def update(self, running_batch: int) -> bool:
+        if self.on:
+            self.on = running_batch <= self.threshold + self.hysteresis
+        else:
+            self.on = running_batch <= self.threshold
+        return self.on
+
+
+def default_buckets(max_batch: int = 1024) -> list[int]:
+    edges, b = [], 1
+    while b < max_batch:
+        edges.append(b)
+        b *= 2
+    return edges + [max_batch]
+
+
+class BucketedBandit:
+    """Epsilon-greedy over arms, one independent window of rewards per batch bucket."""
+
+    def __init__(self, arms: list[Strategy], buckets: list[int] | None = None, epsilon: float = 0.1,
+                 window: int = 32, seed: int = 0):
+        if not arms:
+            raise ValueError("the bandit needs at least one strategy")
+        self.arms = list(arms)
+        self.buckets = sorted(buckets or default_buckets())
+        self.epsilon = epsilon
+        self.window = window
+        self.rng = random.Random(seed)
+        self.rewards: dict[tuple[int, Strategy], deque] = {}
+
+    def bucket(self, batch: int) -> int:
+        """Index of the smallest bucket edge >= batch (the last bucket takes the rest)."""
+        return min(bisect.bisect_left(self.buckets, batch), len(self.buckets) - 1)
+
+    def median(self, batch: int, arm: Strategy) -> float | None:
+        window = self.rewards.get((self.bucket(batch), arm))
+        return statistics.median(window) if window else None
+
+    def select(self, batch: int, allowed: list[Strategy] | None = None) -> Strategy:
+        arms = allowed or self.arms
+        untried = [a for a in arms if self.median(batch, a) is None]
+        if untried:
+            return untried[0]
+        if len(arms) > 1 and self.rng.random() < self.epsilon:
+            return self.rng.choice(arms)
+        return max(arms, key=lambda a: (self.median(batch, a), -arms.index(a)))
+
+    def record(self, batch: int, arm: Strategy, reward: float) -> None:
+        key = (self.bucket(batch), arm)
+        self.rewards.setdefault(key, deque(maxlen=self.window)).append(reward)
+
+
+@dataclass
+class AdaptiveManager:
+    """Decides per step: speculation off (None) or the strategy to use."""
+
+    strategies: list[Strategy]
+    batch_threshold: int
+    hysteresis: int | None = None  # default: max(1, threshold // 4)
+    epsilon: float = 0.1
+    window: int = 32
+    compute_budget: int | None = None  # max (verifyTokens + 1) x running batch per verify forward
+    buckets: list[int] | None = None
+    seed: int = 0
+    switch: ThresholdSwitch = field(init=False)
+    bandit: BucketedBandit = field(init=False)
+
+    def __post_init__(self):
+        hyst = self.hysteresis if self.hysteresis is not None else max(1, self.batch_threshold // 4)
+        self.switch = ThresholdSwitch(self.batch_threshold, hyst)
+        self.bandit = BucketedBandit(self.strategies, self.buckets, self.epsilon, self.window, self.seed)
+
+    def allowed(self, batch: int) -> list[Strategy]:
+        if self.compute_budget is None:
+            return self.strategies
+        fit = [s for s in self.strategies if (s.verify_tokens + 1) * batch <= self.compute_budget]
+        return fit or [min(self.strategies, key=lambda s: s.verify_tokens)]
+
+    def decide(self, batch: int) -> Strategy | None:
+        if batch <= 0 or not self.switch.update(batch):
+            return None
+        return self.bandit.select(batch, self.allowed(batch))
+
+    def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None:
+        if seconds > 0:
+            self.bandit.record(batch, strategy, tokens / seconds)
+
+
+@dataclass
+class FixedStrategy:
+    """Speculation always on with one strategy (the `on` mode and benchmarks)."""
+
+    strategy: Strategy
+
+    def decide(self, batch: int) -> Strategy | None:
+        return self.strategy if batch > 0 else None
+
+    def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None:
+        pass
+
+
+def predicted_speedup(costs: dict[int, dict[int, float]], batch: int, strategy: Strategy,
+                      acceptance_length: float, drafter_ratio: float) -> float:
+    """Plain time per token over speculative time per token at `batch`.
+
+    costs[batch][width] is the target forward time for `batch` sequences with `width`
+    new tokens each. A round verifies verify_tokens + 1 tokens, drafts `steps` levels
+    at drafter_ratio of a target forward of width topk, and emits acceptance_length
+    tokens per sequence; plain decoding emits one per target forward of width 1.
+    """
+    row = costs[batch]
+    verify = _interp(row, strategy.verify_tokens + 1)
+    draft = strategy.steps * drafter_ratio * _interp(row, strategy.topk)
+    return acceptance_length * row[1] / (verify + draft)
+
+
+def threshold_from_costs(costs: dict[int, dict[int, float]], strategy: Strategy,
+                         acceptance_length: float = 2.0, drafter_ratio: float = 0.15,
+                         min_speedup: float = 1.05) -> int:
+    """The largest measured batch size up to which speculation is predicted to pay
+    (every smaller measured size pays too); 0 when it never pays."""
+    best = 0
+    for batch in sorted(costs):
+        if predicted_speedup(costs, batch, strategy, acceptance_length, drafter_ratio) >= min_speedup:
+            best = batch
+        else:
+            break
+    return best
+
+
+def _interp(row: dict[int, float], width: int) -> float:
+    """Cost at `width`, linear between measured widths (clamped extrapolation above)."""
+    if width in row:
+        return row[width]
+    widths = sorted(row)
+    if width <= widths[0]:
+        return row[widths[0]]
+    if width >= widths[-1]:
+        if len(widths) == 1:
+            return row[widths[0]]
+        lo, hi = widths[-2], widths[-1]
+        slope = (row[hi] - row[lo]) / (hi - lo)
+        return row[hi] + slope * (width - hi)
+    i = bisect.bisect_left(widths, width)
+    lo, hi = widths[i - 1], widths[i]
+    return row[lo] + (row[hi] - row[lo]) * (width - lo) / (hi - lo)
