@@ -64,12 +64,23 @@ def colocated(index, running=0, waiting=0, assigned=None):
     return Worker(name=f"worker-{index}", role="worker", index=index, assigned=assigned, shard=ShardState(running, waiting))
 
 
-def settle(spec, workers, progress):
-    """Apply plan's actions once; the second plan must be empty (idempotence)."""
-    actions = plan(spec, workers, progress)
-    after = apply_actions(workers, actions)
-    assert plan(spec, after, progress) == [], "re-planning after applying the actions must yield nothing new"
-    return actions, after
+def settle(spec, workers, progress, rounds=3):
+    """Apply plan's actions until the plan is empty; no action may repeat, no loan may be taken back.
+
+    One plan usually suffices; the shard set settles before a consolidation, and its sources are
+    lent by the plan after it, once emptied: at most three plans.
+    """
+    applied = []
+    for _ in range(rounds + 1):
+        actions = plan(spec, workers, progress)
+        if not actions:
+            return applied, workers
+        assert not set(actions) & set(applied), f"re-planning repeated {set(actions) & set(applied)}"
+        undone = {a.worker for a in applied if isinstance(a, Lend)} & {a.worker for a in actions if isinstance(a, Return)}
+        assert not undone, f"re-planning took back {undone}"
+        applied += actions
+        workers = apply_actions(workers, actions)
+    raise AssertionError(f"no fixed point after {rounds} plans: still {plan(spec, workers, progress)}")
 
 
 ROLLOUT = Progress(step=1, phase="rollout")
@@ -156,8 +167,9 @@ def test_tail_is_consolidated_onto_the_fullest_shards_and_the_sources_are_lent()
     spec = make_spec()  # threshold 4, capacity min(maxBatchSize 32, batchThreshold 16) = 16
     workers = [trainer(assigned="drafter"), rollout(0, running=3), rollout(1, running=4), rollout(2, running=1), rollout(3, running=2)]
     actions, after = settle(spec, workers, ROLLOUT)
-    assert actions == [
-        Consolidate(target="rollout-1", sources=("rollout-0", "rollout-2", "rollout-3"), sequences=(3, 1, 2)),
+    first = plan(spec, workers, ROLLOUT)
+    assert first == [Consolidate(target="rollout-1", sources=("rollout-0", "rollout-2", "rollout-3"), sequences=(3, 1, 2))]
+    assert actions == first + [
         Lend("rollout-0"),
         Lend("rollout-2"),
         Lend("rollout-3"),
@@ -176,6 +188,7 @@ def test_consolidation_respects_the_speculative_batch_threshold_and_splits_sourc
     spec = make_spec(**{"speculative.batchThreshold": 5, "elasticity.consolidateTail.threshold": 4})
     workers = [rollout(0, running=4), rollout(1, running=3), rollout(2, running=3)]  # 10 sequences, capacity 5 -> 2 shards
     actions, after = settle(spec, workers, ROLLOUT)
+    assert not any(isinstance(a, Lend) for a in plan(spec, workers, ROLLOUT)), "sources with work are not lent yet"
     assert actions == [
         Consolidate(target="rollout-0", sources=("rollout-2",), sequences=(1,)),
         Consolidate(target="rollout-1", sources=("rollout-2",), sequences=(2,)),
@@ -282,3 +295,35 @@ def test_a_whole_step_scripted_never_lends_a_busy_shard_and_ends_settled():
     assert lent_history[2] == ["rollout-0", "rollout-2", "rollout-3", "trainer-0"]  # tail of 9 consolidated onto rollout-1
     assert lent_history[6] == names  # training: trainer back, every rollout shard trains the drafter
     assert lent_history[7] == ["trainer-0"]  # next step's work brings every shard back
+
+
+def test_random_snapshots_never_lend_busy_workers_and_settle():
+    import random
+
+    rng = random.Random(7)
+    specs = [make_spec(), make_spec(placement="colocated"), make_spec(**{"speculative.batchThreshold": 3})]
+    for _ in range(300):
+        spec = rng.choice(specs)
+        role = "worker" if spec.placement == "colocated" else "rollout"
+        workers = [trainer(assigned=rng.choice([None, "drafter"]))] if role == "rollout" else []
+        for i in range(rng.randint(1, 6)):
+            running = rng.choice([0, 0, 1, 2, 3, 4, 9])
+            workers.append(
+                Worker(f"{role}-{i}", role, i, assigned=rng.choice([None, "drafter"]) if running == 0 else None,
+                       ready=rng.random() > 0.1, shard=ShardState(running=running, waiting=rng.choice([0, 0, 1])))
+            )
+        progress = Progress(1, rng.choice(["rollout", "reward", "train", "sync", "idle"]))
+        busy = {w.name for w in workers if w.has_work}
+        actions = plan(spec, workers, progress)
+        assert not {a.worker for a in actions if isinstance(a, Lend)} & busy
+        for a in actions:
+            if isinstance(a, Consolidate):
+                target = next(w for w in workers if w.name == a.target)
+                assert not target.lent and target.ready
+        settle(spec, workers, progress)
+
+
+def test_no_consolidation_while_lent_workers_are_being_taken_back():
+    spec = make_spec()
+    workers = [rollout(0, running=1), rollout(1, running=1), rollout(2, waiting=1, assigned="drafter")]
+    assert plan(spec, workers, ROLLOUT) == [Return("rollout-2", to="rollout")]

@@ -219,20 +219,18 @@ def plan(spec: ReasoningRLJobSpec, workers: list[Worker], progress: Progress) ->
     """The actions that bring the workers to what the policy wants now; [] when they are there.
 
     Order: replacements, returns (rollout or training needs the GPU back first),
-    consolidations, then loans (a consolidation's sources are lent in the same
-    plan, so they must be moved first), then the dedicated drafter count.
+    consolidations, loans, then the dedicated drafter count. Loans are decided on
+    the snapshot as given: a consolidation's sources still hold their sequences
+    until the coordinator has moved them, so they are lent by a later plan.
     """
     ordered = sorted(workers, key=_order)
     replaces: list[Action] = [Replace(w.name, w.failure) for w in ordered if w.failure]
     healthy = [w for w in ordered if not w.failure]
 
-    consolidations = _consolidations(spec, healthy, progress)
-    after = apply_actions(healthy, consolidations)
-
     lending = lending_enabled(spec)
     returns: list[Action] = []
     lends: list[Action] = []
-    for worker in after:
+    for worker in healthy:
         want = _desired_role(spec, worker, progress, lending)
         if want is None or want == worker.current_role:
             continue
@@ -240,6 +238,9 @@ def plan(spec: ReasoningRLJobSpec, workers: list[Worker], progress: Progress) ->
             lends.append(Lend(worker.name))
         elif worker.lent:
             returns.append(Return(worker.name, to=want))
+
+    # While workers are being taken back the shard set is changing: consolidate once it has settled.
+    consolidations = [] if returns else _consolidations(spec, healthy, progress)
 
     scale: list[Action] = []
     wanted = dedicated_drafters(spec)
