@@ -646,6 +646,9 @@ class ReasoningRLJobStatus(SpecModel):
     last_failure_time: str | None = Field(
         None, description="When the last counted pod failure was seen (RFC 3339); replacements back off from it."
     )
+    replacing: list[str] = Field(
+        default_factory=list, description="Pods that failed or were deleted, counted, and waiting to be recreated after backoff."
+    )
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
     # Preformatted for `kubectl get rlj` printer columns, written with the rest of the status.
