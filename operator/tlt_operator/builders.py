@@ -1,0 +1,423 @@
+"""The child objects of a ReasoningRLJob, as plain dicts: pure functions, one per kind.
+
+Every child is owned by the job (garbage collection deletes it with the job), carries
+the labels `tlt.dev/job`, `tlt.dev/role` and, for pods, `tlt.dev/index`, and has a
+deterministic name, so a reconcile that runs twice creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+import tlt
+from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL, PodTemplate, ReasoningRLJob
+from tlt.elastic import dedicated_drafters
+
+LABEL_JOB = f"{API_GROUP}/job"
+LABEL_ROLE = f"{API_GROUP}/role"
+LABEL_INDEX = f"{API_GROUP}/index"
+LABEL_ACTIVE_ROLE = f"{API_GROUP}/active-role"  # written by the worker itself, never by the operator
+ANNOTATION_ASSIGNED_ROLE = f"{API_GROUP}/assigned-role"
+ANNOTATION_CONSOLIDATE = f"{API_GROUP}/consolidate"
+ANNOTATION_DRAINED_STEP = f"{API_GROUP}/drained-step"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tlt-operator", "app.kubernetes.io/name": "tlt"}
+
+GPU_RESOURCE = "nvidia.com/gpu"
+CONFIG_FILE = "job.yaml"
+CONFIG_DIR = "/etc/tlt"
+RAY_PORT = 6379
+METRICS_PORT = 8080
+NON_ROOT_UID = 1000
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What the operator fills in where a job sets nothing (from its environment)."""
+
+    image_cuda: str = f"tlt/worker-cuda:{tlt.__version__}"
+    image_cpu: str = f"tlt/worker-cpu:{tlt.__version__}"
+    image_pull_policy: str | None = None
+    shm_gpu: str = "16Gi"
+    shm_cpu: str = "1Gi"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "OperatorDefaults":
+        env = os.environ if env is None else env
+        base = cls()
+        return cls(
+            image_cuda=env.get("TLT_WORKER_IMAGE_CUDA") or base.image_cuda,
+            image_cpu=env.get("TLT_WORKER_IMAGE_CPU") or base.image_cpu,
+            image_pull_policy=env.get("TLT_WORKER_IMAGE_PULL_POLICY") or None,
+        )
+
+
+@dataclass(frozen=True)
+class PodSlot:
+    """One pod the job wants: role fixed at creation, index within the role."""
+
+    role: str
+    index: int
+    gpus: int
+    template: PodTemplate | None
+
+    def name(self, job: str) -> str:
+        return pod_name(job, self.role, self.index)
+
+
+def pod_name(job: str, role: str, index: int) -> str:
+    return f"{job}-{role}-{index}"
+
+
+def service_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def config_map_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def service_account_name(job: str) -> str:
+    return f"{job}-worker"
+
+
+def head_role(job: ReasoningRLJob) -> str:
+    """The role whose pod 0 runs the Ray head and the coordinator."""
+    return "trainer" if job.spec.placement == "disaggregated" else "worker"
+
+
+def pod_slots(job: ReasoningRLJob, drafters: int | None = None) -> list[PodSlot]:
+    """The pods of the job's placement, in creation order (the head first)."""
+    spec = job.spec
+    drafters = dedicated_drafters(spec) if drafters is None else drafters
+    slots = []
+    if spec.placement == "disaggregated":
+        slots += [PodSlot("trainer", i, spec.trainer.gpus_per_replica, spec.trainer.template) for i in range(spec.trainer.replicas)]
+        slots += [PodSlot("rollout", i, spec.rollout.gpus_per_replica, spec.rollout.template) for i in range(spec.rollout.replicas)]
+    else:
+        # Colocated: each worker runs rollout and training, so it gets the larger of the two GPU counts.
+        gpus = max(spec.rollout.gpus_per_replica, spec.trainer.gpus_per_replica)
+        slots += [PodSlot("worker", i, gpus, spec.rollout.template) for i in range(spec.rollout.replicas)]
+    slots += [PodSlot("drafter", i, spec.drafter.gpus_per_replica, spec.drafter.template) for i in range(drafters)]
+    return slots
+
+
+def max_pod_names(job: ReasoningRLJob) -> list[str]:
+    """Every pod name the job can ever have (dedicated drafters at their maximum)."""
+    most = max(dedicated_drafters(job.spec), job.spec.drafter.dedicated_replicas.max)
+    return [slot.name(job.metadata.name) for slot in pod_slots(job, drafters=most)]
+
+
+# ---------------------------------------------------------------------------------
+# Metadata
+
+
+def owner_reference(job: ReasoningRLJob, uid: str | None) -> list[dict]:
+    """The job as controller owner; none when the uid is unknown (`tlt render` without a cluster)."""
+    if not uid:
+        return []
+    return [
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "name": job.metadata.name,
+            "uid": uid,
+            "controller": True,
+        }
+    ]
+
+
+def job_uid(job: ReasoningRLJob) -> str | None:
+    return (job.metadata.model_extra or {}).get("uid")
+
+
+def namespace_of(job: ReasoningRLJob) -> str:
+    return job.metadata.namespace or "default"
+
+
+def child_labels(job: ReasoningRLJob, role: str | None = None, index: int | None = None) -> dict[str, str]:
+    labels = {**MANAGED_BY, LABEL_JOB: job.metadata.name}
+    if role is not None:
+        labels[LABEL_ROLE] = role
+    if index is not None:
+        labels[LABEL_INDEX] = str(index)
+    return labels
+
+
+def _metadata(job: ReasoningRLJob, name: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict:
+    meta = {"name": name, "namespace": namespace_of(job), "labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    owners = owner_reference(job, job_uid(job))
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+# ---------------------------------------------------------------------------------
+# RBAC, config, service
+
+
+def build_service_account(job: ReasoningRLJob) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(job, service_account_name(job.metadata.name), child_labels(job)),
+        "automountServiceAccountToken": True,
+    }
+
+
+def build_role(job: ReasoningRLJob) -> dict:
+    """The job's pods may patch only their own job's status and read, watch and label only their own pods.
+
+    RBAC cannot match labels, so pods are named: list and watch are allowed with
+    a `metadata.name` field selector on one of these names (what the role watcher does).
+    """
+    name = job.metadata.name
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(job, service_account_name(name), child_labels(job)),
+        "rules": [
+            {"apiGroups": [API_GROUP], "resources": [PLURAL], "resourceNames": [name], "verbs": ["get"]},
+            {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [name], "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["pods"], "resourceNames": max_pod_names(job), "verbs": ["get", "list", "watch", "patch"]},
+        ],
+    }
+
+
+def build_role_binding(job: ReasoningRLJob) -> dict:
+    sa = service_account_name(job.metadata.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(job, sa, child_labels(job)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace_of(job)}],
+    }
+
+
+def rendered_config(job: ReasoningRLJob) -> str:
+    """The job as the pods read it: spec with defaults filled in, no status, no server metadata."""
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": job.metadata.name, "namespace": namespace_of(job)},
+        "spec": job.spec.to_manifest(),
+    }
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+def build_config_map(job: ReasoningRLJob) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, config_map_name(job.metadata.name), child_labels(job)),
+        "data": {CONFIG_FILE: rendered_config(job)},
+    }
+
+
+def build_service(job: ReasoningRLJob) -> dict:
+    """Headless: stable DNS names `<pod>.<job>-workers` for Ray and NCCL, before the pods are ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service_name(job.metadata.name), child_labels(job)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job.metadata.name},
+            "ports": [
+                {"name": "ray", "port": RAY_PORT, "targetPort": RAY_PORT, "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------
+# Pods
+
+
+def merge_templates(base: PodTemplate | None, override: PodTemplate | None) -> PodTemplate:
+    """The role's template over the job-wide one: scalars replaced, maps merged, lists appended (env by name)."""
+    if base is None and override is None:
+        return PodTemplate()
+    if base is None or override is None:
+        return (base or override).model_copy(deep=True)
+    merged = base.model_copy(deep=True)
+    for field in PodTemplate.model_fields:
+        mine, theirs = getattr(merged, field), getattr(override, field)
+        if theirs is None:
+            continue
+        if field == "env":
+            by_name = {e.name: e for e in (mine or [])}
+            by_name.update({e.name: e for e in theirs})
+            setattr(merged, field, list(by_name.values()))
+        elif field == "resources":
+            requests = {**((mine.requests if mine else None) or {}), **(theirs.requests or {})}
+            limits = {**((mine.limits if mine else None) or {}), **(theirs.limits or {})}
+            setattr(merged, field, type(theirs)(requests=requests or None, limits=limits or None))
+        elif isinstance(theirs, dict):
+            setattr(merged, field, {**(mine or {}), **theirs})
+        elif isinstance(theirs, list):
+            setattr(merged, field, [*(mine or []), *theirs])
+        else:
+            setattr(merged, field, theirs)
+    return merged
+
+
+def _quantity(value) -> str:
+    return str(value)
+
+
+def _env(job: ReasoningRLJob, slot: PodSlot, template: PodTemplate) -> list[dict]:
+    name = job.metadata.name
+    head = f"{pod_name(name, head_role(job), 0)}.{service_name(name)}.{namespace_of(job)}.svc"
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "TLT_JOB", "value": name},
+        {"name": "TLT_ROLE", "value": slot.role},
+        {"name": "TLT_INDEX", "value": str(slot.index)},
+        {"name": "TLT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": "TLT_RAY_HEAD", "value": f"{head}:{RAY_PORT}"},
+    ]
+    model = job.spec.model
+    if model.token_secret is not None:
+        # The hub token reaches the pods only as a secret reference, never as a value.
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": model.token_secret.name, "key": model.token_secret.key}}}
+        )
+    for var in template.env or []:
+        env.append(var.to_manifest())
+    return env
+
+
+def _resources(slot: PodSlot, template: PodTemplate) -> dict:
+    requests = {k: _quantity(v) for k, v in ((template.resources.requests if template.resources else None) or {}).items()}
+    limits = {k: _quantity(v) for k, v in ((template.resources.limits if template.resources else None) or {}).items()}
+    if slot.gpus > 0:
+        requests[GPU_RESOURCE] = str(slot.gpus)
+        limits[GPU_RESOURCE] = str(slot.gpus)
+    else:
+        requests.pop(GPU_RESOURCE, None)
+        limits.pop(GPU_RESOURCE, None)
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _command(job: ReasoningRLJob, slot: PodSlot) -> list[str]:
+    command = ["tlt", "worker", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--role", slot.role, "--index", str(slot.index)]
+    if slot.role == head_role(job) and slot.index == 0:
+        command.append("--head")
+    return command
+
+
+def build_pod(job: ReasoningRLJob, slot: PodSlot, defaults: OperatorDefaults = OperatorDefaults(), total_pods: int | None = None) -> dict:
+    name = job.metadata.name
+    template = merge_templates(job.spec.template, slot.template)
+    labels = {**(template.labels or {}), **child_labels(job, slot.role, slot.index)}
+    annotations = dict(template.annotations or {})
+    if job.spec.queue_name:
+        # Kueue's plain-pod integration admits the job's pods as one group.
+        labels[LABEL_KUEUE_QUEUE] = job.spec.queue_name
+        labels["kueue.x-k8s.io/pod-group-name"] = name
+        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(total_pods or len(pod_slots(job)))
+
+    shm = template.shm_size or (defaults.shm_gpu if slot.gpus > 0 else defaults.shm_cpu)
+    volumes = [
+        {"name": "config", "configMap": {"name": config_map_name(name)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(shm)}},
+    ]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    for volume in job.spec.storage:
+        volumes.append({"name": volume.name, "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": volume.read_only}})
+        mount = {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
+        if volume.sub_path:
+            mount["subPath"] = volume.sub_path
+        mounts.append(mount)
+    volumes += template.volumes or []
+    mounts += template.volume_mounts or []
+
+    container = {
+        "name": "tlt",
+        "image": template.image or (defaults.image_cuda if slot.gpus > 0 else defaults.image_cpu),
+        "command": _command(job, slot),
+        "env": _env(job, slot, template),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+        + ([{"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"}] if slot.role == head_role(job) and slot.index == 0 else []),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+    }
+    pull_policy = template.image_pull_policy or defaults.image_pull_policy
+    if pull_policy:
+        container["imagePullPolicy"] = pull_policy
+    resources = _resources(slot, template)
+    if resources:
+        container["resources"] = resources
+
+    tolerations = list(template.tolerations or [])
+    if slot.gpus > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        # GPU nodes are commonly tainted nvidia.com/gpu; pods that request GPUs belong there.
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+
+    pod_name_ = slot.name(name)
+    spec = {
+        "restartPolicy": "Never",  # the operator replaces failed pods with backoff and counts them
+        "serviceAccountName": service_account_name(name),
+        "automountServiceAccountToken": True,
+        "hostname": pod_name_,
+        "subdomain": service_name(name),
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NON_ROOT_UID,
+            "runAsGroup": NON_ROOT_UID,
+            "fsGroup": NON_ROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if tolerations:
+        spec["tolerations"] = tolerations
+    for field, key in (
+        ("node_selector", "nodeSelector"),
+        ("affinity", "affinity"),
+        ("priority_class_name", "priorityClassName"),
+        ("scheduler_name", "schedulerName"),
+    ):
+        value = getattr(template, field)
+        if value:
+            spec[key] = value
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, pod_name_, labels, annotations), "spec": spec}
+
+
+def build_pods(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefaults(), drafters: int | None = None) -> list[dict]:
+    slots = pod_slots(job, drafters)
+    return [build_pod(job, slot, defaults, total_pods=len(slots)) for slot in slots]
+
+
+def build_supporting(job: ReasoningRLJob) -> list[dict]:
+    """Children other than pods, in the order they must exist (pods mount the ConfigMap, use the account)."""
+    return [build_service_account(job), build_role(job), build_role_binding(job), build_config_map(job), build_service(job)]
+
+
+def build_children(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefaults(), drafters: int | None = None) -> list[dict]:
+    """Every child of the job, in creation order."""
+    return build_supporting(job) + build_pods(job, defaults, drafters)

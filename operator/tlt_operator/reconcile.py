@@ -1,0 +1,587 @@
+"""Reconciliation as a pure function: (job, observed children, now) -> what to do.
+
+`reconcile` reads the job body (spec, status with the coordinator's progress) and
+the child objects the operator observed, and returns an `Outcome`: objects to
+create, patch and delete, pod annotations to set, the status fields that changed
+and the events that explain every decision. It performs no I/O; `kube` carries the
+outcome out. Running it again on the world it produced returns an empty outcome.
+
+Status ownership: the coordinator writes `status.progress`, `status.step` and
+`status.drafter`; the operator writes every other status field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from tlt.api.errors import SpecError
+from tlt.api.load import parse_job
+from tlt.api.model import ReasoningRLJob
+from tlt.elastic import PHASES, Consolidate, Lend, Progress, Return, ScaleDrafters, ShardState, Worker, dedicated_drafters, plan
+from tlt_operator.builders import (
+    ANNOTATION_ASSIGNED_ROLE,
+    ANNOTATION_CONSOLIDATE,
+    ANNOTATION_DRAINED_STEP,
+    LABEL_INDEX,
+    LABEL_ROLE,
+    OperatorDefaults,
+    build_pod,
+    build_supporting,
+    head_role,
+    pod_name,
+    pod_slots,
+)
+
+# Container exit codes that a retry cannot fix: usage/configuration errors, missing or
+# non-executable command. Everything else (OOM kills, signals, evictions) is retried.
+PERMANENT_EXIT_CODES = {2: "usage or configuration error", 126: "command not executable", 127: "command not found"}
+CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Invalid", "Degraded")
+FINISHED = ("Succeeded", "Failed")
+OPERATOR_STATUS_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "totalSteps",
+    "roles",
+    "failures",
+    "lastFailureTime",
+    "replacing",
+    "startTime",
+    "completionTime",
+    "stepText",
+    "rolloutText",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event about the job: `reason` is what an SRE greps for."""
+
+    reason: str
+    message: str
+    type: str = "Normal"
+
+
+@dataclass(frozen=True)
+class PodAnnotations:
+    """Annotations to merge into one pod (None removes a key)."""
+
+    pod: str
+    annotations: dict
+
+
+@dataclass
+class Observed:
+    """What the operator saw: the job's pods, and its other children when it looked (None: not listed)."""
+
+    pods: list[dict] = field(default_factory=list)
+    supporting: dict[tuple[str, str], dict] | None = None
+
+
+@dataclass
+class Outcome:
+    create: list[dict] = field(default_factory=list)
+    patch: list[dict] = field(default_factory=list)  # full desired objects whose drifted fields are replaced
+    delete_pods: list[str] = field(default_factory=list)
+    annotate: list[PodAnnotations] = field(default_factory=list)
+    status: dict | None = None  # merge patch of .status; None when nothing changed
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.patch or self.delete_pods or self.annotate or self.status or self.events or self.delete_job)
+
+
+# ---------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def backoff_seconds(failures: int, base: float, cap: float = 300.0) -> float:
+    """Exponential backoff before recreating a pod after the n-th counted failure."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, base * 2 ** (failures - 1))
+
+
+def pod_ready(pod: dict) -> bool:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def pod_phase(pod: dict) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def terminated_state(pod: dict) -> dict:
+    """The main container's terminated state, or {}."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = status.get("state") or {}
+        if "terminated" in state:
+            return state["terminated"] or {}
+    return {}
+
+
+def failure_of(pod: dict) -> tuple[str, bool]:
+    """Why a failed pod failed, and whether that is permanent."""
+    terminated = terminated_state(pod)
+    code = terminated.get("exitCode")
+    if code in PERMANENT_EXIT_CODES:
+        return f"exit code {code} ({PERMANENT_EXIT_CODES[code]})", True
+    reason = terminated.get("reason") or (pod.get("status") or {}).get("reason") or "Failed"
+    return (f"{reason}, exit code {code}" if code is not None else reason), False
+
+
+def _annotations(pod: dict) -> dict:
+    return (pod.get("metadata") or {}).get("annotations") or {}
+
+
+def _role_index(pod: dict) -> tuple[str, int]:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    try:
+        return labels.get(LABEL_ROLE, ""), int(labels.get(LABEL_INDEX, "-1"))
+    except ValueError:
+        return labels.get(LABEL_ROLE, ""), -1
+
+
+def _condition_list(previous: list[dict], wanted: dict[str, tuple[bool, str, str]], now: str) -> list[dict]:
+    """Every condition type, with lastTransitionTime kept unless its status flips."""
+    before = {c.get("type"): c for c in previous or []}
+    out = []
+    for kind in CONDITION_TYPES:
+        true, reason, message = wanted.get(kind, (False, "", ""))
+        status = "True" if true else "False"
+        old = before.get(kind) or {}
+        moment = old.get("lastTransitionTime") if old.get("status") == status else now
+        out.append({"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": moment or now})
+    return out
+
+
+def _status_patch(previous: dict, desired: dict) -> dict | None:
+    """The operator-owned fields that differ (None where a field is to be removed)."""
+    patch = {}
+    for key in OPERATOR_STATUS_FIELDS:
+        old, new = previous.get(key), desired.get(key)
+        if old != new and not (new is None and key not in previous):
+            patch[key] = new
+    return patch or None
+
+
+def _step_of(step_text: str | None) -> int:
+    try:
+        return int((step_text or "").split("/")[0])
+    except ValueError:
+        return 0
+
+
+# ---------------------------------------------------------------------------------
+# The reconcile
+
+
+@dataclass
+class _Context:
+    body: dict
+    job: ReasoningRLJob | None
+    status: dict
+    observed: Observed
+    now: datetime
+    defaults: OperatorDefaults
+    backoff_base: float
+    out: Outcome = field(default_factory=Outcome)
+
+    @property
+    def now_text(self) -> str:
+        return rfc3339(self.now)
+
+
+def reconcile(
+    body: dict,
+    observed: Observed,
+    now: datetime,
+    defaults: OperatorDefaults = OperatorDefaults(),
+    backoff_base: float = 10.0,
+) -> Outcome:
+    """What to do about one job now. Pure: the same inputs give the same outcome."""
+    status = dict(body.get("status") or {})
+    ctx = _Context(body=body, job=None, status=status, observed=observed, now=now, defaults=defaults, backoff_base=backoff_base)
+    try:
+        ctx.job = parse_job({k: v for k, v in body.items() if k != "status"})
+    except SpecError as err:
+        return _invalid(ctx, err)
+
+    desired = {
+        "observedGeneration": (body.get("metadata") or {}).get("generation") or 0,
+        "totalSteps": ctx.job.spec.algorithm.steps,
+        "failures": status.get("failures") or 0,
+        "lastFailureTime": status.get("lastFailureTime"),
+        "replacing": list(status.get("replacing") or []),
+        "startTime": status.get("startTime"),
+        "completionTime": status.get("completionTime"),
+    }
+    phase = status.get("phase") or "Pending"
+    if phase in FINISHED:
+        return _finished(ctx, desired, phase)
+    if ctx.job.spec.run_policy.suspend:
+        return _suspended(ctx, desired, phase)
+    return _active(ctx, desired, phase)
+
+
+def _finish_status(ctx: _Context, desired: dict, phase: str, conditions: dict) -> Outcome:
+    """Fill in the derived status fields, and the patch if anything changed."""
+    status = ctx.status
+    job = ctx.job
+    step = status.get("step") or 0
+    desired["phase"] = phase
+    desired["conditions"] = _condition_list(status.get("conditions") or [], conditions, ctx.now_text)
+    if job is not None:
+        desired["stepText"] = f"{step}/{job.spec.algorithm.steps}"
+        previous_step = _step_of(status.get("stepText"))
+        if step > previous_step and status.get("stepText"):
+            ctx.out.events.append(Event("StepCompleted", f"step {step}/{job.spec.algorithm.steps} completed"))
+    ctx.out.status = _status_patch(status, desired)
+    return ctx.out
+
+
+def _invalid(ctx: _Context, err: SpecError) -> Outcome:
+    message = "; ".join(str(e) for e in err.errors[:5]) + (f" (and {len(err.errors) - 5} more)" if len(err.errors) > 5 else "")
+    ctx.out.delete_pods = sorted(p["metadata"]["name"] for p in ctx.observed.pods)
+    previous = next((c for c in ctx.status.get("conditions") or [] if c.get("type") == "Invalid"), {})
+    if ctx.status.get("phase") != "Invalid" or previous.get("message") != message:
+        ctx.out.events.append(Event("InvalidSpec", message, "Warning"))
+    desired = {"observedGeneration": (ctx.body.get("metadata") or {}).get("generation") or 0}
+    for key in ("failures", "lastFailureTime", "replacing", "startTime", "completionTime", "totalSteps", "stepText", "rolloutText", "roles"):
+        if key in ctx.status:
+            desired[key] = ctx.status[key]
+    return _finish_status(ctx, desired, "Invalid", {"Invalid": (True, "InvalidSpec", message)})
+
+
+def _finished(ctx: _Context, desired: dict, phase: str) -> Outcome:
+    """A finished job keeps its terminated pods (for logs); still-running ones give their GPUs back."""
+    for pod in ctx.observed.pods:
+        if pod_phase(pod) not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
+            ctx.out.delete_pods.append(pod["metadata"]["name"])
+    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=ctx.observed.pods)
+    desired["rolloutText"] = _rollout_text(desired["roles"])
+    ttl = ctx.job.spec.run_policy.ttl_seconds_after_finished
+    done = parse_time(ctx.status.get("completionTime"))
+    if ttl is not None and done is not None:
+        left = ttl - (ctx.now - done).total_seconds()
+        if left <= 0:
+            ctx.out.delete_job = True
+            ctx.out.events.append(Event("Deleted", f"deleting the job {ttl}s after it finished (ttlSecondsAfterFinished)"))
+        else:
+            ctx.out.requeue_after = left
+    previous = {c.get("type"): c for c in ctx.status.get("conditions") or []}
+    kept = {k: (True, c.get("reason", ""), c.get("message", "")) for k, c in previous.items() if c.get("status") == "True" and k != "Degraded"}
+    kept.pop("Running", None)
+    return _finish_status(ctx, desired, phase, kept)
+
+
+def _suspended(ctx: _Context, desired: dict, phase: str) -> Outcome:
+    ctx.out.delete_pods = sorted(p["metadata"]["name"] for p in ctx.observed.pods if not p["metadata"].get("deletionTimestamp"))
+    if phase != "Suspended":
+        ctx.out.events.append(Event("Suspended", f"suspended: deleting {len(ctx.observed.pods)} pods, progress kept"))
+    # The deadline counts running time only; it starts again on resume.
+    desired["startTime"] = None
+    desired["replacing"] = []
+    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=[])
+    desired["rolloutText"] = _rollout_text(desired["roles"])
+    created = any(c.get("type") == "Created" and c.get("status") == "True" for c in ctx.status.get("conditions") or [])
+    conditions = {"Suspended": (True, "Suspended", "spec.runPolicy.suspend is true")}
+    if created:
+        conditions["Created"] = (True, "Created", "children created")
+    return _finish_status(ctx, desired, "Suspended", conditions)
+
+
+def _fail(ctx: _Context, desired: dict, reason: str, message: str) -> Outcome:
+    ctx.out.events.append(Event("Failed", f"{reason}: {message}", "Warning"))
+    desired["completionTime"] = ctx.now_text
+    desired["replacing"] = []
+    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=ctx.observed.pods)
+    desired["rolloutText"] = _rollout_text(desired["roles"])
+    for pod in ctx.observed.pods:
+        if pod_phase(pod) not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
+            ctx.out.delete_pods.append(pod["metadata"]["name"])
+    ttl = ctx.job.spec.run_policy.ttl_seconds_after_finished
+    if ttl is not None:
+        ctx.out.requeue_after = float(ttl)
+    return _finish_status(
+        ctx, desired, "Failed", {"Created": (True, "Created", "children created"), "Failed": (True, reason, message)}
+    )
+
+
+def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
+    job, out, status = ctx.job, ctx.out, ctx.status
+    name = job.metadata.name
+
+    # Supporting children: created when missing, patched when their content drifted.
+    if ctx.observed.supporting is not None:
+        for obj in build_supporting(job):
+            key = (obj["kind"], obj["metadata"]["name"])
+            have = ctx.observed.supporting.get(key)
+            if have is None:
+                out.create.append(obj)
+            elif any(have.get(k) != obj.get(k) for k in ("data", "rules")):
+                out.patch.append(obj)
+
+    if phase == "Suspended":
+        out.events.append(Event("Resumed", "resumed: recreating the pods"))
+
+    pods = {p["metadata"]["name"]: p for p in ctx.observed.pods}
+    head = pod_name(name, head_role(job), 0)
+    started = phase in ("Created", "Running")  # a missing pod is a deleted one only after the pods were created
+
+    # Success: the head (coordinator) finished its last step and exited 0.
+    head_pod = pods.get(head)
+    if head_pod is not None and pod_phase(head_pod) == "Succeeded":
+        out.events.append(Event("Succeeded", f"{head} completed all {job.spec.algorithm.steps} steps"))
+        desired["completionTime"] = ctx.now_text
+        desired["replacing"] = []
+        for pod_name_, pod in sorted(pods.items()):
+            if pod_phase(pod) not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
+                out.delete_pods.append(pod_name_)
+        desired["roles"] = _roles(ctx, [], drafters=0, lent_from=ctx.observed.pods)
+        desired["rolloutText"] = _rollout_text(desired["roles"])
+        ttl = job.spec.run_policy.ttl_seconds_after_finished
+        if ttl is not None:
+            out.requeue_after = float(ttl)
+        return _finish_status(
+            ctx, desired, "Succeeded", {"Created": (True, "Created", "children created"), "Succeeded": (True, "Completed", "all steps completed")}
+        )
+
+    # The elastic plan also converges the dedicated drafter count to this one.
+    drafters = dedicated_drafters(job.spec)
+    actions = _elastic_actions(ctx, pods)
+    slots = pod_slots(job, drafters)
+    wanted = {slot.name(name): slot for slot in slots}
+
+    # Failures: counted once (the pod joins `replacing`), then the pod is deleted and recreated after backoff.
+    replacing = set(desired["replacing"])
+    failures = desired["failures"]
+    restart_all = False
+    newly_failed = []
+    for pod_name_, pod in sorted(pods.items()):
+        if pod_name_ not in wanted:
+            if not pod["metadata"].get("deletionTimestamp"):
+                out.delete_pods.append(pod_name_)
+            continue
+        if pod_phase(pod) == "Failed" and pod_name_ not in replacing:
+            why, permanent = failure_of(pod)
+            if permanent:
+                return _fail(ctx, desired, "PermanentPodFailure", f"{pod_name_} failed with {why}; a retry cannot fix it")
+            newly_failed.append((pod_name_, why))
+        elif pod_phase(pod) == "Succeeded" and pod_name_ != head and pod_name_ not in replacing:
+            newly_failed.append((pod_name_, "exited before the job finished"))
+    if started:
+        for pod_name_ in sorted(wanted):
+            if pod_name_ not in pods and pod_name_ not in replacing and _was_created(status, wanted[pod_name_]):
+                newly_failed.append((pod_name_, "deleted"))
+    for pod_name_, why in newly_failed:
+        failures += 1
+        replacing.add(pod_name_)
+        desired["lastFailureTime"] = ctx.now_text
+        out.events.append(Event("PodFailed", f"{pod_name_}: {why} (failure {failures} of backoffLimit {job.spec.run_policy.backoff_limit})", "Warning"))
+        if pod_name_ == head:
+            restart_all = True
+    desired["failures"] = failures
+    if failures > job.spec.run_policy.backoff_limit:
+        return _fail(ctx, desired, "BackoffLimitExceeded", f"{failures} pod failures exceed backoffLimit {job.spec.run_policy.backoff_limit}")
+    if restart_all:
+        # The coordinator runs in the head pod: every worker restarts with it, from the last checkpoint.
+        out.events.append(Event("JobRestarted", f"{head} failed: restarting every pod from the last checkpoint", "Warning"))
+        replacing |= set(wanted)
+
+    # Deadline.
+    start = parse_time(desired["startTime"])
+    deadline = job.spec.run_policy.active_deadline_seconds
+    if deadline is not None and start is not None:
+        left = deadline - (ctx.now - start).total_seconds()
+        if left <= 0:
+            return _fail(ctx, desired, "DeadlineExceeded", f"ran longer than activeDeadlineSeconds ({deadline}s)")
+        out.requeue_after = left
+
+    # Pods of `replacing` go away first, and come back once the backoff has passed.
+    ready_at = parse_time(desired["lastFailureTime"])
+    wait = backoff_seconds(failures, ctx.backoff_base) if replacing else 0.0
+    remaining_wait = 0.0
+    if ready_at is not None and wait > 0:
+        remaining_wait = max(0.0, wait - (ctx.now - ready_at).total_seconds())
+    for pod_name_ in sorted(replacing):
+        pod = pods.get(pod_name_)
+        if pod is not None:
+            if not pod["metadata"].get("deletionTimestamp") and pod_name_ not in out.delete_pods:
+                out.delete_pods.append(pod_name_)
+        elif remaining_wait <= 0 and pod_name_ in wanted:
+            out.create.append(build_pod(job, wanted[pod_name_], ctx.defaults, total_pods=len(slots)))
+            out.events.append(Event("PodReplaced", f"recreated {pod_name_} (failures so far: {failures})"))
+            replacing.discard(pod_name_)
+    replacing &= set(wanted)
+    if replacing and remaining_wait > 0:
+        out.requeue_after = min(out.requeue_after or remaining_wait, remaining_wait)
+    desired["replacing"] = sorted(replacing)
+
+    # Missing pods that are not being replaced: first creation, scale-up, resume.
+    created_now = []
+    for slot in slots:
+        pod_name_ = slot.name(name)
+        if pod_name_ not in pods and pod_name_ not in replacing and not any(o.get("metadata", {}).get("name") == pod_name_ for o in out.create):
+            created_now.append(pod_name_)
+            out.create.append(build_pod(job, slot, ctx.defaults, total_pods=len(slots)))
+    if created_now and not started:
+        out.events.append(Event("Created", f"created {len(created_now)} pods: {', '.join(created_now)}"))
+    if desired["startTime"] is None:
+        desired["startTime"] = ctx.now_text
+
+    # Elastic actions become pod annotations (and events) on the pods that exist and are not going away.
+    live = {n: p for n, p in pods.items() if n in wanted and n not in replacing and n not in out.delete_pods}
+    _apply_elastic(ctx, actions, live, head)
+
+    # Status.
+    roles = _roles(ctx, slots, drafters, lent_from=list(live.values()))
+    desired["roles"] = roles
+    desired["rolloutText"] = _rollout_text(roles)
+    all_ready = all(n in live and pod_ready(live[n]) for n in wanted)
+    new_phase = "Running" if (phase == "Running" or all_ready) else "Created"
+    conditions = {"Created": (True, "Created", f"{len(wanted)} pods wanted")}
+    if new_phase == "Running":
+        conditions["Running"] = (True, "Running", "all pods started" if all_ready else "running with pods missing")
+        if not all_ready or replacing:
+            missing = sorted(n for n in wanted if not (n in live and pod_ready(live[n])))
+            conditions["Degraded"] = (True, "PodsNotReady", f"not ready: {', '.join(missing)}")
+    return _finish_status(ctx, desired, new_phase, conditions)
+
+
+def _was_created(status: dict, slot) -> bool:
+    """Whether the previous reconcile counted this slot among the desired pods (so missing means deleted)."""
+    roles = status.get("roles") or {}
+    bucket = "rollout" if slot.role in ("rollout", "worker") else slot.role
+    return slot.index < ((roles.get(bucket) or {}).get("desired") or 0)
+
+
+def _roles(ctx: _Context, slots, drafters: int, lent_from: list[dict]) -> dict:
+    def bucket(role: str) -> str:
+        return "rollout" if role in ("rollout", "worker") else role
+
+    counts = {r: {"desired": 0, "ready": 0, "lent": 0} for r in ("rollout", "trainer", "drafter")}
+    for slot in slots:
+        counts[bucket(slot.role)]["desired"] += 1
+    for pod in lent_from:
+        role, _ = _role_index(pod)
+        if role not in ("rollout", "worker", "trainer", "drafter"):
+            continue
+        if pod_ready(pod) and pod_phase(pod) == "Running":
+            counts[bucket(role)]["ready"] += 1
+        if role != "drafter" and _annotations(pod).get(ANNOTATION_ASSIGNED_ROLE) == "drafter":
+            counts[bucket(role)]["lent"] += 1
+    return counts
+
+
+def _rollout_text(roles: dict) -> str:
+    r = roles["rollout"]
+    return f"{r['ready']}/{r['desired']}" + (f" ({r['lent']} lent)" if r["lent"] else "")
+
+
+# ---------------------------------------------------------------------------------
+# Elasticity
+
+
+def workers_from(pods: dict[str, dict], progress: dict | None) -> list[Worker]:
+    """The elastic policy's view of the job's pods and the coordinator's per-shard progress."""
+    shards = {}
+    for shard in (progress or {}).get("shards") or []:
+        if isinstance(shard, dict) and isinstance(shard.get("shard"), int):
+            shards[shard["shard"]] = ShardState(
+                running=int(shard.get("running") or 0), waiting=int(shard.get("waiting") or 0), finished=int(shard.get("finished") or 0)
+            )
+    workers = []
+    for pod_name_, pod in pods.items():
+        role, index = _role_index(pod)
+        if role not in ("rollout", "trainer", "drafter", "worker") or index < 0:
+            continue
+        assigned = _annotations(pod).get(ANNOTATION_ASSIGNED_ROLE)
+        workers.append(
+            Worker(
+                name=pod_name_,
+                role=role,
+                index=index,
+                assigned=None if assigned in (None, "", role) else assigned,
+                ready=pod_ready(pod),
+                shard=shards.get(index, ShardState()) if role in ("rollout", "worker") else ShardState(),
+            )
+        )
+    return workers
+
+
+def progress_of(status: dict) -> Progress | None:
+    progress = status.get("progress")
+    if not isinstance(progress, dict):
+        return None
+    phase = progress.get("phase") if progress.get("phase") in PHASES else "idle"
+    return Progress(step=int(progress.get("step") or 0), phase=phase)
+
+
+def _elastic_actions(ctx: _Context, pods: dict[str, dict]) -> list:
+    """The elastic plan's lends, returns and consolidations (nothing before the coordinator's first report)."""
+    progress = progress_of(ctx.status)
+    if progress is None:
+        return []
+    live = {n: p for n, p in pods.items() if pod_phase(p) in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")}
+    return [a for a in plan(ctx.job.spec, workers_from(live, ctx.status.get("progress")), progress) if not isinstance(a, ScaleDrafters)]
+
+
+def _apply_elastic(ctx: _Context, actions: list, live: dict[str, dict], head: str) -> None:
+    out = ctx.out
+    progress = ctx.status.get("progress") or {}
+    step = int(progress.get("step") or 0)
+    shard_of = {w.name: w for w in workers_from(live, progress)}
+
+    # Shards that finished their share of this step: said once per step (remembered on the pod).
+    if progress.get("phase") == "rollout":
+        for pod_name_, worker in sorted(shard_of.items()):
+            if worker.rolls_out and not worker.has_work and worker.shard.finished > 0:
+                if _annotations(live[pod_name_]).get(ANNOTATION_DRAINED_STEP) != str(step):
+                    out.annotate.append(PodAnnotations(pod_name_, {ANNOTATION_DRAINED_STEP: str(step)}))
+                    out.events.append(
+                        Event("ShardDrained", f"{pod_name_} (shard {worker.index}) finished its {worker.shard.finished} sequences of step {step}")
+                    )
+
+    moves = []
+    for action in actions:
+        if isinstance(action, Lend) and action.worker in live:
+            worker = shard_of[action.worker]
+            out.annotate.append(PodAnnotations(action.worker, {ANNOTATION_ASSIGNED_ROLE: action.to}))
+            why = "idle trainer during rollout" if worker.role == "trainer" else f"drained at step {step}"
+            out.events.append(Event("GPULent", f"{action.worker} ({worker.role}) lent to drafter training: {why}"))
+        elif isinstance(action, Return) and action.worker in live:
+            out.annotate.append(PodAnnotations(action.worker, {ANNOTATION_ASSIGNED_ROLE: action.to}))
+            need = "training needs it" if action.to in ("trainer", "worker") and not shard_of[action.worker].has_work else "rollout work arrived"
+            out.events.append(Event("GPUReturned", f"{action.worker} returned to {action.to}: {need}"))
+        elif isinstance(action, Consolidate):
+            moves.append({"target": action.target, "sources": list(action.sources), "sequences": list(action.sequences)})
+
+    # Consolidation is carried out by the coordinator in the head pod: the request is an annotation there.
+    if moves and head in live:
+        request = json.dumps({"step": step, "moves": moves}, sort_keys=True, separators=(",", ":"))
+        if _annotations(live[head]).get(ANNOTATION_CONSOLIDATE) != request:
+            out.annotate.append(PodAnnotations(head, {ANNOTATION_CONSOLIDATE: request}))
+            total = sum(sum(m["sequences"]) for m in moves)
+            targets = ", ".join(m["target"] for m in moves)
+            sources = sorted({s for m in moves for s in m["sources"]})
+            out.events.append(
+                Event("TailConsolidated", f"step {step}: moving {total} sequences from {', '.join(sources)} onto {targets}")
+            )
