@@ -275,7 +275,7 @@ def _finished(ctx: _Context, desired: dict, phase: str) -> Outcome:
     for pod in ctx.observed.pods:
         if pod_phase(pod) not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
             ctx.out.delete_pods.append(pod["metadata"]["name"])
-    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=ctx.observed.pods)
+    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=[])
     desired["rolloutText"] = _rollout_text(desired["roles"])
     ttl = ctx.job.spec.run_policy.ttl_seconds_after_finished
     done = parse_time(ctx.status.get("completionTime"))
@@ -312,7 +312,7 @@ def _fail(ctx: _Context, desired: dict, reason: str, message: str) -> Outcome:
     ctx.out.events.append(Event("Failed", f"{reason}: {message}", "Warning"))
     desired["completionTime"] = ctx.now_text
     desired["replacing"] = []
-    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=ctx.observed.pods)
+    desired["roles"] = _roles(ctx, [], drafters=0, lent_from=[])
     desired["rolloutText"] = _rollout_text(desired["roles"])
     for pod in ctx.observed.pods:
         if pod_phase(pod) not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
@@ -355,7 +355,7 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
         for pod_name_, pod in sorted(pods.items()):
             if pod_phase(pod) not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
                 out.delete_pods.append(pod_name_)
-        desired["roles"] = _roles(ctx, [], drafters=0, lent_from=ctx.observed.pods)
+        desired["roles"] = _roles(ctx, [], drafters=0, lent_from=[])
         desired["rolloutText"] = _rollout_text(desired["roles"])
         ttl = job.spec.run_policy.ttl_seconds_after_finished
         if ttl is not None:
@@ -451,8 +451,12 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
     live = {n: p for n, p in pods.items() if n in wanted and n not in replacing and n not in out.delete_pods}
     _apply_elastic(ctx, actions, live, head)
 
-    # Status.
-    roles = _roles(ctx, slots, drafters, lent_from=list(live.values()))
+    # Status, as it is once the annotations above are set.
+    annotated = {n: dict(p, metadata={**p["metadata"], "annotations": dict(_annotations(p))}) for n, p in live.items()}
+    for patch in out.annotate:
+        if patch.pod in annotated:
+            annotated[patch.pod]["metadata"]["annotations"].update(patch.annotations)
+    roles = _roles(ctx, slots, drafters, lent_from=list(annotated.values()))
     desired["roles"] = roles
     desired["rolloutText"] = _rollout_text(roles)
     all_ready = all(n in live and pod_ready(live[n]) for n in wanted)

@@ -1,0 +1,340 @@
+"""The pure reconcile, driven against a small in-memory world that carries out its outcomes."""
+
+import copy
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tlt_operator.reconcile import Observed, backoff_seconds, reconcile
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+BODY = {
+    "apiVersion": "tlt.dev/v1alpha1",
+    "kind": "ReasoningRLJob",
+    "metadata": {"name": "demo", "namespace": "ns", "uid": "uid-1", "generation": 1},
+    "spec": {
+        "model": {"builtin": "tiny-arith"},
+        "task": {"name": "arith"},
+        "algorithm": {"groupSize": 4, "steps": 3},
+        "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
+        "speculative": {"batchThreshold": 16},
+        "elasticity": {"consolidateTail": {"threshold": 4}},
+        "runPolicy": {"backoffLimit": 2},
+    },
+}
+
+
+class World:
+    """The API server and kubelet, as far as reconcile can tell."""
+
+    def __init__(self, body=None, backoff=10.0):
+        self.body = copy.deepcopy(body or BODY)
+        self.pods: dict[str, dict] = {}
+        self.supporting: dict = {}
+        self.events = []
+        self.job_deleted = False
+        self.backoff = backoff
+        self.now = T0
+        self.status_writes = 0
+
+    def reconcile(self, advance=0.0):
+        self.now += timedelta(seconds=advance)
+        out = reconcile(self.body, Observed(list(copy.deepcopy(self.pods).values()), dict(self.supporting)), self.now, backoff_base=self.backoff)
+        for obj in out.create:
+            key = obj["metadata"]["name"]
+            if obj["kind"] == "Pod":
+                assert key not in self.pods, f"created {key} twice"
+                self.pods[key] = {**copy.deepcopy(obj), "status": {"phase": "Pending"}}
+            else:
+                assert (obj["kind"], key) not in self.supporting
+                self.supporting[(obj["kind"], key)] = copy.deepcopy(obj)
+        for obj in out.patch:
+            self.supporting[(obj["kind"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+        for name in out.delete_pods:
+            del self.pods[name]
+        for patch in out.annotate:
+            meta = self.pods[patch.pod]["metadata"]
+            meta.setdefault("annotations", {}).update(patch.annotations)
+        if out.status:
+            self.status_writes += 1
+            status = self.body.setdefault("status", {})
+            for key, value in out.status.items():
+                if value is None:
+                    status.pop(key, None)
+                else:
+                    status[key] = copy.deepcopy(value)
+        self.events += [(e.reason, e.message) for e in out.events]
+        self.job_deleted |= out.delete_job
+        return out
+
+    def settle(self):
+        """Reconcile until nothing changes; the last outcome must be empty."""
+        for _ in range(5):
+            if self.reconcile().empty:
+                return
+        raise AssertionError("reconcile did not settle")
+
+    def start_pods(self, *names):
+        for name in names or list(self.pods):
+            self.pods[name]["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+
+    def finish_pod(self, name, phase="Failed", exit_code=1, reason="Error"):
+        self.pods[name]["status"] = {
+            "phase": phase,
+            "containerStatuses": [{"name": "tlt", "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}],
+        }
+
+    def report(self, step, phase, shards, completed=None):
+        self.body["status"]["progress"] = {
+            "step": step,
+            "phase": phase,
+            "shards": [{"shard": i, "running": r, "waiting": 0, "finished": f} for i, (r, f) in enumerate(shards)],
+        }
+        if completed is not None:
+            self.body["status"]["step"] = completed
+
+    def reasons(self):
+        return [r for r, _ in self.events]
+
+    def condition(self, kind):
+        return next(c for c in self.body["status"]["conditions"] if c["type"] == kind)
+
+    def annotation(self, pod, key):
+        return (self.pods[pod]["metadata"].get("annotations") or {}).get(key)
+
+
+def running_world(**kw):
+    world = World(**kw)
+    world.reconcile()
+    world.start_pods()
+    world.settle()
+    world.events.clear()
+    return world
+
+
+def test_first_reconcile_creates_every_child_and_reports_created():
+    world = World()
+    out = world.reconcile()
+    kinds = [o["kind"] for o in out.create]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Pod", "Pod", "Pod", "Pod"]
+    assert sorted(world.pods) == ["demo-rollout-0", "demo-rollout-1", "demo-rollout-2", "demo-trainer-0"]
+    assert world.reasons() == ["Created"]
+    status = world.body["status"]
+    assert status["phase"] == "Created"
+    assert world.condition("Created")["status"] == "True"
+    assert status["roles"]["rollout"] == {"desired": 3, "ready": 0, "lent": 0}
+    assert status["stepText"] == "0/3" and status["rolloutText"] == "0/3" and status["totalSteps"] == 3
+    assert status["observedGeneration"] == 1
+
+
+def test_reconcile_is_idempotent_and_writes_status_only_when_it_changed():
+    world = World()
+    world.reconcile()
+    writes = world.status_writes
+    out = world.reconcile(advance=30)
+    assert out.empty and world.status_writes == writes
+
+
+def test_all_pods_ready_means_running():
+    world = World()
+    world.reconcile()
+    world.start_pods()
+    world.reconcile()
+    assert world.body["status"]["phase"] == "Running"
+    assert world.body["status"]["rolloutText"] == "3/3"
+    assert world.condition("Running")["status"] == "True"
+    assert world.condition("Degraded")["status"] == "False"
+    assert world.reconcile().empty
+
+
+def test_invalid_spec_gets_invalid_condition_an_event_naming_the_field_and_no_pods():
+    body = copy.deepcopy(BODY)
+    body["spec"]["algorithm"]["groupSize"] = 1  # passes the schema's minimum, fails the cross-field rule
+    world = World(body)
+    out = world.reconcile()
+    assert world.pods == {} and not out.create
+    assert world.body["status"]["phase"] == "Invalid"
+    reason, message = world.events[0]
+    assert reason == "InvalidSpec" and "spec.algorithm.groupSize" in message
+    assert world.condition("Invalid")["status"] == "True" and "groupSize" in world.condition("Invalid")["message"]
+    assert world.reconcile(advance=10).empty  # the event is not repeated
+
+    world.body["spec"]["algorithm"]["groupSize"] = 4
+    world.body["metadata"]["generation"] = 2
+    world.reconcile()
+    assert len(world.pods) == 4
+    assert world.condition("Invalid")["status"] == "False"
+    assert world.body["status"]["phase"] == "Created" and world.body["status"]["observedGeneration"] == 2
+
+
+def test_suspend_deletes_pods_and_keeps_progress_then_resume_recreates_them_without_counting_failures():
+    world = running_world()
+    world.report(1, "rollout", [(5, 0), (5, 0), (5, 0)], completed=1)
+    world.body["spec"]["runPolicy"]["suspend"] = True
+    world.reconcile()
+    assert world.pods == {}
+    assert world.body["status"]["phase"] == "Suspended"
+    assert world.body["status"]["progress"]["step"] == 1 and world.body["status"]["step"] == 1
+    assert "Suspended" in world.reasons()
+    assert world.reconcile().empty
+
+    world.body["spec"]["runPolicy"]["suspend"] = False
+    world.reconcile()
+    assert len(world.pods) == 4
+    assert "Resumed" in world.reasons()
+    assert world.body["status"]["failures"] == 0
+    assert world.condition("Suspended")["status"] == "False"
+
+
+def test_failed_pod_is_replaced_after_backoff_and_the_job_fails_past_backoff_limit():
+    world = running_world()
+    world.finish_pod("demo-rollout-1", exit_code=137, reason="OOMKilled")
+    world.reconcile()
+    assert "demo-rollout-1" not in world.pods
+    assert world.body["status"]["failures"] == 1
+    assert world.body["status"]["replacing"] == ["demo-rollout-1"]
+    assert any(r == "PodFailed" and "OOMKilled" in m for r, m in world.events)
+    assert world.condition("Degraded")["status"] == "True"
+
+    out = world.reconcile(advance=5)  # backoff is 10 s after the first failure
+    assert "demo-rollout-1" not in world.pods and out.requeue_after == pytest.approx(5)
+    world.reconcile(advance=6)
+    assert "demo-rollout-1" in world.pods and "PodReplaced" in world.reasons()
+    assert world.body["status"]["replacing"] == []
+    assert world.body["status"]["failures"] == 1  # counted once
+
+    world.start_pods("demo-rollout-1")
+    world.finish_pod("demo-rollout-0", exit_code=1)
+    world.reconcile()
+    world.reconcile(advance=21)
+    world.finish_pod("demo-rollout-0", exit_code=1)
+    world.reconcile()
+    assert world.body["status"]["phase"] == "Failed"
+    assert world.condition("Failed")["reason"] == "BackoffLimitExceeded"
+    assert not any(p["status"]["phase"] == "Running" for p in world.pods.values()), "GPUs are given back"
+    assert world.reconcile(advance=60).empty
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [backoff_seconds(n, 10) for n in range(5)] == [0, 10, 20, 40, 80]
+    assert backoff_seconds(20, 10) == 300
+
+
+def test_permanent_exit_code_fails_the_job_at_once():
+    world = running_world()
+    world.finish_pod("demo-rollout-2", exit_code=127, reason="Error")
+    world.reconcile()
+    assert world.body["status"]["phase"] == "Failed"
+    assert world.condition("Failed")["reason"] == "PermanentPodFailure"
+    assert "command not found" in world.condition("Failed")["message"]
+
+
+def test_deleted_pod_is_counted_and_recreated():
+    world = running_world()
+    del world.pods["demo-rollout-0"]
+    world.reconcile()
+    assert world.body["status"]["failures"] == 1
+    assert any(r == "PodFailed" and "deleted" in m for r, m in world.events)
+    world.reconcile(advance=10)
+    assert "demo-rollout-0" in world.pods
+
+
+def test_head_failure_restarts_every_pod_from_the_checkpoint():
+    world = running_world()
+    world.finish_pod("demo-trainer-0", exit_code=1)
+    world.reconcile()
+    assert world.pods == {} and "JobRestarted" in world.reasons()
+    assert world.body["status"]["failures"] == 1  # the workers taken down with it are not failures
+    world.reconcile(advance=10)
+    assert len(world.pods) == 4
+
+
+def test_active_deadline_fails_the_job():
+    body = copy.deepcopy(BODY)
+    body["spec"]["runPolicy"]["activeDeadlineSeconds"] = 100
+    world = running_world(body=body)
+    out = world.reconcile(advance=50)
+    assert out.requeue_after == pytest.approx(50)
+    world.reconcile(advance=51)
+    assert world.body["status"]["phase"] == "Failed"
+    assert world.condition("Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_head_success_finishes_the_job_and_ttl_deletes_it():
+    body = copy.deepcopy(BODY)
+    body["spec"]["runPolicy"]["ttlSecondsAfterFinished"] = 60
+    world = running_world(body=body)
+    world.finish_pod("demo-trainer-0", phase="Succeeded", exit_code=0, reason="Completed")
+    out = world.reconcile()
+    assert world.body["status"]["phase"] == "Succeeded"
+    assert list(world.pods) == ["demo-trainer-0"], "the head pod stays for its logs, the others give their GPUs back"
+    assert world.condition("Succeeded")["status"] == "True" and world.body["status"]["completionTime"]
+    assert out.requeue_after == 60
+    assert not world.reconcile(advance=30).delete_job
+    assert world.reconcile(advance=31).delete_job
+
+
+def test_drained_shard_is_lent_and_returned_when_the_next_step_starts():
+    world = running_world()
+    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)])
+    world.reconcile()
+    assert world.annotation("demo-rollout-0", "tlt.dev/assigned-role") == "drafter"
+    assert world.annotation("demo-trainer-0", "tlt.dev/assigned-role") == "drafter"
+    assert world.annotation("demo-rollout-1", "tlt.dev/assigned-role") is None
+    assert world.reasons().count("GPULent") == 2 and "ShardDrained" in world.reasons()
+    assert world.body["status"]["rolloutText"] == "3/3 (1 lent)"
+    assert world.body["status"]["roles"]["trainer"]["lent"] == 1
+    world.events.clear()
+    assert world.reconcile().empty, "a second reconcile of the same report changes nothing"
+
+    world.report(1, "train", [(0, 32), (0, 32), (0, 32)], completed=0)
+    world.reconcile()
+    assert world.annotation("demo-trainer-0", "tlt.dev/assigned-role") == "trainer"
+    assert ("GPUReturned", "demo-trainer-0 returned to trainer: training needs it") in world.events
+
+    world.events.clear()
+    world.report(2, "rollout", [(32, 0), (32, 0), (32, 0)], completed=1)
+    world.reconcile()
+    assert all(world.annotation(f"demo-rollout-{i}", "tlt.dev/assigned-role") == "rollout" for i in range(3))
+    assert world.reasons().count("GPUReturned") == 3 and "StepCompleted" in world.reasons()
+    assert world.body["status"]["stepText"] == "1/3"
+
+
+def test_tail_consolidation_is_requested_from_the_coordinator_once():
+    world = running_world()
+    world.report(1, "rollout", [(3, 29), (2, 30), (1, 31)])
+    world.reconcile()
+    request = json.loads(world.annotation("demo-trainer-0", "tlt.dev/consolidate"))
+    assert request == {"step": 1, "moves": [{"target": "demo-rollout-0", "sources": ["demo-rollout-1", "demo-rollout-2"], "sequences": [2, 1]}]}
+    assert world.reasons().count("TailConsolidated") == 1
+    world.reconcile()
+    assert world.reasons().count("TailConsolidated") == 1
+    # The coordinator moved them: the emptied shards are lent.
+    world.report(1, "rollout", [(6, 29), (0, 30), (0, 31)])
+    world.reconcile()
+    assert world.annotation("demo-rollout-1", "tlt.dev/assigned-role") == "drafter"
+    assert world.annotation("demo-rollout-2", "tlt.dev/assigned-role") == "drafter"
+
+
+def test_lending_is_off_when_the_spec_says_so():
+    body = copy.deepcopy(BODY)
+    body["spec"]["elasticity"]["lendIdle"] = False
+    world = running_world(body=body)
+    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)])
+    world.reconcile()
+    assert not any(world.annotation(p, "tlt.dev/assigned-role") for p in world.pods)
+    assert "GPULent" not in world.reasons() and "ShardDrained" in world.reasons()
+
+
+def test_scaling_down_replicas_deletes_the_extra_pods_and_updates_config_and_rbac():
+    world = running_world()
+    world.body["spec"]["rollout"]["replicas"] = 2
+    world.body["metadata"]["generation"] = 2
+    out = world.reconcile()
+    assert "demo-rollout-2" not in world.pods
+    patched = {o["kind"] for o in out.patch}
+    assert patched == {"ConfigMap", "Role"}
+    assert world.body["status"]["failures"] == 0
+    assert world.body["status"]["roles"]["rollout"]["desired"] == 2
