@@ -1,0 +1,131 @@
+"""Held-out accuracy and response-length statistics of a model on a task or a JSONL dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tlt.eval.generate import generate, load_model
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    prompt: str
+    answer: str
+    meta: dict
+
+
+@dataclass
+class EvalResult:
+    num_prompts: int
+    accuracy: float
+    mean_length: float
+    p50_length: float
+    p90_length: float
+    max_length: int
+    truncated: int  # responses that hit max_tokens without a stop token
+    temperature: float
+    max_tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty sequence."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of an empty sequence")
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(rewards: Sequence[float], lengths: Sequence[int], truncated: int,
+              temperature: float, max_tokens: int) -> EvalResult:
+    return EvalResult(
+        num_prompts=len(rewards),
+        accuracy=sum(rewards) / len(rewards),
+        mean_length=sum(lengths) / len(lengths),
+        p50_length=percentile(lengths, 50),
+        p90_length=percentile(lengths, 90),
+        max_length=max(lengths),
+        truncated=truncated,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+
+
+def task_items(task_name: str, num_prompts: int, seed: int = 0, **task_options) -> list[EvalItem]:
+    from tlt.tasks import get_task
+
+    task = get_task(task_name, **task_options)
+    return [EvalItem(p.prompt, p.answer, {"task": task_name})
+            for p in task.problems("heldout", num_prompts, seed=seed)]
+
+
+def load_jsonl(path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer",
+               limit: int | None = None) -> list[EvalItem]:
+    """Items from a JSONL file whose lines hold `prompt_field` and `answer_field`."""
+    items = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: each line must be a JSON object")
+            for name in (prompt_field, answer_field):
+                if name not in row:
+                    raise ValueError(
+                        f"{path}:{number}: missing field {name!r} (fields present: "
+                        f"{', '.join(sorted(row)) or 'none'}); rename it or pass the field name")
+            items.append(EvalItem(str(row[prompt_field]), str(row[answer_field]),
+                                  {k: v for k, v in row.items() if k not in (prompt_field, answer_field)}))
+            if limit is not None and len(items) >= limit:
+                break
+    if not items:
+        raise ValueError(f"{path}: no rows")
+    return items
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], chat_template: bool) -> list[list[int]]:
+    """Token ids per prompt: through the chat template when asked and the tokenizer has one."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        encoded = []
+        for prompt in prompts:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer versions
+                ids = ids["input_ids"]
+            encoded.append(list(ids))
+        return encoded
+    return [list(tokenizer(p)["input_ids"]) for p in prompts]
+
+
+def evaluate(model_dir: str | Path, items: Sequence[EvalItem], reward: Callable,
+             max_tokens: int = 512, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+             chat_template: bool = True, batch_size: int = 64, progress: bool = True,
+             generate_fn: Callable = generate) -> tuple[EvalResult, list[str]]:
+    """Generate one response per item, score it with `reward`, and summarize.
+
+    Returns the summary and the decoded responses (in item order).
+    """
+    model, tokenizer = load_model(model_dir)
+    prompt_ids = encode_prompts(tokenizer, [i.prompt for i in items], chat_template)
+    stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
+    outputs = generate_fn(model, prompt_ids, max_tokens, temperature=temperature, top_p=top_p,
+                          seed=seed, stop_ids=stop_ids, batch_size=batch_size, pad_id=pad_id,
+                          progress=progress)
+    responses = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    rewards = [reward(i.prompt, r, i.answer, **i.meta) for i, r in zip(items, responses)]
+    truncated = sum(1 for o in outputs if not (o and o[-1] in stop_ids))
+    summary = summarize(rewards, [len(o) for o in outputs], truncated, temperature, max_tokens)
+    return summary, responses

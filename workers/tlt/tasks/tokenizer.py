@@ -1,0 +1,60 @@
+"""A character-level tokenizer saved as an ordinary Hugging Face tokenizer folder.
+
+One token per printable ASCII character and newline, plus <pad>, <bos>, <eos>,
+<unk>. `transformers.AutoTokenizer.from_pretrained(folder)` loads it.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))
+assert set(string.digits) <= set(CHARACTERS)
+
+
+def vocabulary() -> dict[str, int]:
+    return {tok: i for i, tok in enumerate(list(SPECIALS) + list(CHARACTERS))}
+
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    # Like Llama tokenizers: `tokenizer(text)` starts with <bos>.
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocabulary()[BOS])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        padding_side="left", clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+    )
+
+
+def save_tokenizer(folder: Path) -> None:
+    build_tokenizer().save_pretrained(str(folder))
+
+
+class CharCodec:
+    """Encoding without transformers, for the training loop (same ids as the saved tokenizer)."""
+
+    def __init__(self):
+        self.vocab = vocabulary()
+        self.inverse = {i: t for t, i in self.vocab.items()}
+        self.pad_id, self.bos_id = self.vocab[PAD], self.vocab[BOS]
+        self.eos_id, self.unk_id = self.vocab[EOS], self.vocab[UNK]
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab.get(ch, self.unk_id) for ch in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.inverse[i] for i in ids if i >= len(SPECIALS))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
