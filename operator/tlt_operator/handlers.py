@@ -1,0 +1,318 @@
+"""kopf handlers (thin) and the operator's background work.
+
+kopf watches ReasoningRLJobs. It is not used for pods (it filters labels on the
+client side): each namespace with jobs gets one pod watch with a server-side label
+selector on `tlt.dev/job`, and a pod event queues a reconcile of its job. kopf
+daemons and timers would put a finalizer on every job (deletion would hang while
+the operator is down), so periodic resyncs and backoff requeues run on plain
+threads here. Every path ends in `reconcile_job`: read the job and its pods, run the
+pure `reconcile`, carry out the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import kopf
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from tlt.api.model import API_GROUP, API_VERSION, PLURAL
+from tlt_operator import metrics
+from tlt_operator.builders import ANNOTATION_ASSIGNED_ROLE, GPU_RESOURCE, LABEL_JOB, LABEL_ROLE, OperatorDefaults
+from tlt_operator.kube import Kube, load_config
+from tlt_operator.reconcile import Observed, Outcome, pod_phase, reconcile
+
+log = logging.getLogger("tlt_operator")
+
+Key = tuple[str, str]  # (namespace, job name)
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass
+class Runtime:
+    """The operator's state between handler calls: known jobs, locks, watches, timers."""
+
+    kube: Kube | None = None
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults.from_env)
+    backoff_base: float = field(default_factory=lambda: _env_float("TLT_BACKOFF_SECONDS", 10.0))
+    resync_seconds: float = field(default_factory=lambda: _env_float("TLT_RESYNC_SECONDS", 30.0))
+    jobs: set = field(default_factory=set)
+    phases: dict = field(default_factory=dict)
+    gpus: dict = field(default_factory=dict)
+    locks: dict = field(default_factory=dict)
+    queued: dict = field(default_factory=dict)
+    timers: dict = field(default_factory=dict)
+    watchers: dict = field(default_factory=dict)
+    mu: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    pool: ThreadPoolExecutor | None = None
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.kube is None:
+            load_config()
+            self.kube = Kube()
+        self.stop.clear()
+        self.pool = ThreadPoolExecutor(max_workers=int(_env_float("TLT_RECONCILE_WORKERS", 8)), thread_name_prefix="reconcile")
+        threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        with self.mu:
+            for timer in self.timers.values():
+                timer.cancel()
+            self.timers.clear()
+        if self.pool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def track(self, key: Key) -> None:
+        with self.mu:
+            self.jobs.add(key)
+            namespace = key[0]
+            if namespace not in self.watchers:
+                thread = threading.Thread(target=self._watch_pods, args=(namespace,), name=f"pods-{namespace}", daemon=True)
+                self.watchers[namespace] = thread
+                thread.start()
+
+    def forget(self, key: Key) -> None:
+        with self.mu:
+            self.jobs.discard(key)
+            self.phases.pop(key, None)
+            self.gpus.pop(key, None)
+            timer = self.timers.pop(key, None)
+        if timer:
+            timer.cancel()
+        self._publish_gauges()
+
+    # Reconcile ---------------------------------------------------------------------
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self.mu:
+            return self.locks.setdefault(key, threading.Lock())
+
+    def reconcile_job(self, key: Key, full: bool = True) -> Outcome | None:
+        """Reconcile one job now (serialized per job). Raises on API errors so kopf retries."""
+        namespace, name = key
+        started = time.perf_counter()
+        result = "error"
+        try:
+            with self._lock(key):
+                body = self.kube.get_job(namespace, name)
+                if body is None:
+                    self.forget(key)
+                    result = "gone"
+                    return None
+                body.setdefault("metadata", {}).setdefault("namespace", namespace)
+                pods = self.kube.list_pods(namespace, name)
+                supporting = self.kube.list_supporting(namespace, name) if full else None
+                compute = time.perf_counter()
+                outcome = reconcile(body, Observed(pods, supporting), datetime.now(timezone.utc), self.defaults, self.backoff_base)
+                metrics.COMPUTE_SECONDS.observe(time.perf_counter() - compute)
+                self.kube.apply(body, outcome)
+                self._record(key, body, pods, outcome)
+                result = "changed" if not outcome.empty else "unchanged"
+                return outcome
+        finally:
+            metrics.RECONCILES.labels(result).inc()
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def kick(self, key: Key, full: bool = False) -> None:
+        """Queue a reconcile; kicks that arrive while one is queued are merged into it."""
+        if self.stop.is_set() or self.pool is None:
+            return
+        with self.mu:
+            if key in self.queued:
+                self.queued[key] |= full
+                return
+            self.queued[key] = full
+        self.pool.submit(self._run_queued, key)
+
+    def _run_queued(self, key: Key) -> None:
+        with self._lock(key):
+            with self.mu:
+                full = self.queued.pop(key, False)
+        try:
+            self.reconcile_job(key, full)
+        except Exception as err:  # the resync loop retries; say what failed
+            log.warning("reconcile of %s/%s failed: %s", key[0], key[1], err)
+
+    def _record(self, key: Key, body: dict, pods: list[dict], outcome: Outcome) -> None:
+        status = {**(body.get("status") or {}), **(outcome.status or {})}
+        gpus: dict[tuple[str, str], int] = {}
+        for pod in pods:
+            if pod_phase(pod) not in ("Pending", "Running") or pod["metadata"]["name"] in outcome.delete_pods:
+                continue
+            role = (pod["metadata"].get("labels") or {}).get(LABEL_ROLE, "")
+            annotations = dict((pod["metadata"].get("annotations") or {}))
+            for patch in outcome.annotate:
+                if patch.pod == pod["metadata"]["name"]:
+                    annotations.update(patch.annotations)
+            activity = annotations.get(ANNOTATION_ASSIGNED_ROLE) or role
+            for container in pod["spec"].get("containers") or []:
+                limits = (container.get("resources") or {}).get("limits") or {}
+                count = int(limits.get(GPU_RESOURCE, 0) or 0)
+                if count:
+                    gpus[(role, activity)] = gpus.get((role, activity), 0) + count
+        for event in outcome.events:
+            metrics.EVENTS.labels(event.reason).inc()
+            if event.reason == "GPULent":
+                metrics.LENDS.inc()
+            elif event.reason == "GPUReturned":
+                metrics.RETURNS.inc()
+            elif event.reason == "PodReplaced":
+                metrics.REPLACEMENTS.inc()
+            elif event.reason == "TailConsolidated":
+                metrics.CONSOLIDATIONS.inc()
+        with self.mu:
+            self.phases[key] = status.get("phase", "Pending")
+            self.gpus[key] = gpus
+        if outcome.requeue_after is not None:
+            self._requeue(key, outcome.requeue_after)
+        if outcome.delete_job:
+            self.forget(key)
+        self._publish_gauges()
+
+    def _publish_gauges(self) -> None:
+        with self.mu:
+            phases: dict[str, int] = {}
+            for phase in self.phases.values():
+                phases[phase] = phases.get(phase, 0) + 1
+            gpus: dict[tuple[str, str], int] = {}
+            for per_job in self.gpus.values():
+                for k, v in per_job.items():
+                    gpus[k] = gpus.get(k, 0) + v
+        for phase in ("Pending", "Created", "Running", "Suspended", "Succeeded", "Failed", "Invalid"):
+            metrics.JOBS.labels(phase).set(phases.get(phase, 0))
+        for role in ("trainer", "rollout", "worker", "drafter"):
+            for activity in ("trainer", "rollout", "worker", "drafter"):
+                metrics.GPUS.labels(role, activity).set(gpus.get((role, activity), 0))
+
+    def _requeue(self, key: Key, seconds: float) -> None:
+        if seconds > self.resync_seconds:
+            return  # the resync loop comes sooner
+        timer = threading.Timer(max(0.05, seconds + 0.05), self.kick, args=(key, True))
+        timer.daemon = True
+        with self.mu:
+            old = self.timers.pop(key, None)
+            self.timers[key] = timer
+        if old:
+            old.cancel()
+        timer.start()
+
+    # Background threads ------------------------------------------------------------
+
+    def _resync_loop(self) -> None:
+        while not self.stop.wait(self.resync_seconds):
+            with self.mu:
+                keys = sorted(self.jobs)
+            for key in keys:
+                self.kick(key, full=True)
+
+    def _watch_pods(self, namespace: str) -> None:
+        """One watch per namespace, selecting the operator's pods on the server (label tlt.dev/job)."""
+        core = client.CoreV1Api(self.kube.api)
+        resource_version = None
+        while not self.stop.is_set():
+            stream = watch.Watch()
+            try:
+                kwargs = {"label_selector": LABEL_JOB, "timeout_seconds": 60, "allow_watch_bookmarks": True}
+                if resource_version:
+                    kwargs["resource_version"] = resource_version
+                for event in stream.stream(core.list_namespaced_pod, namespace, **kwargs):
+                    if self.stop.is_set():
+                        break
+                    obj = event["object"]
+                    meta = obj.metadata if hasattr(obj, "metadata") else None
+                    if meta is None:
+                        continue
+                    resource_version = meta.resource_version or resource_version
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    job = (meta.labels or {}).get(LABEL_JOB)
+                    if job and (namespace, job) in self.jobs:
+                        self.kick((namespace, job))
+            except ApiException as err:
+                if err.status == 410:
+                    resource_version = None  # too old: start over from a fresh list
+                else:
+                    log.warning("pod watch in %s: %s", namespace, err.reason)
+                    self.stop.wait(1.0)
+            except Exception as err:  # connection drops: reconnect
+                log.warning("pod watch in %s: %s", namespace, err)
+                self.stop.wait(1.0)
+            finally:
+                stream.stop()
+
+
+RUNTIME = Runtime()
+
+
+# ---------------------------------------------------------------------------------
+# kopf handlers: each one tracks the job and reconciles it.
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    settings.peering.standalone = True  # one operator (Deployment with Recreate), no peering objects
+    settings.posting.level = logging.WARNING  # our own decisions are Events; kopf's chatter is not
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.execution.max_workers = int(_env_float("TLT_HANDLER_WORKERS", 16))
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="operator.tlt.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="operator.tlt.dev", key="last-handled-configuration"
+    )
+    RUNTIME.start()
+
+
+@kopf.on.cleanup()
+def cleanup(**_) -> None:
+    RUNTIME.shutdown()
+
+
+def _handle(namespace: str, name: str, full: bool) -> None:
+    key = (namespace, name)
+    RUNTIME.track(key)
+    RUNTIME.reconcile_job(key, full=full)
+
+
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL, backoff=2)
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL, backoff=2)
+def on_job(namespace: str, name: str, **_) -> None:
+    _handle(namespace, name, full=True)
+
+
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec", backoff=2)
+def on_spec(namespace: str, name: str, **_) -> None:
+    _handle(namespace, name, full=True)
+
+
+# on.update does not fire for status; the coordinator's progress reports arrive here.
+@kopf.on.field(API_GROUP, API_VERSION, PLURAL, field="status.progress", backoff=1)
+def on_progress(namespace: str, name: str, **_) -> None:
+    _handle(namespace, name, full=False)
+
+
+@kopf.on.field(API_GROUP, API_VERSION, PLURAL, field="status.step", backoff=1)
+def on_step(namespace: str, name: str, **_) -> None:
+    _handle(namespace, name, full=False)
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)  # optional: no finalizer, deletion never waits
+def on_delete(namespace: str, name: str, **_) -> None:
+    RUNTIME.forget((namespace, name))

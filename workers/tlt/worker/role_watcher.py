@@ -1,0 +1,115 @@
+"""The in-pod side of role switching: watch this pod only, apply the assigned role, say so in a label.
+
+The operator sets the annotation `tlt.dev/assigned-role` on a pod; the worker in
+that pod sees it through a watch restricted to its own pod (field selector
+`metadata.name=$POD_NAME`, which the job's Role allows), calls `set_role(role)`
+(the same call the embedded control loop makes), and then sets its own label
+`tlt.dev/active-role`, so `kubectl get pods -L tlt.dev/active-role` shows what each
+worker does. The label is only written once `set_role` has returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Callable
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+ANNOTATION_ASSIGNED_ROLE = "tlt.dev/assigned-role"
+ANNOTATION_CONSOLIDATE = "tlt.dev/consolidate"
+LABEL_ROLE = "tlt.dev/role"
+LABEL_ACTIVE_ROLE = "tlt.dev/active-role"
+
+log = logging.getLogger("tlt.worker.role_watcher")
+
+
+def wanted_role(pod_metadata: dict) -> str | None:
+    """The role the pod should run: its assignment, else the role it was created for."""
+    annotations = pod_metadata.get("annotations") or {}
+    labels = pod_metadata.get("labels") or {}
+    return annotations.get(ANNOTATION_ASSIGNED_ROLE) or labels.get(LABEL_ROLE)
+
+
+class RoleWatcher:
+    """Watches one pod and keeps `set_role` in step with its assigned role.
+
+    `on_consolidate(request)` (optional, used by the coordinator in the head pod)
+    receives tail consolidation requests, each once.
+    """
+
+    def __init__(
+        self,
+        set_role: Callable[[str], None],
+        pod_name: str | None = None,
+        namespace: str | None = None,
+        api_client: client.ApiClient | None = None,
+        on_consolidate: Callable[[dict], None] | None = None,
+    ):
+        self.set_role = set_role
+        self.on_consolidate = on_consolidate
+        self.pod_name = pod_name or os.environ["POD_NAME"]
+        self.namespace = namespace or os.environ.get("POD_NAMESPACE", "default")
+        self.core = client.CoreV1Api(api_client)
+        self.active: str | None = None
+        self._consolidation: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def handle(self, pod_metadata: dict) -> None:
+        """React to one observed state of the pod (idempotent)."""
+        if pod_metadata.get("name") != self.pod_name:
+            return  # the field selector already picks this pod; a lax server may not
+        role = wanted_role(pod_metadata)
+        labels = pod_metadata.get("labels") or {}
+        if role and role != self.active:
+            self.set_role(role)
+            self.active = role
+        if self.active and labels.get(LABEL_ACTIVE_ROLE) != self.active:
+            self.core.patch_namespaced_pod(self.pod_name, self.namespace, {"metadata": {"labels": {LABEL_ACTIVE_ROLE: self.active}}})
+        request = (pod_metadata.get("annotations") or {}).get(ANNOTATION_CONSOLIDATE)
+        if self.on_consolidate and request and request != self._consolidation:
+            self._consolidation = request
+            try:
+                self.on_consolidate(json.loads(request))
+            except ValueError:
+                log.warning("ignoring a malformed %s annotation", ANNOTATION_CONSOLIDATE)
+
+    def run(self) -> None:
+        """Watch until `stop()`; reconnects after timeouts and errors."""
+        resource_version = None
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            try:
+                kwargs = {"field_selector": f"metadata.name={self.pod_name}", "timeout_seconds": 60}
+                if resource_version:
+                    kwargs["resource_version"] = resource_version
+                for event in stream.stream(self.core.list_namespaced_pod, self.namespace, **kwargs):
+                    if self._stop.is_set():
+                        break
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        pod = event["raw_object"] if "raw_object" in event else self.core.api_client.sanitize_for_serialization(event["object"])
+                        resource_version = pod["metadata"].get("resourceVersion") or resource_version
+                        self.handle(pod["metadata"])
+            except ApiException as err:
+                if err.status == 410:
+                    resource_version = None
+                else:
+                    log.warning("watching pod %s: %s", self.pod_name, err.reason)
+                    self._stop.wait(1.0)
+            except Exception as err:
+                log.warning("watching pod %s: %s", self.pod_name, err)
+                self._stop.wait(1.0)
+            finally:
+                stream.stop()
+
+    def start(self) -> "RoleWatcher":
+        self._thread = threading.Thread(target=self.run, name="role-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
