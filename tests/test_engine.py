@@ -1,0 +1,195 @@
+"""Torch engine: speculation never changes greedy outputs, logprobs match a plain
+forward, continuous batching and counters behave, weights update in place."""
+
+import threading
+
+import pytest
+import torch
+
+from tlt.engine import Request, RequestError, TorchEngine
+from tlt.models import ModelConfig, random_model
+from tlt.models.drafter import EagleDrafter
+from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
+from tlt.speculative.ngram import NgramDrafter
+
+torch.set_num_threads(1)  # tiny shapes: threads only add contention on shared CI cores
+
+CFG = ModelConfig(vocab_size=48, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, rope_theta=500.0)
+STOP = 7
+
+
+def _near_bigram_target():
+    """A float64 target whose next token depends mostly on the current one (attention
+    and MLP outputs scaled down but not off, so the KV cache still matters)."""
+    model = random_model(CFG, seed=11, dtype=torch.float64, init_std=0.3)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.005)
+            layer.mlp.down_proj.weight.mul_(0.005)
+    return model
+
+
+def _bigram_drafter(target):
+    """Known-high-acceptance EAGLE drafter: fc passes the token embedding through and the
+    layer's outputs are small, so drafts follow the target's bigram part."""
+    drafter = EagleDrafter.for_target(target, seed=3, init_std=0.05)
+    with torch.no_grad():
+        h = CFG.hidden_size
+        drafter.fc.weight.zero_()
+        drafter.fc.weight[:, :h] = torch.eye(h, dtype=drafter.fc.weight.dtype)
+    return drafter
+
+
+def _prompts(n=56, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        if i % 2:  # repetitive prompts give the n-gram drafter something to find
+            unit = torch.randint(8, 48, (int(torch.randint(2, 5, (1,), generator=g)),), generator=g).tolist()
+            out.append((unit * 4)[: int(torch.randint(4, 12, (1,), generator=g))])
+        else:
+            out.append(torch.randint(0, 48, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g).tolist())
+    return out
+
+
+def _requests(prompts, **kw):
+    # varied max lengths so some sequences end by length, others at the stop token
+    # groups of 4 as in GRPO: the n-gram drafter also searches earlier responses of the group
+    return [Request(prompt=p, max_tokens=20 + (i * 7) % 41, stop_ids=[STOP], id=i, group=i // 4, **kw)
+            for i, p in enumerate(prompts)]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return _near_bigram_target()
+
+
+@pytest.fixture(scope="module")
+def plain_results(target):
+    return TorchEngine(target, num_slots=16, max_model_len=80).generate(
+        _requests(_prompts(), temperature=0.0))
+
+
+@pytest.mark.parametrize("drafter_kind,strategy", [
+    ("eagle", "4_1_4"), ("eagle", "3_2_6"), ("eagle", "4_3_10"), ("ngram", "5_1_5")])
+def test_greedy_outputs_are_token_identical_with_speculation(target, plain_results, drafter_kind, strategy):
+    drafter = _bigram_drafter(target) if drafter_kind == "eagle" else NgramDrafter(max_n=3)
+    engine = TorchEngine(target, num_slots=16, max_model_len=80, drafter=drafter,
+                         speculation=FixedStrategy(Strategy.parse(strategy)))
+    results = engine.generate(_requests(_prompts(), temperature=0.0))
+    reasons = {r.finish_reason for r in plain_results}
+    assert reasons == {"stop", "length"}, "the workload must exercise both finish reasons"
+    for plain, spec in zip(plain_results, results):
+        assert spec.tokens == plain.tokens, f"request {plain.id} diverged"
+        assert spec.finish_reason == plain.finish_reason
+        assert spec.logprobs == pytest.approx(plain.logprobs, abs=1e-6)
+    assert engine.counters().mean_acceptance_length > 1.5
+
+
+def test_logprobs_equal_a_plain_forward_of_the_whole_sequence(target):
+    drafter = _bigram_drafter(target)
+    engine = TorchEngine(target, num_slots=4, max_model_len=64, drafter=drafter,
+                         speculation=FixedStrategy(Strategy(3, 2, 6)))
+    reqs = [Request(prompt=p, max_tokens=20, temperature=t, top_p=tp, seed=i, id=i)
+            for i, (p, t, tp) in enumerate(zip(_prompts(6, seed=4), [0.0, 1.0, 0.7, 1.0, 1.3, 0.0],
+                                               [1.0, 1.0, 0.9, 0.5, 1.0, 1.0]))]
+    for req, res in zip(reqs, engine.generate(reqs)):
+        seq = torch.tensor(res.prompt + res.tokens)[None]
+        with torch.no_grad():
+            logits = target(seq)[0, len(res.prompt) - 1: -1]
+        scale = req.temperature if req.temperature > 0 else 1.0
+        expected = torch.log_softmax(logits / scale, -1).gather(1, seq[0, len(res.prompt):, None])[:, 0]
+        assert res.logprobs == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_sampled_outputs_do_not_depend_on_batch_composition(target):
+    prompts = _prompts(12, seed=5)
+    reqs = lambda: [Request(prompt=p, max_tokens=15, temperature=1.0, top_p=0.9, seed=100 + i, id=i)
+                    for i, p in enumerate(prompts)]
+    wide = TorchEngine(target, num_slots=12, max_model_len=64).generate(reqs())
+    narrow = TorchEngine(target, num_slots=3, max_model_len=64).generate(list(reversed(reqs())))
+    assert [r.tokens for r in wide] == [r.tokens for r in reversed(narrow)]
+
+
+def test_hidden_states_on_request_equal_a_prefill_of_the_sequence(target):
+    engine = TorchEngine(target, num_slots=2, max_model_len=64, drafter=_bigram_drafter(target),
+                         speculation=FixedStrategy(Strategy(4, 1, 4)))
+    res = engine.generate([Request(prompt=[1, 2, 3], max_tokens=12, temperature=0.0,
+                                   return_hidden_states=True)])[0]
+    full = engine.compute_hidden_states([res.prompt + res.tokens])[0]
+    assert res.hidden_states.shape == (len(res.prompt) + len(res.tokens) - 1, CFG.hidden_size)
+    assert torch.allclose(res.hidden_states, full[:-1], atol=1e-10)
+
+
+def test_continuous_batching_admits_waiting_requests_as_slots_free(target):
+    engine = TorchEngine(target, num_slots=2, max_model_len=64)
+    engine.submit([Request(prompt=[1, 2], max_tokens=n, temperature=0.0, id=n) for n in (1, 3, 2)])
+    first = engine.step()  # admits two; the 1-token request finishes at prefill
+    assert [r.id for r in first] == [1]
+    c = engine.counters()
+    assert (c.running, c.waiting, c.finished) == (1, 1, 1)
+    done = list(first)
+    while engine.has_work():
+        done += engine.step()
+    assert sorted((r.id, len(r.tokens), r.finish_reason) for r in done) == [
+        (1, 1, "length"), (2, 2, "length"), (3, 3, "length")]
+    assert engine.counters().generated_tokens == 6
+
+
+def test_counters_are_readable_from_another_thread_while_generating(target):
+    engine = TorchEngine(target, num_slots=4, max_model_len=64)
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(engine.counters())
+
+    t = threading.Thread(target=watch)
+    t.start()
+    engine.generate([Request(prompt=[3], max_tokens=20, temperature=0.0, id=i) for i in range(6)])
+    stop.set()
+    t.join()
+    assert seen and all(c.running <= 4 for c in seen)
+    assert engine.counters().finished == 6 and engine.counters().generated_tokens == 120
+
+
+def test_adaptive_engine_speculates_only_in_the_tail(target):
+    manager = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=2, hysteresis=0)
+    engine = TorchEngine(target, num_slots=8, max_model_len=64, drafter=_bigram_drafter(target),
+                         speculation=manager)
+    engine.submit([Request(prompt=[5], max_tokens=4 + 6 * i, temperature=0.0, id=i) for i in range(6)])
+    states = []
+    while engine.has_work():
+        engine.step()
+        c = engine.counters()
+        states.append((c.running, c.speculating))
+    assert any(on for _, on in states) and any(not on for _, on in states)
+    # speculation was decided on the batch at the start of each step (<= 2 once on)
+    assert engine.counters().verify_rounds > 0
+
+
+def test_policy_and_drafter_weight_updates_apply_in_place(target):
+    model = random_model(CFG, seed=1, dtype=torch.float64)
+    other = random_model(CFG, seed=2, dtype=torch.float64)
+    engine = TorchEngine(model, num_slots=2, max_model_len=64, drafter=EagleDrafter.for_target(model),
+                         speculation=FixedStrategy(Strategy(2, 1, 2)))
+    engine.update_policy_weights(other.state_dict())
+    req = lambda: [Request(prompt=[4, 5], max_tokens=10, temperature=0.0)]
+    expected = TorchEngine(other, num_slots=2, max_model_len=64).generate(req())[0].tokens
+    assert engine.generate(req())[0].tokens == expected
+    new = EagleDrafter.for_target(model, seed=9)
+    engine.update_drafter_weights(new.state_dict())
+    assert torch.equal(engine.drafter.fc.weight, new.fc.weight)
+
+
+def test_bad_requests_are_refused_with_the_field_named(target):
+    engine = TorchEngine(target, num_slots=2, max_model_len=16)
+    with pytest.raises(RequestError, match="max_model_len"):
+        engine.submit(Request(prompt=[1] * 10, max_tokens=10))
+    with pytest.raises(RequestError, match="top_p"):
+        engine.submit(Request(prompt=[1], max_tokens=2, top_p=0.0))
+    with pytest.raises(RequestError, match="vocabulary"):
+        engine.submit(Request(prompt=[1000], max_tokens=2))
+    with pytest.raises(RequestError, match="store_hidden_states"):
+        engine.submit(Request(prompt=[1], max_tokens=2, return_hidden_states=True))
