@@ -74,29 +74,37 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-What the operator does inside a namespace it serves. The same rules make the
-ClusterRole of a cluster-wide install and the Role of each watched namespace.
-The operator grants each job's pods a Role of their own (patch their job's status;
-get/list/watch/patch pods): RBAC lets it grant only what it holds, so those verbs are
-here too.
+What the operator does inside a namespace it serves (operator/tlt_operator/kube.py and
+kopf): the same rules make the ClusterRole of a cluster-wide install and the Role of
+each watched namespace. Children are deleted by the garbage collector through their
+owner references, so the operator deletes only pods (replacements, scale-down) and,
+after ttlSecondsAfterFinished, the job itself. It grants each job's pods a Role of
+their own (get their job, patch its status; get/list/watch/patch their pods): RBAC
+lets it grant only what it holds, so those verbs are here too.
 */}}
 {{- define "tlt-operator.namespacedRules" -}}
 - apiGroups: ["tlt.dev"]
   resources: ["reasoningrljobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["tlt.dev"]
   resources: ["reasoningrljobs/status"]
   verbs: ["get", "patch"]
 - apiGroups: [""]
-  resources: ["pods", "services", "configmaps", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services", "serviceaccounts"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  resources: ["roles"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
