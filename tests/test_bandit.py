@@ -1,0 +1,76 @@
+"""Adaptive control: threshold hysteresis, bucketed bandit, compute guard, `auto` threshold."""
+
+import random
+
+import pytest
+
+from tlt.speculative.adaptive import (AdaptiveManager, BucketedBandit, Strategy, ThresholdSwitch,
+                                      predicted_speedup, threshold_from_costs)
+
+ARMS = [Strategy(2, 1, 2), Strategy(4, 1, 4), Strategy(3, 2, 6)]
+
+
+def test_bandit_converges_to_the_arm_with_the_best_median_reward():
+    true_mean = {ARMS[0]: 100.0, ARMS[1]: 180.0, ARMS[2]: 140.0}
+    bandit = BucketedBandit(ARMS, epsilon=0.1, window=16, seed=0)
+    noise = random.Random(1)
+    picks = []
+    for _ in range(300):
+        arm = bandit.select(batch=2)
+        picks.append(arm)
+        # heavy-tailed noise: an occasional huge outlier must not win (median, not mean)
+        reward = true_mean[arm] * noise.uniform(0.8, 1.2) + (5000 if noise.random() < 0.03 else 0)
+        bandit.record(2, arm, reward)
+    late = picks[-100:]
+    assert late.count(ARMS[1]) >= 80
+
+
+def test_bandit_keeps_separate_statistics_per_batch_bucket():
+    bandit = BucketedBandit(ARMS[:2], buckets=[1, 4, 16], epsilon=0.0)
+    for _ in range(5):
+        bandit.record(1, ARMS[0], 10.0)
+        bandit.record(1, ARMS[1], 1.0)
+        bandit.record(12, ARMS[0], 1.0)
+        bandit.record(12, ARMS[1], 10.0)
+    assert bandit.select(1) == ARMS[0]
+    assert bandit.select(12) == ARMS[1]
+    assert bandit.bucket(3) == bandit.bucket(4) != bandit.bucket(5)
+
+
+def test_threshold_switch_has_hysteresis():
+    switch = ThresholdSwitch(threshold=8, hysteresis=2)
+    seq = [12, 9, 8, 9, 10, 11, 10, 8]
+    assert [switch.update(b) for b in seq] == [False, False, True, True, True, False, False, True]
+
+
+def test_manager_turns_speculation_off_above_threshold_and_guards_compute():
+    manager = AdaptiveManager(ARMS, batch_threshold=4, hysteresis=0, compute_budget=12, epsilon=0.0)
+    assert manager.decide(5) is None
+    # batch 4: (verify+1)*4 <= 12 only for the 2-token arm
+    assert manager.decide(4) == ARMS[0]
+    assert set(manager.allowed(1)) == set(ARMS)
+
+
+def _costs():
+    # target forward seconds: flat in width at small batch, linear at large batch (compute-bound)
+    return {b: {w: 0.01 + 0.0004 * b * w for w in (1, 2, 4, 8, 16)} for b in (1, 2, 4, 8, 16, 32, 64)}
+
+
+def test_auto_threshold_is_the_last_batch_size_where_the_cost_table_predicts_a_speedup():
+    costs, arm = _costs(), Strategy(4, 1, 4)
+    threshold = threshold_from_costs(costs, arm, acceptance_length=2.5, drafter_ratio=0.1)
+    assert 1 <= threshold < 64
+    assert predicted_speedup(costs, threshold, arm, 2.5, 0.1) >= 1.05
+    bigger = min(b for b in costs if b > threshold)
+    assert predicted_speedup(costs, bigger, arm, 2.5, 0.1) < 1.05
+
+
+def test_auto_threshold_is_zero_when_speculation_never_pays():
+    costs = {b: {w: 0.001 * b * w for w in (1, 2, 4, 8)} for b in (1, 2, 4)}  # fully compute-bound
+    assert threshold_from_costs(costs, Strategy(4, 1, 4), acceptance_length=1.2) == 0
+
+
+@pytest.mark.parametrize("text", ["4_1", "a_b_c", "2_1_9"])
+def test_malformed_or_impossible_strategies_are_refused(text):
+    with pytest.raises(ValueError, match="strategy"):
+        Strategy.parse(text)
