@@ -16,6 +16,7 @@ import tlt
 COMMAND_MODULES = [
     "tlt.api.commands",
     "tlt_operator.commands",
+    "tlt.engine.commands",
 ]
 
 
