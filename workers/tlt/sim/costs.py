@@ -1,0 +1,319 @@
+"""What the simulator knows about a model on a device: the cost table and the profile around it.
+
+A `CostTable` is the target's forward time per (running batch size, tokens per
+sequence in the forward = verify width), the drafter's cost relative to the target,
+and an optional linear term for reading the KV cache. A `Profile` adds the rest of
+an RL step's costs (prefill, drafter training, policy training, weight sync, pod and
+role-switch latencies) and the drafter's acceptance model.
+
+Files (JSON or YAML) hold a profile in this layout; every field but the forward
+table is optional (defaults below, throughputs derived from the table):
+
+    name: my-gpu
+    forward_seconds: {1: {1: 0.0067, 8: 0.0069}, 64: {1: 0.0072, 8: 0.012}}
+    drafter_ratio: 0.12              # drafter forward / target forward of the same width
+    kv_seconds_per_token: 2.1e-8     # added per forward per token of context held
+    prefill_tokens_per_second: 25000
+    drafter_train_tokens_per_second: 15000   # per GPU, target hidden states included
+    train_tokens_per_second: 5000            # per GPU, policy update incl. logprob passes
+    train_fixed_seconds: 0, weight_sync_seconds: 5, reward_seconds: 2
+    pod_start_seconds: 60, role_switch_seconds: 3, prompt_tokens: 512
+    acceptance: {alpha_initial: 0.35, alpha_max: 0.75, tokens_scale: 1.0e8, drift: 0.05,
+                 lengths: {"4_1_4": {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}}}
+
+`tlt bench costs` output is read too: the forward table may sit under
+`forward_seconds`, `target_forward_seconds`, `costs`, `forward` or `target`, as a
+nested mapping batch -> width -> seconds or as a list of records with batch, width
+and seconds fields; the drafter ratio under `drafter_ratio`, `drafter_cost_ratio`
+or `drafter_relative_cost`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from tlt.sim.acceptance import AcceptanceModel
+from tlt.speculative.adaptive import Strategy
+
+FORWARD_KEYS = ("forward_seconds", "target_forward_seconds", "costs", "forward", "target")
+RATIO_KEYS = ("drafter_ratio", "drafter_cost_ratio", "drafter_relative_cost")
+
+
+class CostTableError(ValueError):
+    """A cost table file that cannot be read; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class CostTable:
+    forward: dict[int, dict[int, float]]  # batch -> width -> seconds of one target forward
+    drafter_ratio: float = 0.1
+    kv_seconds_per_token: float = 0.0
+
+    def __post_init__(self):
+        if not self.forward or any(not row for row in self.forward.values()):
+            raise CostTableError("the cost table has no forward times; give forward_seconds: {batch: {width: seconds}}")
+        if any(1 not in row for row in self.forward.values()):
+            raise CostTableError("every batch size of the cost table needs the plain-decoding width 1")
+        object.__setattr__(self, "_memo", {})
+
+    def forward_seconds(self, batch: int, width: int) -> float:
+        """Target forward time, linear in batch and in width between measured points (linear beyond)."""
+        batches = sorted(self.forward)
+        lo, hi, frac = _bracket(batches, batch)
+        at_lo = _interp(self.forward[lo], width)
+        at_hi = _interp(self.forward[hi], width)
+        return max(0.0, at_lo + (at_hi - at_lo) * frac)
+
+    def iteration_seconds(self, batch: int, strategy: Strategy | None) -> float:
+        """One decode iteration without the KV term: a plain forward, or draft + verify."""
+        key = (batch, strategy)
+        if key not in self._memo:
+            if strategy is None:
+                self._memo[key] = self.forward_seconds(batch, 1)
+            else:
+                verify = self.forward_seconds(batch, strategy.verify_tokens + 1)
+                draft = strategy.steps * self.drafter_ratio * self.forward_seconds(batch, strategy.topk)
+                self._memo[key] = verify + draft
+        return self._memo[key]
+
+    def as_adaptive_costs(self) -> dict[int, dict[int, float]]:
+        """The table in the shape `tlt.speculative.adaptive.threshold_from_costs` takes."""
+        return {b: dict(row) for b, row in self.forward.items()}
+
+    def peak_tokens_per_second(self) -> float:
+        """Most tokens one forward processes per second: a stand-in for prefill throughput."""
+        return max(b * w / s for b, row in self.forward.items() for w, s in row.items() if s > 0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything but the job spec and the lengths that decides simulated time."""
+
+    name: str
+    costs: CostTable
+    acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
+    prefill_tokens_per_second: float = 0.0  # 0: derived from the cost table
+    drafter_train_tokens_per_second: float = 0.0  # per GPU; 0: prefill / 1.3
+    train_tokens_per_second: float = 0.0  # per GPU; 0: prefill / 5
+    train_fixed_seconds: float = 0.0
+    weight_sync_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    pod_start_seconds: float = 0.0
+    role_switch_seconds: float = 0.0
+    prompt_tokens: int = 0
+    source: str = ""
+
+    def __post_init__(self):
+        prefill = self.prefill_tokens_per_second or self.costs.peak_tokens_per_second()
+        object.__setattr__(self, "prefill_tokens_per_second", prefill)
+        if not self.drafter_train_tokens_per_second:
+            # Hidden states come from a target prefill; the one-layer drafter's pass adds about a third.
+            object.__setattr__(self, "drafter_train_tokens_per_second", prefill / 1.3)
+        if not self.train_tokens_per_second:
+            # Forward + backward (3 forwards) plus old and reference log-prob passes (2 forwards).
+            object.__setattr__(self, "train_tokens_per_second", prefill / 5.0)
+
+    def with_changes(self, **changes) -> "Profile":
+        return replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------
+# Built-in profile: a Qwen2.5-7B-like target on one H100 SXM per rollout shard.
+#
+# Numbers and where they come from (public specs, first-order reasoning; no measurement):
+# - Qwen2.5-7B: 7.6B parameters, 28 layers, hidden 3584, GQA with 4 KV heads of 128, vocab
+#   152K with an untied LM head. A decode forward reads every weight but the input
+#   embedding: ~7.07B params = 14.1 GB in bf16, and does 2 x 7.07B = 14.1 GFLOP per token.
+# - H100 SXM: 3.35 TB/s HBM3 (take 2.7 TB/s achieved), 989 TFLOP/s dense bf16 (take 60%
+#   for decode-shaped GEMMs = 600 TFLOP/s).
+# - Forward time = overhead + smooth max of weight-read time (14.1 GB / 2.7 TB/s = 5.2 ms)
+#   and compute time (tokens x 23.5 us), roofline with a p=4 norm so the knee is soft.
+#   Overhead 1.5 ms per forward (CUDA-graph launch, sampling, scheduler). Batch 1 gives
+#   ~6.7 ms per token = ~150 tokens/s, in line with published single-stream vLLM figures
+#   for 7B models on H100.
+# - KV cache: 28 layers x 2 x 4 heads x 128 x 2 bytes = 57 KB per token of context, read
+#   once per forward: 57,344 B / 2.7 TB/s = 2.1e-8 s per context token. At 32K-token
+#   responses this term dominates the tail, as it does in practice.
+# - EAGLE drafter: one decoder layer (~0.23B) + fc + the shared LM head (0.54B) ~ 0.8B of
+#   7.07B read per draft forward: ratio ~0.11; 0.12 with its own launch overhead.
+# - Prefill / re-prefill: 14.1 GFLOP per token at ~50% of peak with attention over long
+#   contexts: 25K tokens/s. Drafter training per lent GPU: target hidden states (prefill)
+#   plus the drafter's forward and backward: 15K tokens/s.
+# - Policy training: 6N (forward+backward) + 2N (old log-probs) + 2N (reference) = ~70
+#   GFLOP per token at ~40% MFU (ZeRO, long sequences): ~5K tokens/s per GPU.
+# - Weight sync (resharding the trainer's weights into the rollout engines, veRL-style)
+#   5 s; vLLM sleep/wake or drafter checkpoint on a role switch 3 s; pod start with a cached
+#   image and the model on a local volume 60 s; rewards overlap the tail, 2 s remain.
+# - Acceptance: a trained EAGLE drafter accepts ~75% of chain tokens (alpha_max 0.75 gives
+#   ~3.5 tokens per round at depth 6 and ~5 with a 16-node tree, the range EAGLE-2 reports
+#   for 7-8B models); a fresh drafter 0.35. How fast it learns (tokens_scale) and how much a
+#   policy update costs it (drift) are assumptions, not public figures.
+
+_QWEN7B_WEIGHT_BYTES = 14.1e9
+_QWEN7B_FLOP_PER_TOKEN = 14.1e9
+_H100_BYTES_PER_S = 2.7e12
+_H100_FLOPS = 6.0e14
+_FORWARD_OVERHEAD_S = 1.5e-3
+_KV_BYTES_PER_TOKEN = 28 * 2 * 4 * 128 * 2
+TABLE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TABLE_WIDTHS = (1, 2, 3, 4, 5, 7, 9, 17, 33)
+
+
+def roofline_table(weight_bytes: float, flop_per_token: float, bytes_per_s: float, flops: float,
+                   overhead_s: float, batches=TABLE_BATCHES, widths=TABLE_WIDTHS, sharpness: float = 4.0):
+    """Forward seconds per (batch, width): overhead + soft max of weight reads and compute."""
+    memory = weight_bytes / bytes_per_s
+    table = {}
+    for b in batches:
+        row = {}
+        for w in widths:
+            compute = b * w * flop_per_token / flops
+            row[w] = overhead_s + (memory**sharpness + compute**sharpness) ** (1.0 / sharpness)
+        table[b] = row
+    return table
+
+
+def qwen7b_h100() -> Profile:
+    costs = CostTable(
+        forward=roofline_table(_QWEN7B_WEIGHT_BYTES, _QWEN7B_FLOP_PER_TOKEN, _H100_BYTES_PER_S, _H100_FLOPS,
+                               _FORWARD_OVERHEAD_S),
+        drafter_ratio=0.12,
+        kv_seconds_per_token=_KV_BYTES_PER_TOKEN / _H100_BYTES_PER_S,
+    )
+    return Profile(
+        name="qwen2.5-7b-h100",
+        costs=costs,
+        acceptance=AcceptanceModel(alpha_initial=0.35, alpha_max=0.75, tokens_scale=2.0e7, drift=0.05),
+        prefill_tokens_per_second=25_000.0,
+        drafter_train_tokens_per_second=15_000.0,
+        train_tokens_per_second=5_000.0,
+        weight_sync_seconds=5.0,
+        reward_seconds=2.0,
+        pod_start_seconds=60.0,
+        role_switch_seconds=3.0,
+        prompt_tokens=512,
+        source="built-in: Qwen2.5-7B-like on H100 SXM from public specs (see tlt.sim.costs)",
+    )
+
+
+BUILTIN_PROFILES = {"qwen2.5-7b-h100": qwen7b_h100}
+
+
+# ---------------------------------------------------------------------------------
+# Reading files
+
+
+def load_profile(path: str | Path) -> Profile:
+    """A profile from a JSON/YAML file in tlt's layout or `tlt bench costs` output."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CostTableError(f"cannot read cost table {path}: {err.strerror or err}") from None
+    try:
+        body = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise CostTableError(f"cost table {path} is not valid JSON/YAML: {err}") from None
+    if not isinstance(body, dict):
+        raise CostTableError(f"cost table {path} must be a mapping with forward_seconds")
+    return profile_from_dict(body, default_name=path.stem, source=str(path))
+
+
+def profile_from_dict(body: dict, default_name: str = "custom", source: str = "") -> Profile:
+    forward = _find_forward(body)
+    ratio = next((float(body[k]) for k in RATIO_KEYS if body.get(k) is not None), 0.1)
+    costs = CostTable(forward=forward, drafter_ratio=ratio, kv_seconds_per_token=float(body.get("kv_seconds_per_token", 0.0)))
+    acceptance = AcceptanceModel.from_dict(body.get("acceptance") or {})
+    numbers = {
+        name: float(body[name])
+        for name in (
+            "prefill_tokens_per_second", "drafter_train_tokens_per_second", "train_tokens_per_second",
+            "train_fixed_seconds", "weight_sync_seconds", "reward_seconds", "pod_start_seconds",
+            "role_switch_seconds",
+        )
+        if body.get(name) is not None
+    }
+    return Profile(
+        name=str(body.get("name") or default_name),
+        costs=costs,
+        acceptance=acceptance,
+        prompt_tokens=int(body.get("prompt_tokens", 0)),
+        source=source,
+        **numbers,
+    )
+
+
+def _find_forward(body: dict) -> dict[int, dict[int, float]]:
+    for key in FORWARD_KEYS:
+        if key in body:
+            return _parse_forward(body[key], key)
+    raise CostTableError(
+        f"no forward table found; expected one of {', '.join(FORWARD_KEYS)} "
+        "as {batch: {width: seconds}} or a list of {batch, width, seconds} records"
+    )
+
+
+def _parse_forward(value, key: str) -> dict[int, dict[int, float]]:
+    table: dict[int, dict[int, float]] = {}
+    if isinstance(value, dict):
+        for batch, row in value.items():
+            if isinstance(row, dict):
+                table[int(batch)] = {int(w): float(s) for w, s in row.items()}
+            else:  # batch -> seconds: plain decoding only
+                table[int(batch)] = {1: float(row)}
+    elif isinstance(value, list):
+        for record in value:
+            if not isinstance(record, dict):
+                raise CostTableError(f"{key}: records must be mappings with batch, width and seconds")
+            batch = record.get("batch", record.get("batch_size"))
+            width = record.get("width", record.get("verify_width", record.get("tokens", 1)))
+            seconds = next((record[k] for k in ("seconds", "forward_seconds", "time_s", "time") if k in record), None)
+            if batch is None or seconds is None:
+                raise CostTableError(f"{key}: record {record} lacks batch or seconds")
+            table.setdefault(int(batch), {})[int(width)] = float(seconds)
+    else:
+        raise CostTableError(f"{key} must be a mapping or a list of records")
+    return table
+
+
+def _bracket(points: list[int], x: float) -> tuple[int, int, float]:
+    """Neighbours of x among sorted points and x's fraction between them (beyond the ends: extrapolate)."""
+    if len(points) == 1:
+        return points[0], points[0], 0.0
+    i = bisect.bisect_left(points, x)
+    i = min(max(i, 1), len(points) - 1)
+    lo, hi = points[i - 1], points[i]
+    return lo, hi, (x - lo) / (hi - lo)
+
+
+def _interp(row: dict[int, float], width: int) -> float:
+    widths = sorted(row)
+    lo, hi, frac = _bracket(widths, width)
+    if frac < 0:  # below the smallest measured width: no cheaper than it
+        frac = 0.0
+    return row[lo] + (row[hi] - row[lo]) * frac
+
+
+def describe(profile: Profile) -> dict:
+    c = profile.costs
+    return {
+        "name": profile.name,
+        "source": profile.source,
+        "forward_ms_batch1": round(c.forward_seconds(1, 1) * 1e3, 3),
+        "forward_ms_batch64": round(c.forward_seconds(64, 1) * 1e3, 3),
+        "drafter_ratio": c.drafter_ratio,
+        "kv_seconds_per_token": c.kv_seconds_per_token,
+        "prefill_tokens_per_second": profile.prefill_tokens_per_second,
+        "drafter_train_tokens_per_second": profile.drafter_train_tokens_per_second,
+        "train_tokens_per_second": profile.train_tokens_per_second,
+        "weight_sync_seconds": profile.weight_sync_seconds,
+        "role_switch_seconds": profile.role_switch_seconds,
+        "pod_start_seconds": profile.pod_start_seconds,
+        "acceptance": profile.acceptance.describe(),
+    }
+
