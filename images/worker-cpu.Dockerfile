@@ -5,7 +5,8 @@
 # torch comes from PyPI by default, whose Linux build bundles CUDA libraries (several
 # GB, runs on CPUs too). For a small image pass PyTorch's CPU-only wheel index:
 #   --build-arg TORCH_INDEX_URL=<PyTorch CPU wheel index URL>
-# The operator runs job pods as UID 1000 with the command `tlt worker ...`.
+# The operator runs job pods as UID 1000 with the command `tlt worker ...`; jobs write
+# to spec.output.path (default /tlt/output, owned by that user) or a mounted volume.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -28,7 +29,8 @@ LABEL org.opencontainers.image.title="tlt-worker-cpu" \
       org.opencontainers.image.description="tlt job pod image for CPU workers" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --gid 1000 tlt \
-    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/tlt --shell /bin/bash tlt
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/tlt --shell /bin/bash tlt \
+    && mkdir -p /tlt/output && chown -R 1000:1000 /tlt
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

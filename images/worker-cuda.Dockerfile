@@ -43,7 +43,8 @@ RUN apt-get update \
 # Ubuntu images ship a user `ubuntu` with UID 1000: job pods run as 1000, so it becomes `tlt`.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
     && groupadd --gid 1000 tlt \
-    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/tlt --shell /bin/bash tlt
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/tlt --shell /bin/bash tlt \
+    && mkdir -p /tlt/output && chown -R 1000:1000 /tlt
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
