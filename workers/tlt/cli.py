@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "tlt.api.commands",
     "tlt_operator.commands",
     "tlt.engine.commands",
+    "tlt.sim.commands",
 ]
 
 

@@ -164,7 +164,7 @@ class ClusterSimulator:
     """One run (baseline or tlt) of `steps` RL steps; `run()` returns a `SimResult`."""
 
     def __init__(self, spec: ReasoningRLJobSpec, profile: Profile, lengths: list[np.ndarray], options: SimOptions,
-                 mode: str = "tlt"):
+                 mode: str = "tlt", on_step=None):
         if len(lengths) < options.steps:
             raise ValueError(f"need response lengths for {options.steps} steps, got {len(lengths)}")
         self.spec = spec
@@ -172,6 +172,7 @@ class ClusterSimulator:
         self.lengths = lengths
         self.options = options
         self.mode = mode
+        self.on_step = on_step  # called with each finished StepResult (progress display)
         self.now = 0.0
         self.heap: list = []
         self.counter = itertools.count()
@@ -259,6 +260,8 @@ class ClusterSimulator:
         steps: list[StepResult] = []
         for step in range(1, self.options.steps + 1):
             steps.append(self._run_step(step))
+            if self.on_step:
+                self.on_step(steps[-1])
         if self.options.include_startup:
             steps.insert(0, StepResult(0, startup, 0.0, 0.0, startup_gpu, 0, 0, 0.0, 0.0, None))
         return SimResult(self.mode, sum(w.gpus for w in self.workers.values()), steps, self.timeline, self.actions,

@@ -21,8 +21,10 @@ table is optional (defaults below, throughputs derived from the table):
     acceptance: {alpha_initial: 0.35, alpha_max: 0.75, tokens_scale: 1.0e8, drift: 0.05,
                  lengths: {"4_1_4": {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}}}
 
-`tlt bench costs` output is read too: the forward table may sit under
-`forward_seconds`, `target_forward_seconds`, `costs`, `forward` or `target`, as a
+`tlt bench costs --json FILE` output is read too (its `target_seconds` were measured
+with a KV cache of `context_len` tokens, so the KV term stays 0 unless given). More
+generally the forward table may sit under `forward_seconds`, `target_seconds`,
+`target_forward_seconds`, `costs`, `forward` or `target`, as a
 nested mapping batch -> width -> seconds or as a list of records with batch, width
 and seconds fields; the drafter ratio under `drafter_ratio`, `drafter_cost_ratio`
 or `drafter_relative_cost`.
@@ -40,7 +42,7 @@ import yaml
 from tlt.sim.acceptance import AcceptanceModel
 from tlt.speculative.adaptive import Strategy
 
-FORWARD_KEYS = ("forward_seconds", "target_forward_seconds", "costs", "forward", "target")
+FORWARD_KEYS = ("forward_seconds", "target_seconds", "target_forward_seconds", "costs", "forward", "target")
 RATIO_KEYS = ("drafter_ratio", "drafter_cost_ratio", "drafter_relative_cost")
 
 

@@ -91,13 +91,12 @@ class Comparison:
 
 
 def compare(spec: ReasoningRLJobSpec, profile: Profile, lengths: list[np.ndarray], options: SimOptions,
-            setting: dict | None = None, progress=None) -> Comparison:
-    """Run the baseline, then tlt, on the same lengths and seed."""
+            setting: dict | None = None, on_step=None) -> Comparison:
+    """Run the baseline, then tlt, on the same lengths and seed; `on_step(mode, StepResult)` reports progress."""
     results = {}
     for mode, mode_spec in (("baseline", baseline_spec(spec)), ("tlt", spec)):
-        results[mode] = ClusterSimulator(mode_spec, profile, lengths, options, mode=mode).run()
-        if progress:
-            progress(mode, results[mode])
+        report = (lambda step, mode=mode: on_step(mode, step)) if on_step else None
+        results[mode] = ClusterSimulator(mode_spec, profile, lengths, options, mode=mode, on_step=report).run()
     return Comparison(results["baseline"], results["tlt"], setting or {})
 
 

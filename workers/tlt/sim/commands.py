@@ -1,0 +1,221 @@
+"""`tlt simulate`: what tlt buys a job on N GPUs, baseline (veRL-like) vs tlt, before renting them."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tlt.sim.costs import BUILTIN_PROFILES, CostTableError, describe, load_profile
+from tlt.sim.lengths import LengthSpecError, parse_lengths
+
+DEFAULT_PROFILE = "qwen2.5-7b-h100"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate a job on a cluster: step time and GPU-time breakdown, baseline vs tlt",
+        description="Discrete-event simulation of a ReasoningRLJob on N GPUs, driving the same elastic policy "
+        "and adaptive speculation manager as the real system. Without a manifest it simulates a paper-like "
+        "job: a Qwen2.5-7B-like model on H100s, colocated GRPO, 32K-token long-tailed responses.",
+    )
+    p.add_argument("manifest", nargs="?", help="ReasoningRLJob YAML (default: the built-in paper-like job)")
+    p.add_argument("--gpus", type=int, help="cluster size (default: the manifest's, or 64 for the built-in job)")
+    p.add_argument("--profile", choices=sorted(BUILTIN_PROFILES), default=None,
+                   help=f"built-in model/GPU cost profile (default {DEFAULT_PROFILE})")
+    p.add_argument("--costs", metavar="FILE", help="cost profile file (JSON/YAML), or `tlt bench costs --json` output")
+    p.add_argument("--lengths", metavar="SPEC",
+                   help="response lengths: lognormal:median=M,sigma=S | zipf:a=A,scale=K | fixed:N | file:PATH "
+                   "(default: log-normal, median at 11%% of the limit, sigma 1)")
+    p.add_argument("--steps", type=int, default=None, help="RL steps to simulate (default 5, at most the job's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of lengths, acceptance draws and the bandit")
+    p.add_argument("--max-tokens", type=int, help="override maxResponseTokens")
+    p.add_argument("--prompts-per-step", type=int, help="override promptsPerStep")
+    p.add_argument("--control-interval", type=float, default=5.0, help="seconds between elastic-policy decisions")
+    p.add_argument("--exact", action="store_true", help="speculative chunks never cross a finish (slower)")
+    p.add_argument("--out", metavar="DIR", help="write result.json and per-GPU timeline SVGs here")
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    p.set_defaults(func=run_simulate)
+
+
+def run_simulate(args) -> int:
+    from tlt.cli import CommandError
+    from tlt.sim.cluster import SimOptions
+    from tlt.sim.run import compare, paper_job, sample_lengths, scale_spec
+
+    spec, job_name = _job(args, paper_job, scale_spec, CommandError)
+    profile = _profile(args, CommandError)
+    steps = args.steps if args.steps is not None else min(5, spec.algorithm.steps)
+    if steps < 1:
+        raise CommandError("--steps must be >= 1")
+    if args.control_interval <= 0:
+        raise CommandError("--control-interval must be > 0 seconds")
+    max_tokens = spec.algorithm.max_response_tokens
+    length_text = args.lengths or f"lognormal:median={max(1, round(max_tokens * 0.107))},sigma=1.0"
+    try:
+        length_model = parse_lengths(length_text)
+        lengths = sample_lengths(length_model, spec, steps, args.seed)
+    except LengthSpecError as err:
+        raise CommandError(str(err)) from None
+
+    options = SimOptions(steps=steps, seed=args.seed, control_interval_s=args.control_interval, exact=args.exact)
+    setting = {
+        "job": job_name,
+        "gpus": _gpus(spec),
+        "placement": spec.placement,
+        "rollout_shards": spec.rollout.replicas,
+        "sequences_per_step": spec.algorithm.prompts_per_step * spec.algorithm.group_size,
+        "max_response_tokens": max_tokens,
+        "lengths": length_model.describe(),
+        "steps": steps,
+        "seed": args.seed,
+        "speculative": spec.speculative.mode,
+        "batch_threshold": spec.speculative.batch_threshold,
+        "lend_idle": spec.elasticity.lend_idle,
+        "consolidate_tail": spec.elasticity.consolidate_tail.enabled,
+        "profile": describe(profile),
+    }
+    started = time.perf_counter()
+    quiet = args.json
+    progress = _Progress(2 * steps, disabled=quiet)
+    comparison = compare(spec, profile, lengths, options, setting, on_step=progress.update)
+    progress.close()
+    result = comparison.as_dict()
+    result["wall_seconds"] = round(time.perf_counter() - started, 2)
+
+    if args.out:
+        _write_outputs(Path(args.out), comparison, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_comparison(comparison, result))
+        if args.out:
+            print(f"wrote {args.out}/result.json, timeline-baseline.svg, timeline-tlt.svg")
+    return 0
+
+
+def _job(args, paper_job, scale_spec, CommandError):
+    from tlt.api.errors import SpecError
+    from tlt.api.load import load_jobs
+
+    if args.manifest:
+        try:
+            jobs = load_jobs(args.manifest)
+        except SpecError as err:
+            raise CommandError("; ".join(str(e) for e in err.errors) + " (check it with `tlt validate`)") from None
+        if len(jobs) != 1:
+            raise CommandError(f"{args.manifest} holds {len(jobs)} jobs; pass a file with exactly one")
+        spec, name = jobs[0].spec, jobs[0].metadata.name
+        algorithm = {}
+        if args.max_tokens:
+            algorithm["max_response_tokens"] = args.max_tokens
+        if args.prompts_per_step:
+            algorithm["prompts_per_step"] = args.prompts_per_step
+        if algorithm:
+            spec = spec.model_copy(update={"algorithm": spec.algorithm.model_copy(update=algorithm)})
+        if args.gpus:
+            try:
+                spec = scale_spec(spec, args.gpus)
+            except ValueError as err:
+                raise CommandError(f"{err}; give more --gpus") from None
+        return spec, name
+    gpus = args.gpus or 64
+    if gpus < 1:
+        raise CommandError("--gpus must be >= 1")
+    spec = paper_job(gpus=gpus, max_tokens=args.max_tokens or 32768)
+    if args.prompts_per_step:
+        spec = spec.model_copy(update={"algorithm": spec.algorithm.model_copy(
+            update={"prompts_per_step": args.prompts_per_step})})
+    return spec, "built-in paper-like job (Qwen2.5-7B-like, colocated GRPO)"
+
+
+def _profile(args, CommandError):
+    if args.costs and args.profile:
+        raise CommandError("give either --costs FILE or --profile NAME, not both")
+    if args.costs:
+        try:
+            return load_profile(args.costs)
+        except (CostTableError, ValueError) as err:
+            raise CommandError(str(err)) from None
+    return BUILTIN_PROFILES[args.profile or DEFAULT_PROFILE]()
+
+
+def _gpus(spec) -> int:
+    per_shard = max(1, spec.rollout.gpus_per_replica)
+    total = spec.rollout.replicas * per_shard
+    if spec.placement == "disaggregated":
+        total += spec.trainer.replicas * max(1, spec.trainer.gpus_per_replica)
+    if spec.drafter.enabled:
+        total += spec.drafter.dedicated_replicas.max * max(1, spec.drafter.gpus_per_replica)
+    return total
+
+
+class _Progress:
+    """Steps simulated so far, on stderr."""
+
+    def __init__(self, total: int, disabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="simulating", unit="step", disable=disabled, leave=False, file=sys.stderr)
+
+    def update(self, mode, step) -> None:
+        self.bar.set_postfix_str(f"{mode} step {step.step}: {step.seconds:.0f}s")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def format_comparison(comparison, result: dict) -> str:
+    from tlt.sim.cluster import CATEGORIES
+    from tlt.sim.run import PAPER_SPEEDUP, breakdown_rows
+
+    s = result["setting"]
+    lines = [
+        f"{s['job']}: {s['gpus']} GPUs, {s['rollout_shards']} rollout shards ({s['placement']}), "
+        f"{s['sequences_per_step']} sequences/step, max {s['max_response_tokens']} tokens, lengths {s['lengths']}",
+        f"profile {s['profile']['name']}; seed {s['seed']}; simulated in {result['wall_seconds']:.1f}s",
+        "",
+        f"{'step':>4} {'baseline s':>11} {'tlt s':>9} {'speedup':>8} {'rollout b/t s':>15} "
+        f"{'spec tok %':>10} {'drafter a':>9} {'threshold':>9}",
+    ]
+    for b, t in zip(comparison.baseline.steps, comparison.tlt.steps):
+        spec_share = 100.0 * t.speculative_tokens / max(1, t.generated_tokens)
+        lines.append(
+            f"{t.step:>4} {b.seconds:>11.1f} {t.seconds:>9.1f} {b.seconds / t.seconds:>7.2f}x "
+            f"{b.rollout_seconds:>7.0f}/{t.rollout_seconds:<7.0f} {spec_share:>10.1f} {t.acceptance_alpha:>9.2f} "
+            f"{t.batch_threshold if t.batch_threshold is not None else '-':>9}"
+        )
+    lines += [
+        "",
+        f"total: baseline {comparison.baseline.total_seconds:.1f}s, tlt {comparison.tlt.total_seconds:.1f}s, "
+        f"speedup {comparison.speedup:.2f}x (last step {result['last_step_speedup']:.2f}x, "
+        f"rollout {comparison.rollout_speedup:.2f}x); the TLT paper reports {PAPER_SPEEDUP[0]}-{PAPER_SPEEDUP[1]}x",
+        "",
+        "GPU time          " + " ".join(f"{c:>9}" for c in CATEGORIES),
+    ]
+    for name, run in (("baseline", comparison.baseline), ("tlt", comparison.tlt)):
+        shares = breakdown_rows(run)
+        hours = sum(run.gpu_seconds.values()) / 3600.0
+        lines.append(f"{name:<8} {hours:>7.1f}h " + " ".join(f"{shares[c]:>8.1f}%" for c in CATEGORIES))
+    actions = ", ".join(f"{k} {v}" for k, v in sorted(comparison.tlt.actions.items())) or "none"
+    lines.append(f"elastic actions (tlt): {actions}")
+    return "\n".join(lines)
+
+
+def _write_outputs(out: Path, comparison, result: dict) -> None:
+    from tlt.report.svg import timeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    for run in (comparison.baseline, comparison.tlt):
+        spans = {name: [(a, b, _color_role(label)) for a, b, label in ss] for name, ss in run.timeline.items()}
+        title = f"{run.mode}: per-GPU activity ({len(spans)} of {run.gpus} GPUs shown), {run.total_seconds:.0f}s"
+        (out / f"timeline-{run.mode}.svg").write_text(timeline(title, spans))
+
+
+def _color_role(label: str) -> str:
+    """The report's timeline colours roles; training is the trainer's colour, sync and switches grey."""
+    return {"train": "trainer"}.get(label, label)
