@@ -128,10 +128,10 @@ class TorchEngine:
         if self.cache is None:
             raise RuntimeError("engine is asleep; call wake() first")
         start = time.perf_counter()
+        before = self._counters.generated_tokens
         with torch.inference_mode():
             done = self._admit()
             slots = self.running_slots()
-            before = self._counters.generated_tokens
             strategy = None
             if slots.numel():
                 strategy = self.speculation.decide(int(slots.numel())) if self.speculation else None

@@ -99,15 +99,15 @@ class EagleDrafter(nn.Module):
         bsz, seq = input_ids.shape
         if positions is None:
             positions = torch.arange(seq, device=input_ids.device).expand(bsz, seq)
-        with torch.no_grad():
-            emb = self.target.model.embed_tokens(input_ids)
+        emb = F.embedding(input_ids, self.target.model.embed_tokens.weight.detach())
         x = self.fc(torch.cat((emb, target_hidden.to(emb.dtype)), dim=-1))
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         plan = cache.plan(slots, seq, write_offset, tail_mask) if cache is not None else None
         return self.layers[0](x, cos, sin, 0, cache, plan, attn_mask)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.target.lm_head(features)
+        # the shared head is frozen: gradients reach the drafter, never the target
+        return F.linear(features, self.target.lm_head.weight.detach())
 
     def loss(self, input_ids: torch.Tensor, target_hidden: torch.Tensor,
              loss_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
