@@ -1,0 +1,206 @@
+"""PolicyTrainer on tiny random Llama/Qwen2 folders: updates, backends, resume, export."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from tlt.api.model import AlgorithmSpec
+from tlt.tasks.tokenizer import save_tokenizer
+from tlt.trainer import PolicyTrainer, Rollouts, TrainerConfig
+
+TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _save(folder: Path, family: str) -> Path:
+    torch.manual_seed(0)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**TINY))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**TINY, tie_word_embeddings=True))
+    model.save_pretrained(folder)
+    save_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return _save(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory) -> Path:
+    return _save(tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
+def _batch(advantages=(1.0, -1.0, 0.5, -0.5), old_logprobs=None) -> Rollouts:
+    prompts = [[1, 5, 9], [1, 5, 9], [1, 7], [1, 7]]
+    responses = [[11, 12, 13, 14], [21, 22], [31, 32, 33], [41]]
+    return Rollouts(prompts, responses, list(advantages), old_logprobs=old_logprobs)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _l2(a: dict, b: dict) -> float:
+    return sum(((a[k] - b[k]) ** 2).sum().item() for k in a) ** 0.5
+
+
+def _relative_gap(a: dict, b: dict, start: dict) -> float:
+    """||a - b|| / ||a - start|| over all weights: how far two runs differ, relative to how far they moved.
+
+    Adam divides by the gradient's own magnitude, so entries whose gradient is
+    floating-point noise move by noise-sized-but-amplified amounts; measuring the
+    whole update in L2 keeps those few entries from dominating. A lost micro-batch
+    or a different clip gives a gap of order 0.1-1; summation order gives ~1e-5.
+    """
+    assert a.keys() == b.keys() == start.keys()
+    return _l2(a, b) / _l2(a, start)
+
+
+def test_one_update_raises_the_logprob_of_a_positively_advantaged_response(llama):
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-3), device="cpu")
+    batch = _batch()
+    before = [lp.sum().item() for lp in trainer.compute_logprobs(batch)]
+    trainer.train(batch)
+    after = [lp.sum().item() for lp in trainer.compute_logprobs(batch)]
+    assert after[0] > before[0] and after[2] > before[2]  # advantages +1, +0.5
+    assert after[1] < before[1] and after[3] < before[3]  # advantages -1, -0.5
+
+
+def test_first_update_on_recomputed_logprobs_has_ratio_one_and_loss_minus_mean_advantage(llama):
+    # Old log-probs recomputed by the trainer itself: ratio 1 everywhere, so nothing is
+    # clipped and each token's loss is -A; seq-mean-token-mean is then -mean(A).
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-3), device="cpu")
+    m = trainer.train(_batch(advantages=(1.0, 0.25, 0.5, 0.25)))
+    assert m["ppo_kl"] == 0.0 and m["clip_fraction"] == 0.0
+    assert m["loss"] == pytest.approx(-0.5, abs=1e-6)
+    assert m["tokens"] == 10 and m["updates"] == 1 and m["grad_norm"] > 0
+
+
+def test_stale_old_logprobs_are_clipped_and_counted(llama):
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-3, clip_ratio_high=0.28), device="cpu")
+    batch = _batch()
+    current = trainer.compute_logprobs(batch)
+    # The rollout saw every token with a much lower probability: ratio e^1 > 1.28 on all tokens,
+    # so the tokens of the positively advantaged sequences (4 + 3 of 10) are clipped.
+    stale = _batch(old_logprobs=[lp - 1.0 for lp in current])
+    m = trainer.train(stale)
+    assert m["clip_fraction"] == pytest.approx(7 / 10)
+    assert m["ppo_kl"] == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_micro_batches_give_the_same_update_as_one_forward_per_mini_batch(llama):
+    cfg = dict(learning_rate=1e-2, mini_batch_size=2, ppo_epochs=2, loss_aggregation="token-mean")
+    whole = PolicyTrainer(llama, TrainerConfig(**cfg), device="cpu")
+    split = PolicyTrainer(llama, TrainerConfig(**cfg, micro_batch_size=1), device="cpu")
+    start = whole.state_dict()
+    m_whole, m_split = whole.train(_batch()), split.train(_batch())
+    assert m_split["loss"] == pytest.approx(m_whole["loss"], abs=1e-6)
+    assert m_split["grad_norm"] == pytest.approx(m_whole["grad_norm"], rel=1e-5)
+    assert _relative_gap(whole.state_dict(), split.state_dict(), start) <= 1e-4
+
+
+def test_kl_to_the_frozen_reference_grows_as_the_policy_moves(llama):
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-2, kl_coef=0.1), device="cpu")
+    first = trainer.train(_batch())
+    second = trainer.train(_batch())
+    assert first["kl"] == 0.0  # the policy still equals the reference
+    assert second["kl"] > 0.0
+    assert second["loss"] == pytest.approx(second["pg_loss"] + 0.1 * second["kl_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("stage, micro", [(1, None), (2, 1), pytest.param(3, 1, marks=pytest.mark.slow)])
+def test_deepspeed_zero_matches_the_torch_backend(llama, stage, micro):
+    # Four optimizer steps (2 mini-batches x 2 epochs) so Adam's later, magnitude-dependent
+    # updates are compared too; micro=1 accumulates gradients over two micro-batches.
+    # fp32 on both sides: only summation order differs (tolerances in _relative_gap).
+    cfg = TrainerConfig(learning_rate=1e-2, mini_batch_size=2, ppo_epochs=2, micro_batch_size=micro)
+    ref = PolicyTrainer(llama, cfg, backend="torch", device="cpu")
+    ds = PolicyTrainer(llama, cfg, backend="deepspeed", zero_stage=stage, device="cpu")
+    start = ref.state_dict()
+    m_ref, m_ds = ref.train(_batch()), ds.train(_batch())
+    assert m_ds["loss"] == pytest.approx(m_ref["loss"], abs=1e-6)
+    assert m_ds["grad_norm"] == pytest.approx(m_ref["grad_norm"], rel=1e-5)
+    assert m_ds["clip_fraction"] == pytest.approx(m_ref["clip_fraction"])
+    assert _relative_gap(ref.state_dict(), ds.state_dict(), start) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", ["torch", "deepspeed"])
+def test_resuming_from_a_checkpoint_continues_exactly_like_an_uninterrupted_run(llama, tmp_path, backend):
+    cfg = TrainerConfig(learning_rate=1e-2, mini_batch_size=2, ppo_epochs=2)
+    kw = dict(backend=backend, zero_stage=2, device="cpu")
+    straight = PolicyTrainer(llama, cfg, **kw)
+    straight.train(_batch())
+    straight.save_checkpoint(tmp_path / "ckpt")
+    expected = straight.train(_batch(advantages=(0.5, 1.0, -1.0, 0.0)))
+
+    resumed = PolicyTrainer(llama, cfg, **kw)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    got = resumed.train(_batch(advantages=(0.5, 1.0, -1.0, 0.0)))
+    # Same weights, Adam moments and shuffling order: the next step is bit for bit the same.
+    assert _max_diff(straight.state_dict(), resumed.state_dict()) == 0.0
+    assert got == expected
+    assert (resumed.steps, resumed.updates) == (2, 8)
+
+
+def test_saving_a_checkpoint_again_replaces_the_previous_one(llama, tmp_path):
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-2), device="cpu")
+    trainer.save_checkpoint(tmp_path / "ckpt")
+    trainer.train(_batch())
+    trainer.save_checkpoint(tmp_path / "ckpt")
+    fresh = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-2), device="cpu")
+    fresh.load_checkpoint(tmp_path / "ckpt")
+    assert _max_diff(trainer.state_dict(), fresh.state_dict()) == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left
+
+
+def test_a_checkpoint_of_one_backend_is_refused_by_the_other(llama, tmp_path):
+    PolicyTrainer(llama, device="cpu").save_checkpoint(tmp_path / "ckpt")
+    other = PolicyTrainer(llama, backend="deepspeed", zero_stage=1, device="cpu")
+    with pytest.raises(ValueError, match="torch backend"):
+        other.load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_state_dict_has_the_keys_of_the_hugging_face_safetensors(family, llama, qwen2):
+    folder = {"llama": llama, "qwen2": qwen2}[family]
+    trainer = PolicyTrainer(folder, device="cpu")
+    state = trainer.state_dict()
+    on_disk = load_file(str(folder / "model.safetensors"))
+    assert state.keys() == on_disk.keys()  # a tied LM head is left out, as on disk
+    assert all(torch.equal(state[k], on_disk[k]) for k in state)
+
+
+def test_exported_folder_loads_with_from_pretrained_and_has_the_trained_weights(qwen2, tmp_path):
+    trainer = PolicyTrainer(qwen2, TrainerConfig(learning_rate=1e-2), device="cpu")
+    trainer.train(_batch())
+    out = trainer.export_hf(tmp_path / "final")
+    loaded = AutoModelForCausalLM.from_pretrained(str(out))
+    trained = trainer.state_dict()
+    assert _max_diff({k: v for k, v in loaded.state_dict().items() if k in trained}, trained) == 0.0
+    assert _max_diff(trained, {k: v for k, v in load_file(str(qwen2 / "model.safetensors")).items()}) > 0
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer("12+3").input_ids == AutoTokenizer.from_pretrained(str(qwen2))("12+3").input_ids
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
+
+
+def test_trainer_config_takes_the_resolved_algorithm_defaults():
+    dapo = TrainerConfig.from_algorithm(AlgorithmSpec(name="dapo", learning_rate=3e-6, mini_batch_size=8))
+    assert (dapo.clip_ratio_low, dapo.clip_ratio_high, dapo.loss_aggregation) == (0.2, 0.28, "token-mean")
+    assert (dapo.learning_rate, dapo.mini_batch_size) == (3e-6, 8)
+    grpo = TrainerConfig.from_algorithm(AlgorithmSpec(name="grpo", kl_coef=0.01))
+    assert (grpo.clip_ratio_high, grpo.loss_aggregation, grpo.kl_coef) == (0.2, "seq-mean-token-mean", 0.01)
+
+
+def test_rollouts_with_per_token_fields_of_the_wrong_length_are_refused():
+    with pytest.raises(ValueError, match="old_logprobs has 1 entries, response has 2 tokens"):
+        Rollouts([[1]], [[2, 3]], [1.0], old_logprobs=[[0.0]])
+    with pytest.raises(ValueError, match="empty prompt"):
+        Rollouts([[]], [[2, 3]], [1.0])

@@ -1,0 +1,313 @@
+"""The policy trainer: GRPO/DAPO updates of a Hugging Face causal LM.
+
+One `train(rollouts)` call is one RL step's update:
+
+1. old log-probabilities: the rollout engine's, or recomputed with the current
+   policy when the batch has none;
+2. reference log-probabilities from the frozen initial policy when kl_coef > 0;
+3. `ppo_epochs` passes; each pass shuffles the rollouts and cuts them into
+   mini-batches of `mini_batch_size` sequences, one optimizer step each
+   (micro-batches of `micro_batch_size` accumulate into it, weighted so the
+   result equals one forward over the whole mini-batch);
+4. loss = aggregate(ppo_clip_loss) + kl_coef * aggregate(k3_kl), aggregated
+   with the configured mode over the mini-batch's response tokens.
+
+Parameter names stay the Hugging Face ones, so `state_dict()` loads into the
+rollout engines and `export_hf()` writes a folder `from_pretrained` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from tlt.trainer.batch import Collated, Rollouts, collate
+from tlt.trainer.losses import AGGREGATIONS, aggregate, aggregation_weight, k3_kl, masked_mean, ppo_clip_loss
+from tlt.trainer.backends import DeepSpeedBackend, TorchBackend
+
+# Files of a Hugging Face folder that describe the tokenizer, copied as they are by export_hf.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja",
+                   "chat_template.json", "generation_config.json")
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainerConfig:
+    """Hyperparameters of the update (the spec's `algorithm` plus trainer-only knobs)."""
+
+    learning_rate: float = 1e-6
+    ppo_epochs: int = 1
+    mini_batch_size: int | None = None  # sequences per optimizer step; None: the whole batch
+    micro_batch_size: int | None = None  # sequences per forward; None: the whole mini-batch
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
+    kl_coef: float = 0.0
+    loss_aggregation: str = "seq-mean-token-mean"
+    temperature: float = 1.0  # the rollout's: log-probs are of softmax(logits / temperature)
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.01  # AdamW decoupled decay, as veRL's actor default
+    betas: tuple[float, float] = (0.9, 0.999)
+    shuffle: bool = True  # reshuffle rollouts into mini-batches every epoch
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def __post_init__(self):
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown loss aggregation {self.loss_aggregation!r}; expected one of {AGGREGATIONS}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+    @classmethod
+    def from_algorithm(cls, algorithm, **overrides) -> "TrainerConfig":
+        """From `ReasoningRLJobSpec.algorithm` (an `AlgorithmSpec`, defaults already resolved)."""
+        fields = dict(learning_rate=algorithm.learning_rate, ppo_epochs=algorithm.ppo_epochs,
+                      mini_batch_size=algorithm.mini_batch_size, clip_ratio_low=algorithm.clip_ratio_low,
+                      clip_ratio_high=algorithm.clip_ratio_high, kl_coef=algorithm.kl_coef,
+                      loss_aggregation=algorithm.loss_aggregation, temperature=algorithm.temperature,
+                      seed=algorithm.seed)
+        fields.update(overrides)
+        return cls(**fields)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
+def _load_hf(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    # Dropout off: old and new log-probs must come from the same function, or the
+    # ratio is noise even before the first update (Qwen/Llama ship with 0 anyway).
+    return model.to(device).eval()
+
+
+class PolicyTrainer:
+    """Trains a causal LM from a Hugging Face folder on batches of rollouts.
+
+    backend: "torch" (AdamW on the module) or "deepspeed" (ZeRO `zero_stage`,
+    optimizer state offloaded per `offload`). Both take the same inputs and give
+    the same updates up to floating-point summation order.
+    """
+
+    def __init__(self, model_path: str | Path, config: TrainerConfig | None = None, *,
+                 backend: Literal["torch", "deepspeed"] = "torch", zero_stage: int = 2,
+                 offload: Literal["none", "optimizer", "all"] = "none", device: str | torch.device | None = None,
+                 pad_id: int | None = None):
+        self.config = config or TrainerConfig()
+        self.model_path = Path(model_path)
+        self.device = torch.device(device) if device is not None else _default_device()
+        torch.manual_seed(self.config.seed)
+        model = _load_hf(self.model_path, self.device, torch.float32)
+        self.model_config = model.config
+        self.pad_id = pad_id if pad_id is not None else (model.config.pad_token_id or 0)
+        common = dict(lr=self.config.learning_rate, weight_decay=self.config.weight_decay, betas=self.config.betas,
+                      max_grad_norm=self.config.max_grad_norm, precision=self.config.precision, device=self.device)
+        if backend == "torch":
+            self.backend = TorchBackend(model, **common)
+        elif backend == "deepspeed":
+            self.backend = DeepSpeedBackend(model, **common, zero_stage=zero_stage, offload=offload)
+        else:
+            raise ValueError(f"backend must be 'torch' or 'deepspeed', got {backend!r}")
+        self.reference = None
+        if self.config.kl_coef > 0:
+            ref_dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float32
+            self.reference = _load_hf(self.model_path, self.device, ref_dtype).requires_grad_(False)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.updates = 0  # optimizer steps taken
+        self.steps = 0  # train() calls (RL steps)
+
+    @classmethod
+    def from_spec(cls, spec, model_path: str | Path, **kwargs) -> "PolicyTrainer":
+        """Backend, ZeRO stage and offload from `spec.trainer.deepspeed`; hyperparameters from `spec.algorithm`."""
+        ds = spec.trainer.deepspeed
+        config = kwargs.pop("config", None) or TrainerConfig.from_algorithm(spec.algorithm)
+        return cls(model_path, config, backend="deepspeed" if ds.enabled else "torch",
+                   zero_stage=ds.zero_stage, offload=ds.offload, **kwargs)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.backend.module
+
+    # ------------------------------------------------------------------ log-probs
+
+    def _logprobs(self, model: torch.nn.Module, batch: Collated, with_entropy: bool = False):
+        """Log-probabilities [b, T] of the response tokens (and token entropies, detached)."""
+        with self.backend.autocast():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        # Only the positions that predict response tokens go through the softmax.
+        rows = torch.arange(batch.predict_at.shape[0], device=logits.device).unsqueeze(-1)
+        picked = logits[rows, batch.predict_at].float() / self.config.temperature
+        logp_all = torch.log_softmax(picked, dim=-1)
+        logp = logp_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+        if not with_entropy:
+            return logp, None
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy
+
+    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
+        size = self.config.micro_batch_size or len(indices)
+        return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+    @torch.no_grad()
+    def compute_logprobs(self, rollouts: Rollouts, reference: bool = False) -> list[torch.Tensor]:
+        """Per-rollout log-probs of the response tokens under the current (or reference) policy, on CPU."""
+        model = self.reference if reference else self.backend.forward
+        if model is None:
+            raise ValueError("no reference model: it is loaded only when kl_coef > 0")
+        out: list[torch.Tensor] = []
+        for micro in self._micro_batches(list(range(len(rollouts)))):
+            batch = collate(rollouts, micro, self.pad_id).to(self.device)
+            logp, _ = self._logprobs(model, batch)
+            out.extend(logp[row, :rollouts.responses[i].numel()].float().cpu() for row, i in enumerate(micro))
+        return out
+
+    # ------------------------------------------------------------------ update
+
+    def train(self, rollouts: Rollouts) -> dict[str, float]:
+        """One RL step's update on `rollouts`; returns metrics (token-weighted means over the step).
+
+        loss, pg_loss, kl_loss: mean over optimizer steps of the aggregated losses;
+        kl: mean k3 KL to the reference per token; ppo_kl: mean (old - new) log-prob
+        per token; clip_fraction: share of tokens whose clipped branch is active;
+        entropy: mean token entropy; grad_norm: mean pre-clip gradient norm;
+        tokens: response tokens trained on (once, not per epoch); updates: optimizer steps.
+        """
+        cfg = self.config
+        n = len(rollouts)
+        if n == 0:
+            raise ValueError("no rollouts to train on")
+        old = rollouts.old_logprobs if rollouts.old_logprobs is not None else self.compute_logprobs(rollouts)
+        ref = self.compute_logprobs(rollouts, reference=True) if self.reference is not None else None
+        mini = cfg.mini_batch_size or n
+        sums = dict(loss=0.0, pg_loss=0.0, kl_loss=0.0, grad_norm=0.0)
+        token_sums = dict(kl=0.0, ppo_kl=0.0, clip_fraction=0.0, entropy=0.0)
+        seen_tokens = 0.0
+        updates = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=self.generator).tolist() if cfg.shuffle else list(range(n))
+            for start in range(0, n, mini):
+                indices = order[start:start + mini]
+                total_tokens = float(rollouts.num_tokens(indices))
+                micros = self._micro_batches(indices)
+                step_loss = step_pg = step_kl = 0.0
+                for k, micro in enumerate(micros):
+                    self.backend.begin_micro(is_last=k == len(micros) - 1)
+                    batch = collate(rollouts, micro, self.pad_id, old_logprobs=old).to(self.device)
+                    logp, entropy = self._logprobs(self.backend.forward, batch, with_entropy=True)
+                    pg_tokens, clipped = ppo_clip_loss(logp, batch.old_logprobs, batch.advantages,
+                                                       cfg.clip_ratio_low, cfg.clip_ratio_high)
+                    pg = aggregate(pg_tokens, batch.mask, cfg.loss_aggregation)
+                    loss = pg
+                    kl_val = None
+                    if ref is not None:
+                        ref_batch = collate(rollouts, micro, self.pad_id, old_logprobs=ref)
+                        kl_tokens = k3_kl(logp, ref_batch.old_logprobs.to(self.device))
+                        kl_val = aggregate(kl_tokens, batch.mask, cfg.loss_aggregation)
+                        loss = pg + cfg.kl_coef * kl_val
+                    weight = aggregation_weight(batch.mask, cfg.loss_aggregation, len(indices), total_tokens)
+                    self.backend.backward(loss * weight)
+                    step_loss += loss.item() * weight
+                    step_pg += pg.item() * weight
+                    step_kl += (kl_val.item() * weight) if kl_val is not None else 0.0
+                    with torch.no_grad():
+                        m = batch.mask
+                        t = float(m.sum())
+                        seen_tokens += t
+                        token_sums["ppo_kl"] += float(masked_mean(batch.old_logprobs - logp, m)) * t
+                        token_sums["clip_fraction"] += float(masked_mean(clipped.float(), m)) * t
+                        token_sums["entropy"] += float(masked_mean(entropy, m)) * t
+                        if ref is not None:
+                            token_sums["kl"] += float(masked_mean(kl_tokens, m)) * t
+                sums["grad_norm"] += self.backend.step()
+                sums["loss"] += step_loss
+                sums["pg_loss"] += step_pg
+                sums["kl_loss"] += step_kl
+                updates += 1
+        self.updates += updates
+        self.steps += 1
+        metrics = {k: v / updates for k, v in sums.items()}
+        metrics.update({k: v / max(seen_tokens, 1.0) for k, v in token_sums.items()})
+        metrics["tokens"] = float(rollouts.num_tokens())
+        metrics["updates"] = float(updates)
+        return metrics
+
+    # ------------------------------------------------------------------ weights out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy's weights under Hugging Face names, on CPU, as in the model's safetensors.
+
+        A tied LM head is left out, as `save_pretrained` does (it is the embedding).
+        """
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.backend.full_state_dict().items()}
+        if getattr(self.model_config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        return state
+
+    def export_hf(self, path: str | Path) -> Path:
+        """Writes a Hugging Face folder: config, safetensors, and the source's tokenizer files."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = self.backend.full_state_dict()
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        self.module.save_pretrained(str(path), state_dict=state)
+        for name in TOKENIZER_FILES:
+            source = self.model_path / name
+            if source.is_file() and not (name == "generation_config.json" and (path / name).exists()):
+                shutil.copy2(source, path / name)
+        return path
+
+    # ------------------------------------------------------------------ resume
+
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(), "trainer": self.generator.get_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Policy, optimizer, counters and RNG states into `path`, replacing it atomically.
+
+        Written to a sibling temporary folder first and swapped in by rename, so a
+        kill at any moment leaves either the previous checkpoint or the new one.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        self.backend.save(tmp)
+        torch.save({"backend": self.backend.name, "updates": self.updates, "steps": self.steps,
+                    "config": asdict(self.config), "rng": self._rng_state()}, tmp / STATE_FILE)
+        old = path.parent / f".{path.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restores what `save_checkpoint` wrote (same backend)."""
+        path = Path(path)
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        if state["backend"] != self.backend.name:
+            raise ValueError(f"checkpoint {path} was written by the {state['backend']} backend, "
+                             f"this trainer uses {self.backend.name}")
+        self.backend.load(path)
+        self.updates, self.steps = state["updates"], state["steps"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["trainer"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
