@@ -390,8 +390,10 @@ def test_operator_container_runs_the_operator_with_its_settings(rendered):
     assert env["TLT_WORKER_IMAGE_CUDA"] == f"tlt/worker-cuda:{tlt.__version__}"
     assert env["TLT_WORKER_IMAGE_CPU"] == f"tlt/worker-cpu:{tlt.__version__}"
     assert env["TLT_METRICS_PORT"] == "9090" and env["TLT_HEALTH_PORT"] == "8080"
-    ns_env = next(e for e in container["env"] if e["name"] == "TLT_OPERATOR_NAMESPACE")
-    assert ns_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Every variable the chart sets is one the operator reads (operator/tlt_operator/__main__.py).
+    main = (ROOT / "operator" / "tlt_operator" / "__main__.py").read_text() + (ROOT / "operator" / "tlt_operator" / "builders.py").read_text()
+    for name in env:
+        assert name in main, f"the chart sets {name}, which the operator does not read"
     service = one(rendered["default"], "Service")
     assert service["spec"]["ports"][0]["port"] == 9090 and service["spec"]["ports"][0]["targetPort"] == "metrics"
 
