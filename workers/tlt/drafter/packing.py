@@ -117,11 +117,12 @@ def loss_terms(drafter, batch: Batch, ce_weight: float = 0.1) -> tuple[torch.Ten
     pred = drafter.features(batch.tokens[:, 1:], batch.hidden[:, :-1], positions=batch.positions[:, :-1],
                             attn_mask=batch.attn_mask[:, :-1, :-1])
     nxt = batch.hidden[:, 1:].to(pred.dtype)
+    compute = torch.promote_types(pred.dtype, torch.float32)
     reg = F.smooth_l1_loss(pred, nxt, reduction="none").mean(-1)
     with torch.no_grad():
-        target_p = F.softmax(drafter.logits(nxt).float(), dim=-1)
-    ce = -(target_p * F.log_softmax(drafter.logits(pred).float(), dim=-1)).sum(-1)
-    per_token = reg.float() + ce_weight * ce
+        target_p = F.softmax(drafter.logits(nxt).to(compute), dim=-1)
+    ce = -(target_p * F.log_softmax(drafter.logits(pred).to(compute), dim=-1)).sum(-1)
+    per_token = reg.to(compute) + ce_weight * ce
     m = batch.loss_mask[:, 1:].to(per_token.device)
     return (per_token * m).sum(), m.sum()
 

@@ -1,0 +1,404 @@
+"""The adaptive drafter: data, packing, spot training, checkpoints, averaging, metrics."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tlt.drafter import (DrafterMetrics, DrafterSync, RolloutBuffer, Sample, SpotTrainer, TrainConfig,
+                         loss_terms, make_windows, pack, prefill_hidden, unpacked, weighted_average)
+from tlt.drafter import checkpoint as ckpt_mod
+from tlt.drafter.checkpoint import AsyncCheckpointer
+from tlt.drafter.packing import micro_batches, training_batches
+from tlt.models import ModelConfig, random_model
+from tlt.models.drafter import EagleDrafter
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def tiny_target(dtype=torch.float64, seed=0):
+    cfg = ModelConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return random_model(cfg, seed=seed, dtype=dtype, init_std=0.2)
+
+
+def random_samples(n, seed=0, vocab=48, max_prompt=6, max_resp=40):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        p = int(torch.randint(2, max_prompt + 1, (1,), generator=g))
+        r = int(torch.randint(1, max_resp + 1, (1,), generator=g))
+        toks = torch.randint(0, vocab, (p + r,), generator=g).tolist()
+        out.append(Sample(tuple(toks), p))
+    return out
+
+
+def state_equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
+
+
+# ---------------------------------------------------------------- buffer and windows
+
+def test_buffer_keeps_current_and_previous_step_only():
+    buf = RolloutBuffer(capacity=100, keep_steps=2)
+    for step in range(3):
+        buf.start_step(step)
+        buf.extend([Sample((1, 2, step), 1)] * 3)
+    assert buf.steps == [1, 2]
+    assert sorted({s.tokens[-1] for s in buf.samples()}) == [1, 2]
+    assert buf.dropped == 3
+
+
+def test_buffer_over_capacity_drops_oldest_first():
+    buf = RolloutBuffer(capacity=4, keep_steps=2)
+    buf.start_step(0)
+    buf.extend([Sample((0, i), 1) for i in range(3)])
+    buf.start_step(1)
+    buf.extend([Sample((1, i), 1) for i in range(3)])
+    kept = [s.tokens for s in buf.samples()]
+    assert kept == [(0, 2), (1, 0), (1, 1), (1, 2)]
+    assert buf.dropped == 2
+
+
+def test_buffer_state_roundtrips():
+    buf = RolloutBuffer(capacity=10)
+    buf.extend([Sample((3, 4, 5), 2, policy_version=7)], step=4)
+    again = RolloutBuffer.from_state(buf.state())
+    assert again.samples() == buf.samples() and again.steps == [4]
+
+
+def test_windows_hold_at_most_n_response_tokens_and_cover_every_response_token():
+    target = tiny_target()
+    samples = [Sample(tuple(range(5)) + tuple(i % 40 for i in range(23)), 5)]
+    hidden = prefill_hidden(target, samples)
+    wins = make_windows(samples, hidden, max_response_tokens=10)
+    assert [int(w.loss_mask.sum()) for w in wins] == [10, 10, 3]
+    assert all(int(w.loss_mask.sum()) <= 10 for w in wins)
+    # every response position is a target exactly once, the prompt never
+    covered = torch.cat([w.positions[w.loss_mask] for w in wins]).tolist()
+    assert covered == list(range(5, 28))
+    # a later window starts one token early so its first response token has a predecessor
+    assert int(wins[1].positions[0]) == 14 and not bool(wins[1].loss_mask[0])
+    # hidden states are sliced from the whole-sequence prefill, not recomputed per window
+    assert torch.equal(wins[1].hidden, hidden[0][14:25])
+
+
+def test_prefill_hidden_equals_a_single_sequence_forward():
+    target = tiny_target()
+    samples = random_samples(5, seed=1)
+    hidden = prefill_hidden(target, samples, max_batch_tokens=64)
+    for s, h in zip(samples, hidden):
+        alone = target.hidden(torch.tensor([s.tokens]))[0]
+        assert torch.allclose(h, alone, atol=1e-10)
+
+
+# ---------------------------------------------------------------- packing
+
+def test_packed_and_unpacked_training_give_the_same_loss_and_gradients():
+    target = tiny_target()
+    samples = random_samples(7, seed=2)
+    windows = make_windows(samples, prefill_hidden(target, samples), max_response_tokens=16)
+    for w in windows[::2]:
+        w.loss_mask[:] = True  # a window whose every token is a target (its first has no predecessor)
+    drafter = EagleDrafter.for_target(target, seed=3, init_std=0.2)
+
+    def loss_and_grad(batch):
+        drafter.zero_grad()
+        s, n = loss_terms(drafter, batch)
+        (s / n).backward()
+        return float((s / n).detach()), [p.grad.clone() for p in drafter.parameters()]
+
+    packed = pack(windows, row_tokens=64)
+    ref = unpacked(windows)
+    assert packed.tokens.shape[0] < ref.tokens.shape[0]  # it did pack
+    assert packed.num_targets == ref.num_targets
+    lp, gp = loss_and_grad(packed)
+    lu, gu = loss_and_grad(ref)
+    assert lp == pytest.approx(lu, rel=1e-10)
+    for a, b in zip(gp, gu):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_packed_rows_do_not_attend_across_windows():
+    target = tiny_target()
+    samples = random_samples(2, seed=4)
+    windows = make_windows(samples, prefill_hidden(target, samples))
+    drafter = EagleDrafter.for_target(target, seed=3, init_std=0.2)
+    batch = pack(windows, row_tokens=1000)
+    assert batch.tokens.shape[0] == 1
+    n0 = len(windows[0]) if int(batch.positions[0, 0]) == int(windows[0].positions[0]) else len(windows[1])
+    # changing the second window's tokens must not change the first window's predictions
+    pred = drafter.features(batch.tokens[:, 1:], batch.hidden[:, :-1], batch.positions[:, :-1],
+                            attn_mask=batch.attn_mask[:, :-1, :-1])
+    tokens2 = batch.tokens.clone()
+    tokens2[0, n0:] = (tokens2[0, n0:] + 1) % 48
+    pred2 = drafter.features(tokens2[:, 1:], batch.hidden[:, :-1], batch.positions[:, :-1],
+                             attn_mask=batch.attn_mask[:, :-1, :-1])
+    assert torch.equal(pred[0, : n0 - 1], pred2[0, : n0 - 1])
+    assert not torch.equal(pred[0, n0:], pred2[0, n0:])
+
+
+# ---------------------------------------------------------------- spot trainer
+
+def make_trainer(target, batches, **cfg):
+    drafter = EagleDrafter.for_target(target, seed=5, init_std=0.1)
+    trainer = SpotTrainer(drafter, TrainConfig(**{"lr": 3e-3, "warmup_steps": 3, "grad_accum": 2,
+                                                  "checkpoint_every": 0, **cfg}))
+    trainer.set_data(batches)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def random_batches():
+    target = tiny_target(torch.float32)
+    samples = random_samples(24, seed=6)
+    return target, training_batches(target, samples, max_response_tokens=32, row_tokens=96, rows_per_batch=2)
+
+
+def test_preemption_returns_within_one_micro_step_and_resumes_with_identical_weights(random_batches):
+    target, batches = random_batches
+    ref = make_trainer(target, batches)
+    ref.run(max_steps=6)
+
+    spot = make_trainer(target, batches)
+    preempt = threading.Event()
+    seen = []
+
+    def hook(tr):
+        seen.append(tr.micro_steps_total)
+        if tr.micro_steps_total == 5:  # mid accumulation group (grad_accum=2)
+            preempt.set()
+
+    spot.on_micro_step = hook
+    result = spot.run(preempt, until_step=6)
+    assert result.reason == "preempted"
+    assert spot.micro_steps_total == 5  # not one micro-step more after the event
+    assert spot.state.preemptions == 1 and spot.state.micro == 1
+    preempt.clear()
+    assert spot.run(preempt, until_step=6).reason == "done"
+    assert state_equal(spot.drafter.state_dict(), ref.drafter.state_dict())
+
+
+def test_preemption_from_another_thread_stops_within_one_micro_step(random_batches):
+    target, batches = random_batches
+    trainer = make_trainer(target, batches)
+    preempt = threading.Event()
+    started = threading.Event()
+    trainer.on_micro_step = lambda tr: started.set() if tr.micro_steps_total >= 2 else None
+    results = []
+    worker = threading.Thread(target=lambda: results.append(trainer.run(preempt)))
+    worker.start()
+    assert started.wait(120)
+    at_set = trainer.micro_steps_total
+    preempt.set()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert results[0].reason == "preempted"
+    assert trainer.micro_steps_total <= at_set + 1
+
+
+def test_restart_resumes_from_the_last_checkpoint(random_batches, tmp_path):
+    target, batches = random_batches
+    ref = make_trainer(target, batches)
+    ref.run(max_steps=7)
+
+    cfg = TrainConfig(lr=3e-3, warmup_steps=3, grad_accum=2, checkpoint_every=2)
+    first = SpotTrainer.restore(tmp_path, EagleDrafter.for_target(target, seed=5, init_std=0.1), cfg)
+    first.set_data(batches)
+    first.run(max_steps=5)  # checkpoints at steps 2 and 4; step 5 is lost in the "crash"
+    first.checkpointer.flush(60)
+    del first
+
+    again = SpotTrainer.restore(tmp_path, EagleDrafter.for_target(target, seed=99, init_std=0.1), cfg)
+    assert again.state.step == 4
+    again.set_data(batches)
+    again.run(until_step=7)
+    again.checkpointer.close(60)
+    assert state_equal(again.drafter.state_dict(), ref.drafter.state_dict())
+
+
+def test_training_does_not_wait_for_a_slow_disk(random_batches, tmp_path, monkeypatch):
+    target, batches = random_batches
+    release = threading.Event()
+    real_write = ckpt_mod.write_state
+
+    def slow_write(folder, state):
+        release.wait(120)
+        return real_write(folder, state)
+
+    monkeypatch.setattr(ckpt_mod, "write_state", slow_write)
+    trainer = make_trainer(target, batches, checkpoint_every=1)
+    trainer.checkpointer = AsyncCheckpointer(tmp_path)
+    result = trainer.run(max_steps=4)  # four checkpoints submitted while the disk is "stuck"
+    assert result.reason == "done" and trainer.state.step == 4
+    assert trainer.checkpointer.written == 0
+    release.set()
+    trainer.checkpointer.close(60)
+    assert ckpt_mod.read_state(tmp_path)["step"] == 4  # the newest snapshot won
+
+
+def test_loss_decreases_on_the_builtin_task():
+    from tlt.drafter.measure import plain_generate
+    from tlt.models import load_model
+    from tlt.tasks import get_task
+    from tlt.tasks.bootstrap import ensure_base_model
+    from tlt.tasks.tokenizer import CharCodec
+
+    target = load_model(ensure_base_model("micro-arith", progress=False))
+    codec = CharCodec()
+    task = get_task("arith", max_response_tokens=128)
+    prompts = [[codec.bos_id] + codec.encode(p.prompt) for p in task.problems("train", 48, seed=3)]
+    outputs = plain_generate(target, prompts, 48, temperature=1.0, stop_ids=[codec.eos_id], batch_size=48)
+    samples = [Sample.of(p, o) for p, o in zip(prompts, outputs)]
+    train, held = samples[:40], samples[40:]
+    batches = training_batches(target, train, row_tokens=256, rows_per_batch=2)
+    held_batch = training_batches(target, held, row_tokens=4096, rows_per_batch=100)[0]
+    trainer = SpotTrainer(EagleDrafter.for_target(target), TrainConfig(lr=3e-3, warmup_steps=5))
+    trainer.set_data(batches)
+
+    def held_loss():
+        with torch.no_grad():
+            s, n = loss_terms(trainer.drafter, held_batch)
+        return float(s / n)
+
+    before = held_loss()
+    trainer.run(max_steps=40)
+    after = held_loss()
+    assert after < 0.9 * before
+    assert trainer.state.tokens > 0
+
+
+# ---------------------------------------------------------------- elastic data parallel
+
+def test_average_equals_the_hand_computed_weighted_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.0]])}
+    b = {"w": torch.tensor([3.0, -2.0]), "b": torch.tensor([[4.0]])}
+    c = {"w": torch.tensor([0.0, 0.0]), "b": torch.tensor([[1.0]])}
+    avg = weighted_average([a, b, c], [1, 3, 4])
+    assert torch.allclose(avg["w"], torch.tensor([(1 + 9 + 0) / 8, (2 - 6 + 0) / 8]))
+    assert torch.allclose(avg["b"], torch.tensor([[(0 + 12 + 4) / 8]]))
+
+
+def test_sync_averages_replicas_weighted_by_steps_with_changing_membership():
+    metrics = DrafterMetrics()
+    sync = DrafterSync({"w": torch.zeros(2)}, metrics=metrics)
+    v, state = sync.checkout("a")
+    sync.checkout("b")
+    sync.report("a", v, 2, {"w": torch.tensor([2.0, 0.0])})
+    sync.report("b", v, 6, {"w": torch.tensor([0.0, 4.0])})
+    sync.leave("b")  # b goes back to rollout; its work still counts
+    sync.checkout("c")  # c joins late and has nothing to report yet
+    assert sync.sync() == 1
+    assert torch.allclose(sync.state["w"], torch.tensor([0.5, 3.0]))
+    assert sync.history[-1]["replicas"] == {"a": 2, "b": 6}
+    # a report against the old version is stale and ignored
+    assert sync.report("c", 0, 5, {"w": torch.tensor([9.0, 9.0])}) is False
+    assert sync.sync() == 1  # nothing new: no new version
+    assert metrics.version._value.get() == 1
+
+
+def test_replica_trainers_average_into_the_next_version(random_batches):
+    target, batches = random_batches
+    base = make_trainer(target, batches)
+    sync = DrafterSync(base.drafter.state_dict())
+    replicas = []
+    for worker, steps in (("a", 1), ("b", 3)):
+        tr = make_trainer(target, batches[::-1] if worker == "b" else batches)
+        version, weights = sync.checkout(worker)
+        tr.start_version(version, weights)
+        tr.run(max_steps=steps)
+        assert tr.steps_in_version == steps
+        sync.report(worker, tr.version, tr.steps_in_version, tr.drafter.state_dict())
+        replicas.append(tr)
+    sync.sync()
+    a, b = (r.drafter.state_dict() for r in replicas)
+    for k in a:
+        assert torch.allclose(sync.state[k], (a[k] * 1 + b[k] * 3) / 4, atol=1e-6)
+
+
+def test_push_loads_the_new_version_into_a_torch_engine():
+    from tlt.engine import TorchEngine
+
+    target = tiny_target(torch.float32)
+    engine = TorchEngine(target, num_slots=2, max_model_len=64,
+                         drafter=EagleDrafter.for_target(target, seed=1))
+    new = EagleDrafter.for_target(target, seed=2).state_dict()
+    metrics = DrafterMetrics()
+    sync = DrafterSync(new, version=3, metrics=metrics)
+    assert sync.push([engine]) == 1
+    assert state_equal(engine.drafter.state_dict(), new)
+    assert metrics.pushes._value.get() == 1
+
+
+# ---------------------------------------------------------------- tracking
+
+def test_metrics_count_training_preemptions_and_acceptance_per_version(random_batches):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    target, batches = random_batches
+    registry = CollectorRegistry()
+    metrics = DrafterMetrics(registry)
+    trainer = make_trainer(target, batches)
+    trainer.metrics, trainer.worker = metrics, "w0"
+    trainer.run(max_steps=2)
+    pre = threading.Event()
+    pre.set()
+    trainer.run(pre)
+    metrics.accepted(drafter_version=1, policy_version=0, tokens=30, rounds=10)
+    metrics.accepted(drafter_version=1, policy_version=0, tokens=10, rounds=10)
+    metrics.accepted(drafter_version=2, policy_version=1, tokens=40, rounds=10)
+    text = generate_latest(registry).decode()
+    assert 'tlt_drafter_steps_total{worker="w0"} 2.0' in text
+    assert 'tlt_drafter_preemptions_total{worker="w0"} 1.0' in text
+    assert f'tlt_drafter_tokens_trained_total{{worker="w0"}} {float(trainer.state.tokens)}' in text
+    assert 'tlt_drafter_acceptance_length{drafter_version="1",policy_version="0"} 2.0' in text
+    assert metrics.tracker.mean(drafter_version=2) == 4.0
+    assert metrics.tracker.mean(policy_version=0) == 2.0
+
+
+# ---------------------------------------------------------------- measurement and warm-up
+
+def test_measured_greedy_speculation_reproduces_plain_outputs():
+    from tlt.drafter.measure import mean_acceptance, plain_generate
+    from tlt.speculative.ngram import NgramDrafter
+
+    target = tiny_target()
+    prompts = [s.tokens[:6] for s in random_samples(6, seed=8, max_prompt=6)]
+    plain = plain_generate(target, prompts, 30, temperature=0.0, stop_ids=[3])
+    drafter = EagleDrafter.for_target(target, seed=1)
+    eagle = mean_acceptance(target, drafter, prompts, 30, temperature=0.0, stop_ids=[3])
+    ngram = mean_acceptance(target, NgramDrafter(), prompts, 30, temperature=0.0, stop_ids=[3])
+    assert eagle.outputs == plain and ngram.outputs == plain
+    assert eagle.rounds > 0 and eagle.acceptance_length >= 1.0
+
+
+def test_warmup_command_trains_resumes_and_exports_an_eagle_folder(tmp_path):
+    import json
+
+    from tlt.cli import main
+    from tlt.models import load_model
+    from tlt.tasks.bootstrap import ensure_base_model
+
+    out = tmp_path / "drafter"
+    args = ["drafter", "warmup", "--model", "micro-arith", "--task", "arith", "--out", str(out),
+            "--prompts", "12", "--max-tokens", "32", "--quiet"]
+    assert main(args + ["--steps", "4"]) == 0
+    assert json.loads((out / "warmup.json").read_text())["steps"] == 4
+    assert main(args + ["--steps", "7"]) == 0  # resumes from step 4
+    info = json.loads((out / "warmup.json").read_text())
+    assert info["steps"] == 7 and info["sequences"] == 12
+    target = load_model(ensure_base_model("micro-arith", progress=False))
+    loaded = EagleDrafter.load(out, target)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 1 and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert loaded.fc.weight.shape == (target.config.hidden_size, 2 * target.config.hidden_size)
+
+
+def test_warmup_command_names_the_fix_for_a_bad_model(tmp_path, capsys):
+    from tlt.cli import main
+
+    assert main(["drafter", "warmup", "--model", str(tmp_path / "nope"), "--task", "arith",
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "model folder" in capsys.readouterr().err
