@@ -120,17 +120,25 @@ class DrafterSync:
 
 
 # Engine methods that take new drafter weights, in order of preference. The torch
-# engine and the vLLM backend (tlt.engine) expose one of these.
+# engine and the vLLM backend (tlt.engine) both offer `update_drafter_weights(weights)`;
+# the vLLM backend reloads the draft weights through its worker's drafter module where
+# the pinned vLLM allows it, and otherwise raises naming the fix (restart with the folder).
 PUSH_METHODS = ("update_drafter_weights", "update_drafter", "load_drafter_weights")
 
 
 def push_to_engine(engine, state: Mapping[str, torch.Tensor], version: int) -> None:
+    import inspect
+
     for name in PUSH_METHODS:
         fn = getattr(engine, name, None)
         if callable(fn):
             try:
+                takes_version = "version" in inspect.signature(fn).parameters
+            except (TypeError, ValueError):
+                takes_version = False
+            if takes_version:
                 fn(dict(state), version=version)
-            except TypeError:
+            else:
                 fn(dict(state))
             return
     raise TypeError(

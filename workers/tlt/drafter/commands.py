@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     w.add_argument("--quiet", action="store_true", help="no progress bars")
     w.set_defaults(func=run_warmup)
     drafter.set_defaults(func=lambda args: (drafter.print_help(), 2)[1])
+    register_bench(subparsers)
 
 
 def run_warmup(args) -> int:
@@ -82,3 +83,87 @@ def run_warmup(args) -> int:
 
 
 __all__ = ["register"]
+
+
+def register_bench(subparsers) -> None:
+    """`tlt bench rollout`, added to the `bench` group that tlt.engine.commands owns."""
+    from tlt.engine.commands import add_bench_command
+
+    b = add_bench_command(subparsers, "rollout",
+                          "plain vs always-on vs adaptive speculative decoding on the built-in task's "
+                          "long-tailed rollout, with a warmed-up drafter (ratios and a final JSON line)")
+    add_rollout_args(b)
+    b.set_defaults(func=run_rollout_bench)
+
+
+def add_rollout_args(b) -> None:
+    from .rollout_bench import BenchConfig
+
+    d = BenchConfig()
+    b.add_argument("--model", default="tiny-arith", help="target model folder or built-in base model name "
+                   "(default %(default)s)")
+    b.add_argument("--drafter", help="EAGLE drafter folder; default: warm one up (cached) with "
+                   "--warmup-steps steps")
+    b.add_argument("--warmup-steps", type=int, default=600, help="warm-up steps when --drafter is not given")
+    b.add_argument("--warmup-prompts", type=int, default=512, help="warm-up prompts when --drafter is not given")
+    b.add_argument("--requests", type=int, default=d.requests, help="long-tail requests (default %(default)s)")
+    b.add_argument("--max-tokens", type=int, default=d.max_tokens, help="response limit (default %(default)s)")
+    b.add_argument("--batch-sizes", default=",".join(map(str, d.batch_sizes)),
+                   help="running batch sizes of the fixed-batch runs (default %(default)s)")
+    b.add_argument("--tokens", type=int, default=d.tokens, help="tokens per request in fixed-batch runs")
+    b.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats per fixed-batch cell (median)")
+    b.add_argument("--chain", type=int, default=d.chain, help="draft chain length (default %(default)s)")
+    b.add_argument("--threshold", type=int, help="speculation batch threshold (default: auto from the cost table)")
+    b.add_argument("--dtype", default="float32", help="float32 (default) or float64 (exact greedy equality)")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    b.add_argument("--seed", type=int, default=0)
+
+
+def run_rollout_bench(args) -> int:
+    import torch
+
+    from tlt.models.config import ConfigError
+    from tlt.models.drafter import EagleDrafter
+
+    from .rollout_bench import BenchConfig, run_bench
+    from .warmup import load_target, task_prompts, tokenizer_for, warmup, WarmupConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        sizes = tuple(sorted({int(x) for x in args.batch_sizes.split(",") if x.strip()}))
+    except ValueError:
+        raise CommandError("--batch-sizes must be comma-separated integers, e.g. 1,4,16,64") from None
+    if not sizes or min(sizes) < 1:
+        raise CommandError("--batch-sizes needs integers >= 1")
+    try:
+        folder, target = load_target(args.model, args.dtype)
+    except ConfigError as err:
+        raise CommandError(str(err)) from None
+    tokenizer = tokenizer_for(folder)
+    if args.drafter:
+        try:
+            drafter = EagleDrafter.load(args.drafter, target)
+        except ConfigError as err:
+            raise CommandError(str(err)) from None
+    else:
+        out = default_drafter_dir(folder, args.warmup_steps, args.warmup_prompts, args.seed)
+        cfg = WarmupConfig(prompts=args.warmup_prompts, steps=args.warmup_steps, seed=args.seed,
+                           max_tokens=args.max_tokens)
+        warmup(target, lambda: task_prompts("arith", cfg.prompts, args.seed, tokenizer,
+                                            task_options={"max_response_tokens": args.max_tokens}),
+               out, cfg, [tokenizer.eos_token_id])
+        drafter = EagleDrafter.load(out, target)
+    cfg = BenchConfig(batch_sizes=sizes, tokens=args.tokens, requests=args.requests, max_tokens=args.max_tokens,
+                      repeats=args.repeats, chain=args.chain, threshold=args.threshold, seed=args.seed)
+    summary = run_bench(target, drafter, tokenizer, cfg)
+    for line in summary.pop("table"):
+        print(line)
+    print(json.dumps(summary))
+    return 0
+
+
+def default_drafter_dir(model_folder, steps: int, prompts: int, seed: int):
+    from tlt.tasks.bootstrap import cache_dir
+
+    return cache_dir() / "drafters" / f"{model_folder.name}-w{steps}-p{prompts}-s{seed}"
