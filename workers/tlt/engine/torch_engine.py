@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import torch
@@ -61,6 +62,7 @@ class TorchEngine:
         self._eagle = isinstance(drafter, EagleDrafter)
         self._keep_hidden = store_hidden_states or self._eagle
         self._lock = threading.Lock()
+        self._step_lock = threading.Lock()  # step() and preempt() never interleave
         self._waiting: deque[Request] = deque()
         self._finished: list[Result] = []
         self._counters = Counters()
@@ -174,6 +176,31 @@ class TorchEngine:
             bar.close()
         return [results[r.id] for r in requests]
 
+    def preempt(self, count: int) -> list[Request]:
+        """Take up to `count` unfinished sequences out of this engine (waiting ones first),
+        as continuation requests another engine can run (tail consolidation). Sampling
+        is keyed by response position, so the moved sequence ends as it would have here."""
+        with self._step_lock:
+            out: list[Request] = []
+            with self._lock:
+                while self._waiting and len(out) < count:
+                    out.append(self._waiting.pop())
+            running = [i for i, r in enumerate(self._slot_req) if r is not None]
+            for slot in running[::-1][: max(0, count - len(out))]:
+                req = self._slot_req[slot]
+                plen, gen = int(self.prompt_len[slot]), int(self.gen[slot])
+                seq = self.seq[slot, : plen + gen].tolist()
+                out.append(replace(req, prompt=seq[:plen], prefix=seq[plen:],
+                                   prefix_logprobs=self.out_lp[slot, :gen].tolist()))
+                if isinstance(self.drafter, NgramDrafter):
+                    self.drafter.finish(req.id)  # forget the suffix index; it is rebuilt on the new engine
+                with self._lock:
+                    self._slot_req[slot] = None
+            with self._lock:
+                self._counters = _replace(self._counters, waiting=len(self._waiting),
+                                          running=sum(r is not None for r in self._slot_req))
+            return out
+
     def update_policy_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy new policy weights into the target in place (names as in `state_dict`).
         Call between rollouts: KV caches of running sequences would be stale."""
@@ -216,6 +243,13 @@ class TorchEngine:
                                       running=sum(r is not None for r in self._slot_req))
         if not take:
             return []
+        resumed = [(slot, r) for slot, r in zip(free, take) if r.prefix]
+        for slot, r in resumed:
+            self._resume(slot, r)
+        fresh = [(slot, r) for slot, r in zip(free, take) if not r.prefix]
+        if not fresh:
+            return []
+        free, take = [s for s, _ in fresh], [r for _, r in fresh]
         dev = self.device
         slots = torch.tensor(free[:len(take)], dtype=torch.long, device=dev)
         lens = torch.tensor([len(r.prompt) for r in take], dtype=torch.long, device=dev)
@@ -248,6 +282,37 @@ class TorchEngine:
         logits = self.model.logits(h[rows, lens - 1])
         tokens, lp = self._sample(logits, slots)
         return self._emit(slots, tokens[:, None], lp[:, None], torch.ones_like(lens))
+
+    def _set_stops(self, slot: int, stop_ids) -> None:
+        if len(stop_ids) > self.stops.shape[1]:
+            pad = torch.full((self.num_slots, len(stop_ids) - self.stops.shape[1]), -1, dtype=torch.long, device=self.device)
+            self.stops = torch.cat([self.stops, pad], 1)
+        self.stops[slot] = -1
+        if stop_ids:
+            self.stops[slot, :len(stop_ids)] = torch.as_tensor(list(stop_ids), device=self.device)
+
+    def _resume(self, slot: int, r: Request) -> None:
+        """Admit a continuation: prefill prompt + prefix but the last token, which is pending."""
+        dev = self.device
+        full = [*r.prompt, *r.prefix]
+        s = torch.tensor([slot], dtype=torch.long, device=dev)
+        self._set_stops(slot, r.stop_ids)
+        self.seq[slot, :len(full)] = torch.as_tensor(full, device=dev)
+        self.prompt_len[slot] = len(r.prompt)
+        self.gen[slot] = len(r.prefix)
+        self.out_lp[slot, :len(r.prefix)] = torch.as_tensor(list(r.prefix_logprobs), dtype=self.out_lp.dtype, device=dev)
+        self.max_tokens[slot] = r.max_tokens
+        self.temperature[slot] = r.temperature
+        self.top_p[slot] = r.top_p
+        self.seeds[slot] = int(r.seed)
+        self.cache.reset(s)
+        if self.dcache is not None:
+            self.dcache.reset(s)
+        ids = torch.as_tensor(full[:-1], device=dev)[None, :]
+        h = self.model.hidden(ids, cache=self.cache, slots=s)
+        self.cache.advance(s, torch.tensor([len(full) - 1], device=dev))
+        if self.hist is not None:
+            self.hist[slot, : len(full) - 1] = h[0]
 
     def _sample(self, logits: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         temp = self.temperature[slots]

@@ -27,6 +27,11 @@ class Request:
     group: Hashable | None = None  # prompt group (GRPO): the n-gram drafter shares text within it
     return_hidden_states: bool = False
     id: Hashable = field(default_factory=lambda: next(_ids))
+    # A continuation (a sequence moved from another engine): response tokens already
+    # generated, with their log-probs. They are re-prefilled, and sampling continues at
+    # the same response positions, so the result is what the first engine would give.
+    prefix: Sequence[int] = ()
+    prefix_logprobs: Sequence[float] = ()
 
     def validate(self, vocab_size: int, max_model_len: int) -> None:
         if len(self.prompt) == 0:
@@ -38,11 +43,15 @@ class Request:
                 f"request {self.id}: prompt ({len(self.prompt)}) + max_tokens ({self.max_tokens}) "
                 f"exceeds max_model_len {max_model_len}; shorten it or raise max_model_len"
             )
+        if len(self.prefix) != len(self.prefix_logprobs):
+            raise RequestError(f"request {self.id}: prefix and prefix_logprobs must have the same length")
+        if len(self.prefix) >= self.max_tokens:
+            raise RequestError(f"request {self.id}: prefix ({len(self.prefix)}) leaves no room under max_tokens ({self.max_tokens})")
         if self.temperature < 0:
             raise RequestError(f"request {self.id}: temperature must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise RequestError(f"request {self.id}: top_p must be in (0, 1]")
-        bad = [t for t in list(self.prompt) + list(self.stop_ids) if not 0 <= int(t) < vocab_size]
+        bad = [t for t in [*self.prompt, *self.prefix, *self.stop_ids] if not 0 <= int(t) < vocab_size]
         if bad:
             raise RequestError(f"request {self.id}: token ids {bad[:5]} outside the vocabulary [0, {vocab_size})")
 

@@ -1,0 +1,80 @@
+"""Tail consolidation moves unfinished sequences between engines without changing them."""
+
+import pytest
+import torch
+
+from tlt.engine.torch_engine import TorchEngine
+from tlt.engine.types import Request, RequestError
+from tlt.models.config import ModelConfig
+from tlt.models.drafter import EagleDrafter
+from tlt.models.loading import random_model
+from tlt.speculative.adaptive import FixedStrategy, Strategy
+
+CONFIG = ModelConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2)
+
+
+def _model():
+    return random_model(CONFIG, seed=3, dtype=torch.float64)
+
+
+def _requests(temperature):
+    return [Request(prompt=[1 + i, 5, 7 + i], max_tokens=24, stop_ids=[0], temperature=temperature,
+                    top_p=0.9, seed=100 + i, group=i // 2, id=i) for i in range(6)]
+
+
+def _run_until_done(engine):
+    out = {}
+    while engine.has_work():
+        for r in engine.step():
+            out[r.id] = r
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("speculative", [False, True], ids=["plain", "eagle-chain"])
+def test_moved_sequences_finish_exactly_as_if_they_had_stayed(temperature, speculative):
+    def engine(model):
+        if not speculative:
+            return TorchEngine(model, num_slots=8, max_model_len=64)
+        return TorchEngine(model, num_slots=8, max_model_len=64, drafter=EagleDrafter.for_target(model, seed=1),
+                           speculation=FixedStrategy(Strategy.parse("3_1_3")))
+
+    reference = _run_until_done(_submit(engine(_model()), temperature))
+
+    source, target = engine(_model()), engine(_model())
+    _submit(source, temperature)
+    finished = {}
+    for _ in range(4):  # part-way through
+        finished.update({r.id: r for r in source.step()})
+    moved = source.preempt(3)
+    assert len(moved) == 3 and all(m.prefix for m in moved)
+    assert source.counters().running == sum(1 for r in source._slot_req if r is not None)
+    target.submit(moved)
+    finished.update(_run_until_done(source))
+    finished.update(_run_until_done(target))
+    assert sorted(finished) == sorted(reference)
+    for key, ref in reference.items():
+        got = finished[key]
+        assert got.tokens == ref.tokens, key
+        assert got.finish_reason == ref.finish_reason
+        assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-9)
+
+
+def _submit(engine, temperature):
+    engine.submit(_requests(temperature))
+    return engine
+
+
+def test_waiting_requests_are_moved_before_running_ones():
+    engine = TorchEngine(_model(), num_slots=2, max_model_len=64)
+    engine.submit(_requests(1.0))
+    engine.step()  # two admitted, four waiting
+    moved = engine.preempt(3)
+    assert [m.prefix for m in moved] == [(), (), ()]
+    assert engine.counters().waiting == 1
+
+
+def test_a_continuation_without_room_is_refused():
+    with pytest.raises(RequestError, match="prefix"):
+        Request(prompt=[1], max_tokens=2, prefix=[3, 4], prefix_logprobs=[0.0, 0.0]).validate(48, 64)
