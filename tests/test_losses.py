@@ -13,7 +13,9 @@ from tlt.trainer import (
     k3_kl,
     overlong_penalty,
     ppo_clip_loss,
+    step_advantages,
 )
+from tlt.api.model import AlgorithmSpec
 
 # ------------------------------------------------------------------ advantages
 
@@ -52,6 +54,17 @@ def test_overlong_penalty_is_zero_before_the_buffer_and_ramps_linearly_to_minus_
 def test_overlong_penalty_refuses_a_buffer_longer_than_the_limit():
     with pytest.raises(ValueError, match="buffer_tokens"):
         overlong_penalty(torch.tensor([1]), max_response_tokens=4, buffer_tokens=5)
+
+
+def test_step_advantages_apply_the_overlong_penalty_before_normalizing_within_groups():
+    algo = AlgorithmSpec(name="dapo", group_size=2, max_response_tokens=10,
+                         overlong_penalty={"enabled": True, "buffer_tokens": 4, "penalty": 1.0})
+    # group 1: both correct, the first ran to the limit: shaped rewards 0 and 1 -> -1/sqrt(2), +1/sqrt(2)
+    # group 2: both wrong and short: shaped 0, 0 -> no advantage
+    adv = step_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([10, 4, 4, 5]), algo)
+    assert adv.tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0, 0.0], abs=1e-5)
+    plain = AlgorithmSpec(name="grpo", group_size=2, max_response_tokens=10)
+    assert step_advantages(torch.tensor([1.0, 1.0]), torch.tensor([10, 4]), plain).tolist() == [0.0, 0.0]
 
 
 # ------------------------------------------------------------------ dynamic sampling

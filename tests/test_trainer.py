@@ -178,6 +178,34 @@ def test_state_dict_has_the_keys_of_the_hugging_face_safetensors(family, llama, 
     assert all(torch.equal(state[k], on_disk[k]) for k in state)
 
 
+def test_state_dict_loads_into_the_rollout_engines_model_and_gives_the_trainers_logits(qwen2):
+    from tlt.models import load_model, load_weights
+
+    trainer = PolicyTrainer(qwen2, TrainerConfig(learning_rate=1e-2), device="cpu")
+    trainer.train(_batch())
+    engine_model = load_model(qwen2)
+    load_weights(engine_model, trainer.state_dict(), strict=True)
+    ids = torch.tensor([[1, 5, 9, 11, 12, 13]])
+    with torch.no_grad():
+        expected = trainer.module(input_ids=ids).logits
+        assert (engine_model(ids) - expected).abs().max().item() <= 1e-4
+
+
+def test_gradient_checkpointing_gives_the_same_update(llama):
+    plain = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-2), device="cpu")
+    ckpt = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-2, gradient_checkpointing=True), device="cpu")
+    start = plain.state_dict()
+    calls = {"plain": 0, "ckpt": 0}
+    for name, t in (("plain", plain), ("ckpt", ckpt)):
+        # counted in forward itself: torch runs the recompute with module hooks off
+        mlp = t.module.model.layers[0].mlp
+        mlp.forward = lambda *a, n=name, f=mlp.forward: (calls.__setitem__(n, calls[n] + 1), f(*a))[1]
+    assert ckpt.train(_batch())["loss"] == pytest.approx(plain.train(_batch())["loss"], abs=1e-6)
+    assert _relative_gap(plain.state_dict(), ckpt.state_dict(), start) <= 1e-4
+    # old log-probs (1 forward) + the update (1 forward, plus 1 recompute in backward when checkpointing)
+    assert (calls["plain"], calls["ckpt"]) == (2, 3)
+
+
 def test_exported_folder_loads_with_from_pretrained_and_has_the_trained_weights(qwen2, tmp_path):
     trainer = PolicyTrainer(qwen2, TrainerConfig(learning_rate=1e-2), device="cpu")
     trainer.train(_batch())

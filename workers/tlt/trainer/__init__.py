@@ -3,12 +3,13 @@
     from tlt.trainer import PolicyTrainer, TrainerConfig, Rollouts, group_advantages
 
     trainer = PolicyTrainer.from_spec(spec, model_folder)          # or PolicyTrainer(folder, TrainerConfig(...))
-    adv = group_advantages(rewards, spec.algorithm.group_size)
+    adv = step_advantages(rewards, response_lengths, spec.algorithm)   # overlong penalty + group norm
     metrics = trainer.train(Rollouts(prompts, responses, adv, old_logprobs))
     engine.load_weights(trainer.state_dict())                       # HF names
     trainer.save_checkpoint(dir); trainer.load_checkpoint(dir); trainer.export_hf(out)
 """
 
+from tlt.trainer.algorithm import shaped_rewards, step_advantages
 from tlt.trainer.batch import Collated, Rollouts, collate
 from tlt.trainer.losses import (
     AGGREGATIONS,
@@ -28,5 +29,5 @@ from tlt.trainer.policy import PolicyTrainer, TrainerConfig
 __all__ = [
     "AGGREGATIONS", "Collated", "PolicyTrainer", "Rollouts", "SamplingDecision", "TrainerConfig", "aggregate",
     "aggregation_weight", "collate", "dynamic_sampling", "group_advantages", "is_mixed", "k3_kl", "masked_mean",
-    "overlong_penalty", "ppo_clip_loss",
+    "overlong_penalty", "ppo_clip_loss", "shaped_rewards", "step_advantages",
 ]

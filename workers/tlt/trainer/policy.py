@@ -57,6 +57,7 @@ class TrainerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     shuffle: bool = True  # reshuffle rollouts into mini-batches every epoch
     seed: int = 0
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: memory for time
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self):
@@ -86,9 +87,21 @@ def _load_hf(path: str | Path, device: torch.device, dtype: torch.dtype) -> torc
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    # Dropout off: old and new log-probs must come from the same function, or the
-    # ratio is noise even before the first update (Qwen/Llama ship with 0 anyway).
     return model.to(device).eval()
+
+
+def _without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Train mode (HF recomputes checkpointed activations only in train mode) with dropout off.
+
+    Old and new log-probs must come from the same function, or the ratio is noise
+    even before the first update (Llama/Qwen2 ship with 0 anyway).
+    """
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    return model.train()
 
 
 class PolicyTrainer:
@@ -108,6 +121,13 @@ class PolicyTrainer:
         self.device = torch.device(device) if device is not None else _default_device()
         torch.manual_seed(self.config.seed)
         model = _load_hf(self.model_path, self.device, torch.float32)
+        if self.config.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        model = _without_dropout(model)
         self.model_config = model.config
         self.pad_id = pad_id if pad_id is not None else (model.config.pad_token_id or 0)
         common = dict(lr=self.config.learning_rate, weight_decay=self.config.weight_decay, betas=self.config.betas,
@@ -142,11 +162,16 @@ class PolicyTrainer:
 
     def _logprobs(self, model: torch.nn.Module, batch: Collated, with_entropy: bool = False):
         """Log-probabilities [b, T] of the response tokens (and token entropies, detached)."""
+        # The LM head runs only from the first position that predicts a response token:
+        # with real vocabularies, logits over long prompts are most of the activation memory.
+        first = int(batch.predict_at[:, 0].min())
+        keep = batch.input_ids.shape[1] - first
         with self.backend.autocast():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           logits_to_keep=keep).logits
         # Only the positions that predict response tokens go through the softmax.
         rows = torch.arange(batch.predict_at.shape[0], device=logits.device).unsqueeze(-1)
-        picked = logits[rows, batch.predict_at].float() / self.config.temperature
+        picked = logits[rows, batch.predict_at - first].float() / self.config.temperature
         logp_all = torch.log_softmax(picked, dim=-1)
         logp = logp_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         if not with_entropy:
