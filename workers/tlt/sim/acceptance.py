@@ -3,8 +3,11 @@
 The model (simple on purpose, every knob in the profile):
 
 - The drafter's quality is its per-token acceptance rate alpha for a chain draft.
-  It grows with the tokens the drafter has trained on, K:
+  It grows with the tokens the drafter has learned from, K:
       alpha(K) = alpha_max - (alpha_max - alpha_initial) * exp(-K / tokens_scale)
+- Each RL step adds the tokens trained on idle GPUs to K, but at most `epochs`
+  passes over the step's rollouts: more GPUs go through the data faster, they do
+  not make more data.
 - A policy update makes part of what the drafter learned stale: K *= (1 - drift).
 - A tree with `topk` candidates per level (at most verify_tokens / steps of them
   fit the verification budget) accepts a level with probability
@@ -33,6 +36,7 @@ class AcceptanceModel:
     alpha_max: float = 0.75
     tokens_scale: float = 1.0e8
     drift: float = 0.05
+    epochs: float = 1.0
     lengths: dict[str, dict[int, float]] = field(default_factory=dict)  # strategy name -> {tokens: prob}
 
     def __post_init__(self):
@@ -47,12 +51,16 @@ class AcceptanceModel:
         lengths = {
             str(name): {int(k): float(v) for k, v in dist.items()} for name, dist in (body.get("lengths") or {}).items()
         }
-        numbers = {k: float(body[k]) for k in ("alpha_initial", "alpha_max", "tokens_scale", "drift") if k in body}
+        numbers = {k: float(body[k]) for k in ("alpha_initial", "alpha_max", "tokens_scale", "drift", "epochs") if k in body}
         return cls(lengths=lengths, **numbers)
 
     def alpha(self, knowledge: float) -> float:
         gap = self.alpha_max - self.alpha_initial
         return self.alpha_max - gap * math.exp(-max(0.0, knowledge) / self.tokens_scale)
+
+    def learned(self, trained_tokens: float, rollout_tokens: float) -> float:
+        """What a step's drafter training adds to K: its tokens, at most `epochs` passes over the rollouts."""
+        return min(trained_tokens, self.epochs * rollout_tokens)
 
     def after_policy_update(self, knowledge: float) -> float:
         return knowledge * (1.0 - self.drift)
@@ -76,6 +84,7 @@ class AcceptanceModel:
             "alpha_max": self.alpha_max,
             "tokens_scale": self.tokens_scale,
             "drift": self.drift,
+            "epochs": self.epochs,
             "fixed_strategies": sorted(self.lengths),
         }
 

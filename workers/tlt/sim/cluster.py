@@ -37,6 +37,7 @@ from tlt.elastic import (
     ShardState,
     Worker,
     dedicated_drafters,
+    lending_enabled,
     plan,
 )
 from tlt.sim.costs import Profile
@@ -51,7 +52,7 @@ class SimOptions:
     steps: int = 3
     seed: int = 0
     control_interval_s: float = 5.0
-    max_chunk_iterations: int = 256
+    max_chunk_iterations: int = 1024
     exact: bool = False  # speculative chunks never cross a finish (slower; for hand-checked schedules)
     timeline_workers: int = 48  # workers whose spans are kept for the plot (all are accounted)
     include_startup: bool = False  # account the pods' first start as a step-0 period
@@ -183,6 +184,7 @@ class ClusterSimulator:
         self.knowledge = 0.0  # drafter training tokens, discounted by drift
         self.version_knowledge = 0.0  # what the drafter version in use has learned
         self.drafter_tokens_step = 0.0
+        self.unlearned = 0.0  # drafter tokens trained since the last policy update
         self.step_gpu: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
         self.timeline: dict[str, list[tuple[float, float, str]]] = {}
         self.actions: dict[str, int] = {}
@@ -194,8 +196,10 @@ class ClusterSimulator:
         self.batch_threshold: int | None = None
         self._acceptance_cache: dict[Strategy, tuple] = {}
         self.tracked: dict[str, bool] = {}
+        self._busy_hint = ""
         self.train_seconds = 0.0
         self._build_workers()
+        self.elastic = lending_enabled(spec) or spec.elasticity.consolidate_tail.enabled
         self.non_shards = sum(not w.rolls_out for w in self.workers.values()) + dedicated_drafters(spec)
 
     # -- setup -----------------------------------------------------------------
@@ -283,7 +287,8 @@ class ClusterSimulator:
         for w in self._shards():
             self._maybe_decode(w)
         self.tick_token += 1
-        self._at(self.now + self.options.control_interval_s, "tick", self.tick_token)
+        if self.elastic:  # without lending or consolidation a periodic plan has nothing to do
+            self._at(self.now + self.options.control_interval_s, "tick", self.tick_token)
         self._check_rollout_done()
         self.done = False
         while not self.done:
@@ -329,7 +334,7 @@ class ClusterSimulator:
             self.step_gpu[w.activity] += duration * w.gpus
             if w.activity == "drafter":
                 trained = duration * w.gpus * self.profile.drafter_train_tokens_per_second
-                self.knowledge += trained
+                self.unlearned += trained
                 self.drafter_tokens_step += trained
             if self._tracked(w):
                 spans = self.timeline.setdefault(w.name, [])
@@ -456,9 +461,12 @@ class ClusterSimulator:
         if manager is None:
             chunk = w.shard.plan_chunk(lambda batch: None, self._acceptance, 0)
         else:
-            # Once the switch says off, it stays off while the batch is above its threshold.
-            above = manager.switch.threshold if isinstance(manager, AdaptiveManager) else None
-            chunk = w.shard.plan_chunk(manager.decide, self._acceptance, above)
+            if isinstance(manager, AdaptiveManager):
+                # Off stays off above the threshold; a strategy holds within the bandit's bucket.
+                chunk = w.shard.plan_chunk(manager.decide, self._acceptance, manager.switch.threshold,
+                                           lambda batch: _bucket_floor(manager.bandit, batch))
+            else:
+                chunk = w.shard.plan_chunk(manager.decide, self._acceptance, None, lambda batch: 0)
         self._set(w, "rollout")
         w.chunk_token += 1
         w.chunk_start = self.now
@@ -500,8 +508,12 @@ class ClusterSimulator:
     def _check_rollout_done(self) -> None:
         if self.phase != "rollout":
             return
+        hint = self.workers.get(self._busy_hint)
+        if hint is not None and _busy(hint):
+            return  # the shard that was busy last time usually still is
         for w in self._shards():
-            if w.shard.work or w.shard.pending is not None or w.moves_out or w.moves_in:
+            if _busy(w):
+                self._busy_hint = w.name
                 return
         self.rollout_end = self.now
         self.phase = "reward"
@@ -542,6 +554,10 @@ class ClusterSimulator:
         for w in self.workers.values():  # the drafter's knowledge so far, then the target moves on
             if w.activity == "drafter":
                 self._set(w, "drafter")
+        # What the drafter learned on this step's rollouts, then the target moves on.
+        generated = sum(w.shard.generated for w in self._shards())
+        self.knowledge += self.profile.acceptance.learned(self.unlearned, generated)
+        self.unlearned = 0.0
         self.knowledge = self.profile.acceptance.after_policy_update(self.knowledge)
         self.phase = "sync"
         self._control()
@@ -559,3 +575,13 @@ class ClusterSimulator:
         self.phase = "idle"
         self.done = True
 
+
+
+def _bucket_floor(bandit, batch: int) -> int:
+    """Largest batch size below `batch`'s bucket: the bandit treats every size above it alike."""
+    index = bandit.bucket(batch)
+    return bandit.buckets[index - 1] if index > 0 else 0
+
+
+def _busy(w: _SimWorker) -> bool:
+    return bool(w.shard.work or w.shard.pending is not None or w.moves_out or w.moves_in)

@@ -124,11 +124,13 @@ def predict_rollout_seconds(profile: Profile, lengths, spec: ReasoningRLJobSpec,
 
 
 def paper_job(gpus: int = 64, prompts_per_shard: int = 4, group_size: int = 16, max_tokens: int = 32768,
-              steps: int = 5) -> ReasoningRLJobSpec:
+              steps: int = 5, consolidate: bool = False) -> ReasoningRLJobSpec:
     """A veRL-like colocated GRPO job of a 7B model, one GPU per rollout shard, 32K-token responses.
 
     Prompts scale with the GPUs (`prompts_per_shard` prompt groups per shard), so every
     shard starts a step with prompts_per_shard x group_size sequences at any cluster size.
+    Tail consolidation is off as in the TLT paper: with 32K contexts the KV reads of a
+    packed tail slow the longest responses more than freeing shards gains (see the report).
     """
     body = {
         "apiVersion": "tlt.dev/v1alpha1",
@@ -142,7 +144,7 @@ def paper_job(gpus: int = 64, prompts_per_shard: int = 4, group_size: int = 16, 
             "placement": "colocated",
             "rollout": {"replicas": gpus, "gpusPerReplica": 1, "engine": "vllm", "maxBatchSize": 256},
             "speculative": {"mode": "adaptive", "batchThreshold": "auto"},
-            "elasticity": {"lendIdle": True, "consolidateTail": {"enabled": True, "threshold": 8}},
+            "elasticity": {"lendIdle": True, "consolidateTail": {"enabled": consolidate, "threshold": 8}},
         },
     }
     return parse_job(body).spec

@@ -7,24 +7,25 @@ the simulator jumps over it in one event instead of one per token:
   keeps speculation off (the batch stays above its threshold, or there is no
   manager) the chunk runs through finishes, batch size shrinking segment by
   segment, exactly; it ends where the batch falls to where a new decision is due.
-- speculation: the batch is fixed for the chunk. Each sequence's tokens over k
-  rounds are one draw of the sum of k rounds (multinomial over the acceptance
-  distribution), capped at what it has left. `exact=True` keeps k small enough that
-  no sequence can finish inside (k x longest round <= shortest remaining), so the
-  schedule is exact in distribution; otherwise k is where the shortest sequence is
-  expected to finish (sequences finishing inside are taken to leave at the chunk's
-  end: a few iterations of error on responses thousands long), at most
-  `max_chunk_iterations` rounds so the bandit hears back often.
+- speculation: each sequence's tokens over k rounds are one draw of the sum of k
+  rounds (multinomial over the acceptance distribution), capped at what it has left;
+  a sequence that runs out leaves the batch at the round its own pace reaches its
+  end, and later rounds are charged at the smaller batch. The decision is kept while
+  the batch stays in the manager's bucket (the bandit learns per bucket), for at
+  most `max_chunk_iterations` rounds so the bandit hears back often. `exact=True`
+  instead keeps k small enough that nobody can finish inside (k x the longest round
+  <= the shortest remaining): exact in distribution, for hand-checked schedules.
 - a chunk can be interrupted (a consolidation moves sequences now): plain chunks are
   cut exactly; a speculative one is redrawn for the rounds that fit the elapsed time
   (its first draw was never observed, so the redraw has the right distribution).
 
 Iteration time is the cost table's forward time plus the KV term times the context
-held; within a speculative chunk context is taken to grow evenly.
+held; within a speculative chunk each sequence's context grows at its own even pace.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ class Chunk:
     batch: int
     # plain chunks: (seconds at the segment's end, iterations at its end, seconds per iteration at its start, growth)
     segments: list[tuple[float, int, float, float]] = field(default_factory=list)
-    finish_seconds: np.ndarray | None = None  # plain chunks: decode seconds at which each finish happens, sorted
+    finish_seconds: list[float] = field(default_factory=list)  # decode seconds of each finish, sorted
 
     @property
     def total_seconds(self) -> float:
@@ -111,12 +112,14 @@ class ShardDecoder:
         return out
 
     # -- decoding --------------------------------------------------------------
-    def plan_chunk(self, decide, acceptance, stays_off_above: int | None) -> Chunk:
+    def plan_chunk(self, decide, acceptance, stays_off_above: int | None, holds_above=None) -> Chunk:
         """Admit queued sequences, ask `decide(batch)` for a strategy, draw the next chunk.
 
         `acceptance(strategy) -> (values, probs)`. `stays_off_above`: once `decide` said no,
         it keeps saying no for every batch above this size (None: it may change its mind
-        at any size). The chunk stays `pending` until `commit`.
+        at any size). `holds_above(batch)`: a strategy chosen at `batch` is kept while the
+        batch stays above this size (the manager's bucket; None: one decision per finish).
+        The chunk stays `pending` until `commit`.
         """
         prefill_tokens = self._admit()
         batch = self.running
@@ -126,69 +129,88 @@ class ShardDecoder:
             chunk = self._plain(batch, floor)
         else:
             self._acceptance = acceptance(strategy)
-            chunk = self._speculative(batch, strategy, self._acceptance)
+            floor = batch - 1 if holds_above is None or self.waiting else min(batch - 1, holds_above(batch))
+            chunk = self._speculative(batch, strategy, self._acceptance, floor=floor)
         chunk.prefill_seconds = prefill_tokens / self.profile.prefill_tokens_per_second if prefill_tokens else 0.0
         self.pending = chunk
         return chunk
 
     def _plain(self, batch: int, floor: int) -> Chunk:
         """Plain iterations through every finish that leaves the batch above `floor` (and the one that does not)."""
+        finish = self.remaining.astype(float)
+        return self._segments(batch, None, finish, self.remaining, np.ones(batch), floor)
+
+    def _speculative(self, batch: int, strategy: Strategy, dist, floor: int = 0, rounds: int | None = None) -> Chunk:
+        """Rounds of one strategy; the chunk ends about where the batch falls to `floor`."""
+        values, probs = dist
+        mean = float(values @ probs)
+        if rounds is None:
+            if self.exact:  # nobody can finish inside: exact in distribution
+                rounds = max(1, int(self.remaining.min()) // int(values.max()))
+            else:  # until the (batch - floor)-th sequence is expected to finish
+                expected = np.sort(np.ceil(self.remaining / mean))
+                rounds = int(expected[max(1, batch - floor) - 1])
+            rounds = max(1, min(rounds, self.max_chunk_iterations))
+        if rounds == 0:
+            draws = np.zeros(batch, dtype=np.int64)
+        elif rounds == 1:
+            draws = self.rng.choice(values, size=batch, p=probs)
+        else:
+            draws = self.rng.multinomial(rounds, probs, size=batch) @ values
+        tokens = np.minimum(draws, self.remaining)
+        rates = draws / max(1, rounds)  # tokens per round of each sequence in this chunk
+        # A sequence that runs out leaves the batch at the round its own pace reaches its end.
+        finish = np.where(draws >= self.remaining, np.ceil(self.remaining / np.maximum(rates, 1e-12)), rounds)
+        finish = np.minimum(finish, rounds)
+        return self._segments(batch, strategy, finish, tokens, rates, -1, rounds)
+
+    def _segments(self, batch, strategy, finish, tokens, rates, floor, rounds=None) -> Chunk:
+        """Time of iterations whose batch shrinks as sequences leave at their `finish` round.
+
+        Stops after the finish that takes the batch to `floor` or below (plain chunks), or at
+        `rounds`. Context grows by each live sequence's rate per iteration (the KV term).
+        """
         costs = self.profile.costs
         kv = costs.kv_seconds_per_token
-        order = np.argsort(self.remaining, kind="stable")
-        rem_sorted = self.remaining[order]
-        ctx_sorted = self.context[order]
+        leaves = tokens >= self.remaining
+        order = np.lexsort((~leaves, finish))  # by finish round, leavers first among ties
+        fin = finish[order]
+        ctx_end = (self.context + tokens)[order]
         context = float(self.context.sum())
+        growth = float(rates.sum())
         seconds, done, alive, start = 0.0, 0, batch, 0
         segments, finishes = [], []
-        while alive > 0:
-            end = int(rem_sorted[start])
+        limit = rounds if rounds is not None else int(fin[-1])
+        while alive > 0 and done < limit:
+            end = min(int(fin[start]), limit)
             n = end - done
-            per = costs.iteration_seconds(alive, None) + kv * context
-            seconds += n * per + kv * alive * n * (n - 1) / 2.0
-            segments.append((seconds, end, per, kv * alive))
+            per = costs.iteration_seconds(alive, strategy) + kv * context
+            seconds += n * per + kv * growth * n * (n - 1) / 2.0
+            segments.append((seconds, end, per, kv * growth))
+            context += growth * n
             stop = start
-            while stop < batch and rem_sorted[stop] == end:
+            while stop < batch and fin[stop] <= end and leaves[order[stop]]:
                 stop += 1
-            finishes += [seconds] * (stop - start)
-            context += alive * n - float(ctx_sorted[start:stop].sum()) - (stop - start) * end
-            alive -= stop - start
+            if stop > start:
+                finishes += [seconds] * (stop - start)
+                leaving = order[start:stop]
+                context -= float(ctx_end[start:stop].sum())
+                growth -= float(rates[leaving].sum())
+                alive -= stop - start
             start, done = stop, end
             if alive <= floor:
                 break
-        tokens = np.minimum(self.remaining, done)
-        return Chunk(seconds=seconds, prefill_seconds=0.0, tokens=tokens, iterations=done, strategy=None, batch=batch,
-                     segments=segments, finish_seconds=np.array(finishes))
-
-    def _speculative(self, batch: int, strategy: Strategy, dist, iterations: int | None = None) -> Chunk:
-        values, probs = dist
-        mean = float(values @ probs)
-        shortest = int(self.remaining.min())
-        if iterations is None:
-            if self.exact:
-                iterations = max(1, shortest // int(values.max()))
-            else:
-                iterations = max(1, math.ceil(shortest / mean))
-            iterations = min(iterations, self.max_chunk_iterations)
-        if iterations == 0:
-            tokens = np.zeros(batch, dtype=np.int64)
-        elif iterations == 1:
-            tokens = np.minimum(self.rng.choice(values, size=batch, p=probs), self.remaining)
-        else:
-            tokens = np.minimum(self.rng.multinomial(iterations, probs, size=batch) @ values, self.remaining)
-        costs = self.profile.costs
-        kv = costs.kv_seconds_per_token
-        per = costs.iteration_seconds(batch, strategy) + kv * float(self.context.sum())
-        seconds = iterations * per + kv * (iterations - 1) / 2.0 * float(tokens.sum()) if iterations else 0.0
-        return Chunk(seconds=seconds, prefill_seconds=0.0, tokens=tokens, iterations=iterations, strategy=strategy,
-                     batch=batch)
+        if strategy is None:
+            tokens = np.minimum(self.remaining, done)
+        return Chunk(seconds=seconds, prefill_seconds=0.0, tokens=tokens, iterations=done, strategy=strategy,
+                     batch=batch, segments=segments, finish_seconds=finishes)
 
     def finished_within(self, elapsed: float) -> int:
         """Sequences of the pending chunk that have finished `elapsed` seconds after it started."""
         chunk = self.pending
-        if chunk is None or chunk.finish_seconds is None:
+        if chunk is None or not chunk.finish_seconds:
             return 0
-        return int(np.searchsorted(chunk.finish_seconds, elapsed - chunk.prefill_seconds, side="right"))
+        return bisect.bisect_right(chunk.finish_seconds, elapsed - chunk.prefill_seconds)
 
     def interrupt(self, elapsed: float) -> None:
         """Cut the pending chunk at the last iteration boundary `elapsed` seconds after it started."""
@@ -207,11 +229,11 @@ class ShardDecoder:
             chunk.tokens = np.minimum(self.remaining, iterations)
             chunk.iterations = iterations
             chunk.seconds = decode
-            chunk.finish_seconds = None
+            chunk.finish_seconds = []
         else:
             per = chunk.seconds / chunk.iterations
-            iterations = min(chunk.iterations - 1, int(decode / per))
-            cut = self._speculative(chunk.batch, chunk.strategy, self._acceptance, iterations)
+            rounds = min(chunk.iterations - 1, int(decode / per))
+            cut = self._speculative(chunk.batch, chunk.strategy, self._acceptance, rounds=rounds)
             chunk.tokens, chunk.iterations, chunk.seconds = cut.tokens, cut.iterations, cut.seconds
         chunk.segments = []
 
