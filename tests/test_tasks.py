@@ -21,7 +21,7 @@ def test_response_lengths_have_a_long_tail_within_the_token_budget():
     task = get_task("arith", max_response_tokens=512)
     lengths = [response_tokens(p) for p in task.problems("train", 2000, seed=0)]
     median = percentile(lengths, 50)
-    assert 20 <= median <= 80, "the median response should be tens of tokens"
+    assert 15 <= median <= 80, "the median response should be tens of tokens"
     assert max(lengths) >= 10 * median
     assert max(lengths) <= 512
     assert percentile(lengths, 90) >= 3 * median
@@ -33,7 +33,7 @@ def test_a_smaller_token_budget_caps_every_response():
 
 
 def test_a_budget_too_small_for_one_step_is_rejected_with_the_minimum():
-    with pytest.raises(ValueError, match="max_response_tokens=10.*at least 18"):
+    with pytest.raises(ValueError, match="max_response_tokens=10.*at least 14"):
         get_task("arith", max_response_tokens=10)
 
 
@@ -113,10 +113,12 @@ def test_noisy_traces_keep_the_format_and_only_slip_in_results():
     assert task.noisy_trace(problems[0], rng, 0.0) == problems[0].trace
 
 
-def test_tokenizer_is_one_token_per_character_with_bos_first():
+def test_tokenizer_is_characters_and_digit_pairs_with_bos_first():
     tokenizer = build_tokenizer()
     text = "42 e+7 o+5 n=03\n"
     ids = tokenizer(text)["input_ids"]
-    assert ids[0] == tokenizer.bos_token_id and len(ids) == len(text) + 1
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert pieces == ["<bos>", "42", " ", "e", "+", "7", " ", "o", "+", "5", " ", "n", "=", "03", "\n"]
     assert ids[1:] == CharCodec().encode(text)
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.decode(tokenizer("123 é")["input_ids"], skip_special_tokens=True) == "123 "

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlt.tasks.base import get_task
-from tlt.tasks.tokenizer import CharCodec, save_tokenizer
+from tlt.tasks.tokenizer import TaskCodec, save_tokenizer
 
 RECIPE_VERSION = 1
 BOOTSTRAP_INFO = "tlt_bootstrap.json"
@@ -135,7 +135,7 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def hf_config(recipe: Recipe, codec: CharCodec):
+def hf_config(recipe: Recipe, codec: TaskCodec):
     from transformers import LlamaConfig
 
     s = recipe.shape
@@ -149,7 +149,7 @@ def hf_config(recipe: Recipe, codec: CharCodec):
     )
 
 
-def training_batches(recipe: Recipe, codec: CharCodec) -> list[list[tuple[list[int], int]]]:
+def training_batches(recipe: Recipe, codec: TaskCodec) -> list[list[tuple[list[int], int]]]:
     """Deterministic batches of (token ids, prompt length), grouped by length to limit padding.
 
     Each batch holds about `tokens_per_step` tokens including padding.
@@ -157,7 +157,8 @@ def training_batches(recipe: Recipe, codec: CharCodec) -> list[list[tuple[list[i
     task = get_task(recipe.task, **recipe.task_options)
     rng = random.Random(f"bootstrap:{recipe.seed}")
     batches: list[list[tuple[list[int], int]]] = []
-    pool_size = 2048
+    # Enough problems per round for the budget (about 40 tokens each), at most 2048.
+    pool_size = max(64, min(2048, recipe.steps * recipe.tokens_per_step // 40))
     round_index = 0
     while len(batches) < recipe.steps:
         problems = task.problems("train", pool_size, seed=recipe.seed * 1000 + round_index)
@@ -209,7 +210,7 @@ def bootstrap(recipe: Recipe, folder: Path, progress: bool = True) -> dict:
     from tqdm import tqdm
     from transformers import LlamaForCausalLM
 
-    codec = CharCodec()
+    codec = TaskCodec()
     started = time.monotonic()
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(hf_config(recipe, codec))

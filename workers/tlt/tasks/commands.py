@@ -60,6 +60,7 @@ def run_sample(args) -> int:
     from tlt.cli import CommandError
     from tlt.eval.evaluate import percentile
     from tlt.tasks import get_task
+    from tlt.tasks.tokenizer import TaskCodec
 
     if args.count < 1:
         raise CommandError(f"--count must be at least 1, got {args.count}")
@@ -81,7 +82,10 @@ def run_sample(args) -> int:
         else:
             print(f"prompt:\n{problem.prompt}response:\n{trace}\n(answer {problem.answer}, reward {reward})\n")
     if not args.json:
-        lengths = [len(p.trace) + 1 for p in task.problems(args.split, 2000, seed=args.seed)]
-        print(f"response tokens over 2000 {args.split} problems: p50 {percentile(lengths, 50):.0f}, "
-              f"p90 {percentile(lengths, 90):.0f}, max {max(lengths)}")
+        codec = TaskCodec()
+        lengths = [len(codec.encode(p.trace)) + 1
+                   for p in task.problems(args.split, 2000, seed=args.seed)]
+        print(f"response tokens (tiny model's tokenizer, with <eos>) over 2000 {args.split} "
+              f"problems: p50 {percentile(lengths, 50):.0f}, p90 {percentile(lengths, 90):.0f}, "
+              f"max {max(lengths)}")
     return 0
