@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "tlt_operator.commands",
     "tlt.engine.commands",
     "tlt.sim.commands",
+    "tlt.tasks.commands",
+    "tlt.eval.commands",
 ]
 
 
