@@ -82,3 +82,15 @@ def test_report_of_an_empty_run_renders(tmp_path):
     out = write_report(tmp_path)
     assert "no data yet" in out.read_text()
     assert json.loads(json.dumps(summarize([]))) == {"steps": 0}
+
+
+def test_a_step_rerun_after_resume_counts_once_with_its_latest_figures():
+    records = [
+        {"kind": "step", "step": 1, "t": 1.0, "reward_mean": 0.1, "time_rollout": 1.0},
+        {"kind": "step", "step": 2, "t": 2.0, "reward_mean": 0.2, "time_rollout": 1.0},
+        {"kind": "run", "t": 3.0},
+        {"kind": "step", "step": 2, "t": 4.0, "reward_mean": 0.25, "time_rollout": 1.0},
+    ]
+    summary = summarize(records)
+    assert summary["steps"] == 2
+    assert summary["reward_last"] == 0.25

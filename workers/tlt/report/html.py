@@ -28,10 +28,16 @@ def role_spans(records: list[dict], end: float) -> dict[str, list[tuple[float, f
     return spans
 
 
+def latest_per_step(records: list[dict], kind: str) -> list[dict]:
+    """Records of one kind, one per step: a step re-run after a resume replaces the old record."""
+    by_step = {r["step"]: r for r in records if r.get("kind") == kind}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def summarize(records: list[dict]) -> dict:
     """The headline figures of a run (also printed at the end of `tlt run`)."""
-    steps = [r for r in records if r.get("kind") == "step"]
-    evals = [r for r in records if r.get("kind") == "eval"]
+    steps = latest_per_step(records, "step")
+    evals = latest_per_step(records, "eval")
     out: dict = {"steps": len(steps)}
     if evals:
         out["accuracy_first"] = evals[0]["accuracy"]
@@ -52,8 +58,8 @@ def summarize(records: list[dict]) -> dict:
 
 
 def render_report(records: list[dict], title: str = "tlt run") -> str:
-    steps = [r for r in records if r.get("kind") == "step"]
-    evals = [r for r in records if r.get("kind") == "eval"]
+    steps = latest_per_step(records, "step")
+    evals = latest_per_step(records, "eval")
     end = max((r.get("t", 0.0) for r in records), default=0.0)
     step_ids = [s["step"] for s in steps]
 

@@ -1,0 +1,116 @@
+"""The embedded RL loop end to end: a real (tiny) job on Ray actors, checkpoints, resume.
+
+Real: Ray (local), the torch engine, the trainer, the drafter, the elastic policy.
+The model is the built-in micro model (2 layers, hidden 32), bootstrapped in seconds
+into a temporary cache.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tlt.api.load import parse_job
+from tlt.coordinator.loop import EmbeddedRun, latest_checkpoint
+from tlt.report import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tlt-cache")
+    old = os.environ.get("TLT_CACHE_DIR")
+    os.environ["TLT_CACHE_DIR"] = str(cache)
+    from tlt.tasks.bootstrap import ensure_base_model
+
+    folder = ensure_base_model("micro-arith", progress=False)
+    yield folder
+    if old is None:
+        os.environ.pop("TLT_CACHE_DIR", None)
+    else:
+        os.environ["TLT_CACHE_DIR"] = old
+
+
+def manifest(model: Path, out: Path, *, steps=2, speculation="adaptive", elastic=True) -> dict:
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    spec = doc["spec"]
+    spec["model"] = {"path": str(model)}
+    spec["algorithm"].update(steps=steps, promptsPerStep=4, groupSize=2, maxResponseTokens=40, miniBatchSize=8)
+    spec["eval"] = {"everySteps": 1, "numPrompts": 6}
+    spec["rollout"]["maxBatchSize"] = 8
+    spec["speculative"] = {"mode": speculation, "batchThreshold": 4, "strategies": ["3_1_3"]}
+    spec["elasticity"] = {"lendIdle": elastic, "consolidateTail": {"enabled": elastic, "threshold": 2}}
+    spec["output"] = {"path": str(out)}
+    return doc
+
+
+def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path):
+    out = tmp_path / "run"
+    summary = EmbeddedRun(parse_job(manifest(micro_model, out)), progress=False).run()
+
+    records = read_records(out / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(s["time_rollout"] > 0 and s["time_train"] > 0 for s in steps)
+    assert [e["step"] for e in records if e["kind"] == "eval"] == [0, 1, 2]
+    roles = {(r["worker"], r["role"]) for r in records if r["kind"] == "role"}
+    assert ("rollout-0", "rollout") in roles and ("trainer-0", "trainer") in roles
+    assert any(role == "drafter" for _, role in roles), "no drained shard was lent to drafter training"
+    assert summary["steps"] == 2 and "accuracy_last" in summary
+    assert "Worker roles over time" in (out / "report.html").read_text()
+    assert latest_checkpoint(out).step == 2
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(out / "policy"))
+    assert (out / "drafter" / "config.json").is_file()
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "policy" / "model.safetensors"))
+
+
+def test_resumed_run_has_the_weights_of_an_uninterrupted_one(micro_model, tmp_path):
+    straight = tmp_path / "straight"
+    EmbeddedRun(parse_job(manifest(micro_model, straight, speculation="off", elastic=False)), progress=False).run()
+
+    resumed = tmp_path / "resumed"
+    job = parse_job(manifest(micro_model, resumed, speculation="off", elastic=False))
+    EmbeddedRun(job, progress=False, max_steps=1).run()  # stops after step 1, as if killed
+    assert latest_checkpoint(resumed).step == 1
+    EmbeddedRun(job, progress=False).run()
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] == b[name]).all(), f"{name} differs after resume"
+
+
+def test_killing_tlt_run_mid_step_and_rerunning_resumes_without_loss(micro_model, tmp_path):
+    out = tmp_path / "killed"
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(manifest(micro_model, out, steps=3)))
+    env = {**os.environ, "TLT_CACHE_DIR": os.environ["TLT_CACHE_DIR"]}
+    cmd = [sys.executable, "-m", "tlt.cli", "run", str(job_file), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while latest_checkpoint(out) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert latest_checkpoint(out) is not None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: Ray's workers too
+    proc.wait()
+    killed_at = latest_checkpoint(out).step
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    records = read_records(out / "metrics.jsonl")
+    assert max(r["step"] for r in records if r["kind"] == "step") == 3
+    assert any(r["kind"] == "run" and r.get("resumed_from") == killed_at for r in records)
+    assert latest_checkpoint(out).step == 3

@@ -1,0 +1,374 @@
+"""The embedded RL loop: `tlt run job.yaml` on one machine.
+
+Rollout shards and the trainer are Ray actors; a local control loop polls shard
+progress and applies `tlt.elastic.plan` (lend drained shards to drafter training,
+return them, consolidate the tail), exactly as the operator does on a cluster.
+Each completed step is checkpointed (policy, optimizer, drafter, data position,
+step), logged to metrics.jsonl, and the report is re-rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec
+from tlt.coordinator.actors import WorkerPool
+from tlt.coordinator.prompts import PromptSource, reward_name
+from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan
+from tlt.engine.types import Request
+from tlt.report import MetricsLog, write_report
+from tlt.report.html import summarize
+from tlt.rewards.pool import RewardPool
+from tlt.trainer.losses import dynamic_sampling, group_advantages, overlong_penalty
+
+CHECKPOINTS = "checkpoints"
+POLL_SECONDS = 0.2
+
+
+def request_seed(seed: int, step: int, group: int, sample: int) -> int:
+    """A per-sequence seed: outputs do not depend on which shard or batch runs them."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{group}/{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 62) - 1)
+
+
+def resolve_model(spec: ReasoningRLJobSpec, progress: bool = True) -> Path:
+    """The policy's Hugging Face folder (the built-in model is bootstrapped once and cached)."""
+    model = spec.model
+    if model.builtin:
+        from tlt.tasks.bootstrap import ensure_base_model
+
+        return Path(ensure_base_model(model.builtin, progress=progress))
+    if model.path:
+        folder = Path(model.path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"spec.model.path: {folder} holds no config.json; point it at a Hugging Face model folder")
+        return folder
+    raise ValueError(
+        "spec.model.hubId: the embedded runner reads models from disk; download the model and set spec.model.path"
+    )
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    position: int
+    drafter_version: int
+    folder: Path
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint (written to a temporary name, then renamed)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = sorted((p for p in root.glob("step-*") if (p / "state.json").is_file()), key=lambda p: int(p.name[5:]))
+    if not done:
+        return None
+    meta = json.loads((done[-1] / "state.json").read_text())
+    return Checkpoint(meta["step"], meta["position"], meta["drafter_version"], done[-1])
+
+
+class EmbeddedRun:
+    def __init__(self, job: ReasoningRLJob, *, run_dir: str | Path | None = None, fresh: bool = False,
+                 progress: bool = True, max_steps: int | None = None, batch_threshold: int | None = None):
+        self.job = job
+        self.spec = job.spec
+        self.run_dir = Path(run_dir or self.spec.output.path)
+        if fresh and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.max_steps = max_steps  # stop after this many steps in this invocation (tests, demos)
+        self.batch_threshold = batch_threshold
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.roles: dict[str, str] = {}
+
+    # ---- helpers ----
+    def _say(self, text: str) -> None:
+        if self.progress:
+            tqdm.write(text, file=sys.stderr)
+
+    def _set_role(self, worker: str, role: str) -> None:
+        if self.roles.get(worker) != role:
+            self.roles[worker] = role
+            self.log.write("role", worker=worker, role=role)
+
+    def _threshold(self) -> int:
+        if self.batch_threshold is not None:
+            return self.batch_threshold
+        value = self.spec.speculative.batch_threshold
+        if value != "auto":
+            return int(value)
+        return self.pool.calibrate_threshold()
+
+    # ---- the run ----
+    def run(self) -> dict:
+        spec = self.spec
+        from transformers import AutoTokenizer
+
+        model_dir = resolve_model(spec, progress=self.progress)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        prompts = PromptSource(spec, tokenizer)
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ckpt = latest_checkpoint(self.run_dir)
+        start_step, position, drafter_version = (ckpt.step, ckpt.position, ckpt.drafter_version) if ckpt else (0, 0, 0)
+        self.log.write("run", job=self.job.metadata.name, t0=self.log.t0, resumed_from=start_step,
+                       total_steps=spec.algorithm.steps)
+        if ckpt:
+            self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
+        self.pool = WorkerPool(spec, str(model_dir), checkpoint=ckpt.folder if ckpt else None)
+        try:
+            threshold = self._threshold()
+            self.pool.start_shards(threshold)
+            for w in self.pool.shard_names:
+                self._set_role(w, "rollout")
+            self._set_role(self.pool.trainer_name, "trainer")
+            if start_step == 0 and spec.eval.every_steps:
+                self._evaluate(prompts, 0, eos)
+            steps_bar = tqdm(total=spec.algorithm.steps, initial=start_step, desc="steps", unit="step",
+                             disable=not self.progress, file=sys.stderr, position=0)
+            done_here = 0
+            for step in range(start_step + 1, spec.algorithm.steps + 1):
+                if self.max_steps is not None and done_here >= self.max_steps:
+                    break
+                position, drafter_version = self._step(step, prompts, position, drafter_version, eos)
+                done_here += 1
+                steps_bar.update(1)
+            steps_bar.close()
+            if self.max_steps is None or done_here < self.max_steps or step == spec.algorithm.steps:
+                self._finish()
+        finally:
+            self.pool.shutdown()
+        summary = summarize(self.log_records())
+        write_report(self.run_dir, f"tlt run: {self.job.metadata.name}")
+        return summary
+
+    def log_records(self):
+        from tlt.report import read_records
+
+        return read_records(self.run_dir / "metrics.jsonl")
+
+    def _requests(self, step: int, items, first_group: int, eos) -> list[Request]:
+        a = self.spec.algorithm
+        return [
+            Request(prompt=list(item.ids), max_tokens=a.max_response_tokens, stop_ids=eos, temperature=a.temperature,
+                    top_p=a.top_p, seed=request_seed(a.seed, step, first_group + g, k), group=first_group + g,
+                    id=(first_group + g, k))
+            for g, item in enumerate(items)
+            for k in range(a.group_size)
+        ]
+
+    def _step(self, step: int, prompts: PromptSource, position: int, drafter_version: int, eos) -> tuple[int, int]:
+        spec, a = self.spec, self.spec.algorithm
+        t_start = time.perf_counter()
+        groups: list[tuple] = []  # (item, [results])
+        rewards_pool = RewardPool(reward_name(spec), workers=spec.reward.workers)
+        rounds = 0
+        rollout_seconds = 0.0
+        acceptance = []
+        lent_seconds = 0.0
+        while True:
+            want = a.prompts_per_step if rounds == 0 else decision.missing
+            items, position = prompts.take(position, want)
+            first = len(groups)
+            requests = self._requests(step, items, first, eos)
+            t0 = time.perf_counter()
+            results, stats = self._rollout(step, requests, rewards_pool, items, first, tokenizer_eos=eos)
+            rollout_seconds += time.perf_counter() - t0
+            lent_seconds += stats["lent_seconds"]
+            if stats["acceptance_length"]:
+                acceptance.append(stats["acceptance_length"])
+            for g, item in enumerate(items):
+                groups.append((item, [results[(first + g, k)] for k in range(a.group_size)]))
+            t_reward = time.perf_counter()
+            scores = rewards_pool.gather()
+            self._scores = {**getattr(self, "_scores", {}), **scores}
+            reward_seconds = time.perf_counter() - t_reward
+            if not a.dynamic_sampling.enabled:
+                break
+            decision = dynamic_sampling([[self._scores[(i, k)] for k in range(a.group_size)] for i in range(len(groups))],
+                                        a.prompts_per_step, rounds, a.dynamic_sampling.max_rounds)
+            if not decision.sample_more:
+                break
+            rounds += 1
+        rewards_pool.close()
+        scores, self._scores = self._scores, {}
+        keep = list(range(len(groups)))
+        if a.dynamic_sampling.enabled:
+            keep = dynamic_sampling([[scores[(i, k)] for k in range(a.group_size)] for i in range(len(groups))],
+                                    a.prompts_per_step, rounds, a.dynamic_sampling.max_rounds).keep
+        # Rewards (with DAPO's overlong penalty), group-normalized advantages.
+        flat = [(i, k, groups[i][1][k]) for i in keep for k in range(a.group_size)]
+        raw = torch.tensor([scores[(i, k)] for i, k, _ in flat], dtype=torch.float32)
+        lengths = torch.tensor([len(r.tokens) for _, _, r in flat], dtype=torch.float32)
+        shaped = raw.clone()
+        if a.overlong_penalty.enabled:
+            shaped = shaped + overlong_penalty(lengths, a.max_response_tokens, a.overlong_penalty.buffer_tokens,
+                                               a.overlong_penalty.penalty)
+        train_seconds, metrics = 0.0, {}
+        if flat:
+            advantages = group_advantages(shaped, a.group_size)
+            t_train = time.perf_counter()
+            self._phase_roles(step, "train")
+            metrics = self.pool.train(
+                prompts=[list(groups[i][0].ids) for i, _, _ in flat],
+                responses=[list(r.tokens) for _, _, r in flat],
+                advantages=advantages.tolist(),
+                old_logprobs=[list(r.logprobs) for _, _, r in flat],
+                policy_version=step,
+            )
+            train_seconds = time.perf_counter() - t_train
+        # Drafter sync: average the replicas trained this step into the next version.
+        t_sync = time.perf_counter()
+        self._phase_roles(step, "sync")
+        if spec.drafter.enabled and step % spec.drafter.sync_every == 0:
+            drafter_version = self.pool.sync_drafters(drafter_version)
+        sync_seconds = time.perf_counter() - t_sync
+        self._phase_roles(step, "idle")
+        record = dict(
+            step=step,
+            reward_mean=float(raw.mean()) if raw.numel() else 0.0,
+            response_len_mean=float(lengths.mean()) if lengths.numel() else 0.0,
+            response_len_max=float(lengths.max()) if lengths.numel() else 0.0,
+            time_rollout=rollout_seconds, time_reward=reward_seconds, time_train=train_seconds,
+            time_sync=sync_seconds, acceptance_length=sum(acceptance) / len(acceptance) if acceptance else 0.0,
+            drafter_version=drafter_version, lent_fraction=lent_seconds / max(1e-9, rollout_seconds * len(self.pool.shard_names)),
+            groups_kept=len(keep), sampling_rounds=rounds + 1, step_seconds=time.perf_counter() - t_start,
+            **{f"train_{k}": v for k, v in metrics.items()},
+        )
+        self.log.write("step", **record)
+        if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):
+            self._evaluate(prompts, step, eos)
+        if step % spec.run_policy.checkpoint.every_steps == 0 or step == spec.algorithm.steps:
+            self._checkpoint(step, position, drafter_version)
+        write_report(self.run_dir, f"tlt run: {self.job.metadata.name}")
+        self._say(
+            f"step {step}/{spec.algorithm.steps}: reward {record['reward_mean']:.3f}, rollout {rollout_seconds:.1f}s, "
+            f"train {train_seconds:.1f}s, acceptance {record['acceptance_length']:.2f}, drafter v{drafter_version}"
+        )
+        return position, drafter_version
+
+    def _phase_roles(self, step: int, phase: str) -> None:
+        """Apply the policy's decisions for a phase without rollout progress (train, sync, idle)."""
+        workers = self._workers({})
+        self._apply(plan(self.spec, workers, Progress(step=step, phase=phase)), {})
+        if phase == "train":
+            self._set_role(self.pool.trainer_name, "trainer")
+
+    def _workers(self, progress: dict) -> list[Worker]:
+        role = "worker" if self.spec.placement == "colocated" else "rollout"
+        out = []
+        for i, name in enumerate(self.pool.shard_names):
+            p = progress.get(name)
+            state = ShardState(running=p.running, waiting=p.waiting, finished=p.finished) if p else ShardState()
+            out.append(Worker(name=name, role=role, index=i, assigned="drafter" if self.pool.lent(name) else None, shard=state))
+        return out
+
+    def _apply(self, actions, progress) -> None:
+        for action in actions:
+            if isinstance(action, Lend):
+                if self.pool.lend(action.worker):
+                    self._set_role(action.worker, "drafter")
+            elif isinstance(action, Return):
+                self.pool.reclaim(action.worker)
+                self._set_role(action.worker, "rollout")
+            elif isinstance(action, Consolidate):
+                moved = self.pool.consolidate(action.target, action.sources, action.sequences)
+                if moved:
+                    self.log.write("consolidate", target=action.target, sources=list(action.sources), moved=moved)
+
+    def _rollout(self, step, requests, rewards_pool, items, first, tokenizer_eos) -> tuple[dict, dict]:
+        """Decode `requests` over the shards (all samples of a group on one shard)."""
+        by_group: dict[int, list[Request]] = {}
+        for r in requests:
+            by_group.setdefault(r.group, []).append(r)
+        shards = self.pool.shard_names
+        assignment: dict[str, list[Request]] = {name: [] for name in shards}
+        for n, (group, reqs) in enumerate(sorted(by_group.items())):
+            assignment[shards[n % len(shards)]].extend(reqs)
+        for name in shards:
+            self._set_role(name, "rollout")
+        self.pool.start_rollout(step, assignment)
+        results: dict = {}
+        bar = tqdm(total=len(requests), desc=f"rollout {step}", unit="seq", leave=False, disable=not self.progress,
+                   file=sys.stderr, position=1)
+        lent_seconds, last = 0.0, time.perf_counter()
+        acceptance = 0.0
+        while True:
+            progress, finished = self.pool.poll()
+            now = time.perf_counter()
+            lent_seconds += (now - last) * sum(1 for s in shards if self.pool.lent(s))
+            last = now
+            for res in finished:
+                results[res.id] = res
+                g, _ = res.id
+                item = items[g - first]
+                rewards_pool.submit(res.id, item.prompt, self.pool.decode(res.tokens), item.answer, **item.meta)
+                bar.update(1)
+            running = sum(p.running + p.waiting for p in progress.values())
+            spec_on = sum(1 for p in progress.values() if p.speculating)
+            acc = [p.acceptance_length for p in progress.values() if p.acceptance_length]
+            acceptance = sum(acc) / len(acc) if acc else acceptance
+            bar.set_postfix(running=running, tail=sum(1 for p in progress.values() if 0 < p.running <= 4),
+                            spec=f"{spec_on}/{len(shards)}", acc=f"{acceptance:.2f}",
+                            lent=sum(1 for s in shards if self.pool.lent(s)))
+            if len(results) == len(requests):
+                break
+            self._apply(plan(self.spec, self._workers(progress), Progress(step=step, phase="rollout")), progress)
+            time.sleep(POLL_SECONDS)
+        bar.close()
+        return results, {"lent_seconds": lent_seconds, "acceptance_length": acceptance}
+
+    def _evaluate(self, prompts: PromptSource, step: int, eos) -> None:
+        spec = self.spec
+        if not prompts.heldout:
+            return
+        ev = spec.eval
+        reqs = [
+            Request(prompt=list(item.ids), max_tokens=spec.algorithm.max_response_tokens, stop_ids=eos,
+                    temperature=ev.temperature, top_p=1.0, seed=request_seed(spec.algorithm.seed, -1, i, 0), id=i)
+            for i, item in enumerate(prompts.heldout)
+        ]
+        results = self.pool.evaluate(reqs)
+        from tlt.rewards import get_reward
+
+        reward = get_reward(reward_name(spec))
+        scores = [reward(item.prompt, self.pool.decode(r.tokens), item.answer, **item.meta)
+                  for item, r in zip(prompts.heldout, results)]
+        lengths = sorted(len(r.tokens) for r in results)
+        accuracy = sum(1 for s in scores if s > 0.5) / len(scores)
+        self.log.write("eval", step=step, accuracy=accuracy, len_mean=sum(lengths) / len(lengths),
+                       len_p90=lengths[int(0.9 * (len(lengths) - 1))], len_max=lengths[-1], prompts=len(scores))
+        self._say(f"eval after step {step}: held-out accuracy {accuracy:.3f} on {len(scores)} prompts")
+
+    def _checkpoint(self, step: int, position: int, drafter_version: int) -> None:
+        root = self.run_dir / CHECKPOINTS
+        tmp = root / f".step-{step}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.pool.save(tmp)
+        (tmp / "state.json").write_text(json.dumps({"step": step, "position": position, "drafter_version": drafter_version}))
+        final = root / f"step-{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        keep = self.spec.run_policy.checkpoint.keep
+        old = sorted((p for p in root.glob("step-*")), key=lambda p: int(p.name[5:]))[:-keep]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _finish(self) -> None:
+        out = self.run_dir
+        self.pool.export(out / "policy", out / "drafter" if self.spec.output.export_drafter else None)
+        self._say(f"exported the policy to {out / 'policy'}")

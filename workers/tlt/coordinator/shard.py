@@ -1,0 +1,239 @@
+"""One rollout worker: a torch engine, its rollout buffer, and drafter training while lent.
+
+Plain Python (tested without Ray); `tlt.coordinator.actors` wraps it as a Ray actor.
+Rollout runs in a background thread so the control loop can poll progress, lend the
+worker once it drains, and take sequences away from it for tail consolidation.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from tlt.api.model import ReasoningRLJobSpec
+from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig
+from tlt.drafter.packing import training_batches
+from tlt.engine.torch_engine import TorchEngine
+from tlt.engine.types import Request, Result
+from tlt.models.drafter import EagleDrafter
+from tlt.models.loading import load_model
+from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
+from tlt.speculative.ngram import NgramDrafter
+
+
+def bind_threads(cores: list[int] | None) -> None:
+    """Run this process's torch work on `cores` only (a lent worker uses only its share)."""
+    if not cores:
+        return
+    try:
+        os.sched_setaffinity(0, set(cores))
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the thread count below still bounds the share
+    torch.set_num_threads(len(cores))
+
+
+def speculation_controller(spec: ReasoningRLJobSpec, threshold: int):
+    """The engine's speculation policy from the spec: None (off), fixed (always) or adaptive."""
+    s = spec.speculative
+    strategies = [Strategy.parse(x) for x in s.strategies]
+    if s.mode == "off" or not spec.drafter.enabled:
+        return None
+    if s.mode == "always":
+        return FixedStrategy(strategies[0])
+    return AdaptiveManager(
+        strategies=strategies,
+        batch_threshold=threshold,
+        epsilon=s.epsilon,
+        window=s.window,
+        compute_budget=s.max_verify_tokens_per_batch,
+        buckets=list(s.bucket_bounds),
+        seed=spec.algorithm.seed,
+    )
+
+
+@dataclass
+class ShardProgressReport:
+    """What the control loop sees of a shard (mirrors tlt.api.model.ShardProgress)."""
+
+    name: str
+    role: str
+    running: int
+    waiting: int
+    finished: int
+    generated_tokens: int
+    speculating: bool
+    acceptance_length: float
+    drafter_steps: int = 0
+    busy: bool = False
+    results_ready: int = 0
+
+
+@dataclass
+class _Rollout:
+    step: int
+    thread: threading.Thread | None = None
+    results: list[Result] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+class RolloutShard:
+    def __init__(self, name: str, model_dir: str, spec: ReasoningRLJobSpec, *, cores: list[int] | None = None,
+                 batch_threshold: int = 4, drafter_state: dict | None = None, max_model_len: int | None = None):
+        bind_threads(cores)
+        self.name = name
+        self.spec = spec
+        self.role = "rollout"
+        self.model = load_model(model_dir, dtype=torch.float32)
+        self.policy_version = 0
+        self.drafter_version = 0
+        prompt_room = 256 if spec.task is not None else (spec.data.max_prompt_tokens if spec.data else 1024)
+        self.max_model_len = max_model_len or spec.algorithm.max_response_tokens + prompt_room
+        drafter = None
+        self.eagle: EagleDrafter | None = None
+        if spec.drafter.enabled and spec.speculative.mode != "off":
+            if spec.drafter.architecture == "eagle":
+                self.eagle = EagleDrafter.for_target(self.model, seed=spec.algorithm.seed)
+                if drafter_state:
+                    self.eagle.load_state(drafter_state)
+                drafter = self.eagle
+            else:
+                drafter = NgramDrafter()
+        self.engine = TorchEngine(
+            self.model,
+            num_slots=spec.rollout.max_batch_size,
+            max_model_len=self.max_model_len,
+            drafter=drafter,
+            speculation=speculation_controller(spec, batch_threshold) if drafter is not None else None,
+        )
+        self.buffer = RolloutBuffer(keep_steps=spec.drafter.buffer_steps)
+        self.trainer: SpotTrainer | None = None
+        if self.eagle is not None and spec.drafter.train_on_idle:
+            self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate), worker=name)
+        self._rollout: _Rollout | None = None
+        self._preempt = threading.Event()
+        self._train_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- rollout ----
+    def start_rollout(self, step: int, requests: list[Request]) -> None:
+        """Start decoding `requests` in the background (a new step's rollout)."""
+        self.reclaim()
+        self.buffer.start_step(step)
+        rollout = _Rollout(step)
+        self._rollout = rollout
+        self.engine.wake()
+        self.engine.submit(requests)
+        rollout.thread = threading.Thread(target=self._decode_loop, args=(rollout,), daemon=True, name=f"{self.name}-decode")
+        rollout.thread.start()
+
+    def add_requests(self, requests: list[Request]) -> None:
+        """More work for the running rollout (tail consolidation moves sequences here)."""
+        self.reclaim()
+        self.engine.submit(requests)
+        rollout = self._rollout
+        if rollout is not None and (rollout.thread is None or not rollout.thread.is_alive()):
+            rollout.thread = threading.Thread(target=self._decode_loop, args=(rollout,), daemon=True)
+            rollout.thread.start()
+
+    def _decode_loop(self, rollout: _Rollout) -> None:
+        try:
+            while self.engine.has_work():
+                done = self.engine.step()
+                if done:
+                    with self._lock:
+                        rollout.results.extend(done)
+                    for r in done:
+                        self.buffer.add(Sample.of(r.prompt, r.tokens, self.policy_version))
+        except BaseException as err:  # surfaced to the coordinator by take_results()
+            rollout.error = err
+
+    def progress(self) -> ShardProgressReport:
+        c = self.engine.counters()
+        rollout = self._rollout
+        busy = bool(rollout and rollout.thread and rollout.thread.is_alive())
+        return ShardProgressReport(
+            name=self.name, role=self.role, running=c.running, waiting=c.waiting, finished=c.finished,
+            generated_tokens=c.generated_tokens, speculating=c.speculating,
+            acceptance_length=c.mean_acceptance_length,
+            drafter_steps=self.trainer.state.step if self.trainer else 0,
+            busy=busy, results_ready=len(rollout.results) if rollout else 0,
+        )
+
+    def take_results(self) -> list[Result]:
+        """The sequences finished since the last call; re-raises a decode failure."""
+        rollout = self._rollout
+        if rollout is None:
+            return []
+        if rollout.error is not None:
+            raise RuntimeError(f"{self.name}: rollout failed: {rollout.error!r}") from rollout.error
+        with self._lock:
+            out, rollout.results = rollout.results, []
+        return out
+
+    def move_out(self, count: int) -> list[Request]:
+        """Hand over up to `count` unfinished sequences as continuation requests (re-prefill elsewhere)."""
+        rollout = self._rollout
+        if rollout is None or count <= 0:
+            return []
+        if not hasattr(self.engine, "preempt"):
+            return []
+        return self.engine.preempt(count)
+
+    # ---- lending ----
+    def lend(self) -> bool:
+        """Switch to drafter training on this worker's own rollouts (until reclaimed)."""
+        if self.trainer is None or self.engine.has_work():
+            return False
+        if self._train_thread is not None and self._train_thread.is_alive():
+            return True
+        self.role = "drafter"
+        self._preempt.clear()
+        self._train_thread = threading.Thread(target=self._train_loop, daemon=True, name=f"{self.name}-drafter")
+        self._train_thread.start()
+        return True
+
+    def _train_loop(self) -> None:
+        samples = self.buffer.samples()
+        if not samples:
+            return
+        batches = training_batches(self.model, samples, max_response_tokens=self.spec.drafter.window_tokens)
+        if self._preempt.is_set():
+            return
+        self.trainer.set_data(batches)
+        while not self._preempt.is_set():
+            if self.trainer.run(preempt=self._preempt, max_steps=1).reason == "no-data":
+                break
+
+    def reclaim(self) -> None:
+        """Preempt drafter training at once (within one micro-step) and go back to rollout."""
+        self._preempt.set()
+        if self._train_thread is not None:
+            self._train_thread.join()
+            self._train_thread = None
+        self.engine.wake()
+        self.role = "rollout"
+
+    # ---- weights ----
+    def set_policy(self, version: int, state: dict) -> None:
+        self.reclaim()
+        self.engine.update_policy_weights(state)
+        self.policy_version = version
+
+    def drafter_report(self) -> tuple[int, int, dict | None]:
+        """(version, optimizer steps trained in this version, weights) for averaging."""
+        if self.eagle is None:
+            return self.drafter_version, 0, None
+        state = {k: v.detach().clone() for k, v in self.eagle.state_dict().items()}
+        steps = self.trainer.steps_in_version if self.trainer else 0
+        return self.drafter_version, steps, state
+
+    def set_drafter(self, version: int, state: dict) -> None:
+        self.reclaim()
+        if self.eagle is not None:
+            self.engine.update_drafter_weights(state)
+            if self.trainer is not None:
+                self.trainer.start_version(version, state)
+        self.drafter_version = version
