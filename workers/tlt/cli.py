@@ -15,6 +15,7 @@ import tlt
 # Modules that contribute subcommands, in the order `tlt --help` lists them.
 COMMAND_MODULES = [
     "tlt.api.commands",
+    "tlt.coordinator.commands",
     "tlt_operator.commands",
     "tlt.engine.commands",
     "tlt.sim.commands",
