@@ -27,6 +27,16 @@ def register(subparsers) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=run_job)
 
+    from tlt.engine.commands import add_bench_command
+
+    e2e = add_bench_command(
+        subparsers, "e2e", "the plain synchronous baseline vs tlt on the same job and seed: step-time ratios, accuracies"
+    )
+    e2e.add_argument("file", metavar="FILE", nargs="?", default="examples/quickstart.yaml", help="the job manifest")
+    e2e.add_argument("--out", default="runs/bench-e2e", help="folder for both runs")
+    e2e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e2e.set_defaults(func=run_bench_e2e)
+
     report = subparsers.add_parser(
         "report", help="re-render report.html of a run folder", description="Render RUN_DIR/report.html from RUN_DIR/metrics.jsonl."
     )
@@ -57,6 +67,18 @@ def run_job(args) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(str(err)) from None
     print(json.dumps({"run_dir": str(run.run_dir), **summary}, default=float))
+    return 0
+
+
+def run_bench_e2e(args) -> int:
+    from tlt.cli import CommandError
+    from tlt.coordinator.bench import compare, print_comparison
+
+    try:
+        (job,) = load_jobs(args.file)
+    except (SpecError, ValueError) as err:
+        raise CommandError(f"{args.file}: {err}") from None
+    print_comparison(compare(job, Path(args.out), progress=not args.quiet))
     return 0
 
 
