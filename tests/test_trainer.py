@@ -232,3 +232,46 @@ def test_rollouts_with_per_token_fields_of_the_wrong_length_are_refused():
         Rollouts([[1]], [[2, 3]], [1.0], old_logprobs=[[0.0]])
     with pytest.raises(ValueError, match="empty prompt"):
         Rollouts([[]], [[2, 3]], [1.0])
+
+
+def _data_parallel_rank(rank: int, world_size: int, port: int, folder: str, backend: str, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    cfg = TrainerConfig(learning_rate=1e-2, mini_batch_size=2, ppo_epochs=2, loss_aggregation="token-mean")
+    trainer = PolicyTrainer(folder, cfg, backend=backend, zero_stage=2, device="cpu")
+    metrics = trainer.train(_batch())
+    trainer.save_checkpoint(Path(out) / "ckpt")
+    if rank == 0:
+        torch.save({"metrics": metrics, "state": trainer.state_dict()}, Path(out) / "result.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "deepspeed"])
+def test_two_data_parallel_ranks_make_the_same_update_as_one_process(llama, tmp_path, backend):
+    import multiprocessing
+
+    from tlt.trainer.backends import _free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_data_parallel_rank, args=(r, 2, port, str(llama), backend, str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = torch.load(tmp_path / "result.pt", weights_only=True)
+
+    cfg = TrainerConfig(learning_rate=1e-2, mini_batch_size=2, ppo_epochs=2, loss_aggregation="token-mean")
+    single = PolicyTrainer(llama, cfg, device="cpu")
+    start = single.state_dict()
+    expected = single.train(_batch())
+    assert got["metrics"]["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert got["metrics"]["clip_fraction"] == pytest.approx(expected["clip_fraction"])
+    assert got["metrics"]["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
+    assert _relative_gap(single.state_dict(), got["state"], start) <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "result.pt"]

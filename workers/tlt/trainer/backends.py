@@ -1,12 +1,16 @@
-"""Where the optimizer step happens: plain torch, or DeepSpeed ZeRO.
+"""Where the optimizer step happens: plain torch (DDP across ranks), or DeepSpeed ZeRO.
 
 Both backends expose the same small surface to `PolicyTrainer`:
 `module` (the Hugging Face model), `forward` (what to call for a forward pass:
-the module, or the DeepSpeed engine, whose bookkeeping ZeRO-3's gradient
-accumulation relies on), `backward(loss)`,
-`step(is_last_micro)` -> grad norm before clipping (on the last micro-batch),
+the module, its DDP wrapper, or the DeepSpeed engine, whose bookkeeping ZeRO-3's
+gradient accumulation relies on), `begin_micro(is_last)` before each
+micro-batch, `backward(loss)`, `step()` -> gradient norm before clipping,
 `full_state_dict()` (HF names, gathered under ZeRO-3), `save(dir)` / `load(dir)`
 for policy and optimizer state.
+
+Data parallel: several processes (ranks) each run a `PolicyTrainer`; the
+rendezvous comes from the usual environment (MASTER_ADDR, MASTER_PORT, RANK,
+WORLD_SIZE, LOCAL_RANK). Both backends average gradients over ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 
 def _free_port() -> int:
@@ -25,17 +30,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_process_group(device: torch.device) -> None:
-    """Starts DeepSpeed's process group once: gloo on CPU, NCCL on GPU.
+def world() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
-    A single process (embedded mode, tests) has no launcher to set the rendezvous
-    variables; world size 1 on localhost is filled in where they are absent. The
-    port is a free one, so that concurrent jobs on one machine do not collide.
+
+def _single_process_defaults() -> None:
+    # A single process (embedded mode, tests) has no launcher to set the rendezvous
+    # variables: world size 1 on localhost, on a free port so that concurrent jobs
+    # on one machine do not collide.
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+
+
+def ensure_process_group(device: torch.device, for_deepspeed: bool) -> None:
+    """Joins the process group once: gloo on CPU, NCCL on GPU.
+
+    DeepSpeed always needs one (world size 1 included); plain torch only when
+    WORLD_SIZE > 1.
     """
+    if dist.is_available() and dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not for_deepspeed:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group(backend)
+        return
     import deepspeed
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return
     if device.type == "cpu":
         # DeepSpeed compiles a shared-memory collective op for CPU process groups
         # (minutes on a fresh machine); it only speeds up multi-process all-reduce,
@@ -43,22 +70,24 @@ def ensure_process_group(device: torch.device) -> None:
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+    _single_process_defaults()
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
 class TorchBackend:
-    """AdamW on the model's own parameters; bf16 by autocast over fp32 weights."""
+    """AdamW on the model's own parameters; bf16 by autocast over fp32 weights; DDP across ranks."""
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
                  max_grad_norm: float, precision: str, device: torch.device):
+        ensure_process_group(device, for_deepspeed=False)
         self.module = self.forward = model.to(device)
+        self.ddp = None
+        if world()[1] > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.forward = self.ddp
         self.device = device
         self.max_grad_norm = max_grad_norm
         self.precision = precision
@@ -79,12 +108,17 @@ class TorchBackend:
         return float(norm)
 
     def begin_micro(self, is_last: bool) -> None:
-        pass
+        if self.ddp is not None:
+            # What DDP's no_sync() toggles: all-reduce gradients only in the last
+            # micro-batch's backward; the earlier ones accumulate locally.
+            self.ddp.require_backward_grad_sync = is_last
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
     def save(self, folder: Path) -> None:
+        if world()[0] != 0:
+            return  # replicas are identical: rank 0 writes for all
         torch.save(self.module.state_dict(), folder / "policy.pt")
         torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
 
@@ -109,7 +143,7 @@ class DeepSpeedBackend:
                  max_grad_norm: float, precision: str, device: torch.device, zero_stage: int, offload: str):
         import deepspeed
 
-        ensure_process_group(device)
+        ensure_process_group(device, for_deepspeed=True)
         self.device = device
         self.zero_stage = zero_stage
         model = model.to(device)

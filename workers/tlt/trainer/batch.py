@@ -109,7 +109,6 @@ def collate(rollouts: Rollouts, indices: Sequence[int], pad_id: int = 0,
     response_ids = torch.full((b, t_max), pad_id, dtype=torch.long)
     mask = torch.zeros(b, t_max)
     source = old_logprobs if old_logprobs is not None else rollouts.old_logprobs
-    old = None if source is None else torch.zeros(b, t_max)
     for row, (i, p, r) in enumerate(zip(indices, prompts, responses)):
         n_p, n_r = p.numel(), r.numel()
         input_ids[row, :n_p] = p
@@ -118,7 +117,14 @@ def collate(rollouts: Rollouts, indices: Sequence[int], pad_id: int = 0,
         predict_at[row, :n_r] = torch.arange(n_p - 1, n_p + n_r - 1)
         response_ids[row, :n_r] = r
         mask[row, :n_r] = 1.0 if rollouts.response_masks is None else rollouts.response_masks[i]
-        if old is not None:
-            old[row, :n_r] = source[i]
+    old = None if source is None else pad_per_token(source, indices, t_max)
     return Collated(input_ids, attention_mask, predict_at, response_ids, mask,
                     rollouts.advantages[indices].clone(), old)
+
+
+def pad_per_token(values: list[torch.Tensor], indices: Sequence[int], width: int) -> torch.Tensor:
+    """Per-token values of the rollouts at `indices`, right-padded with 0 to [len(indices), width]."""
+    out = torch.zeros(len(indices), width)
+    for row, i in enumerate(indices):
+        out[row, :values[i].numel()] = values[i]
+    return out

@@ -21,22 +21,25 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from tlt.trainer.batch import Collated, Rollouts, collate
-from tlt.trainer.losses import AGGREGATIONS, aggregate, aggregation_weight, k3_kl, masked_mean, ppo_clip_loss
-from tlt.trainer.backends import DeepSpeedBackend, TorchBackend
+import torch.distributed as dist
+
+from tlt.trainer.backends import DeepSpeedBackend, TorchBackend, world
+from tlt.trainer.batch import Collated, Rollouts, collate, pad_per_token
+from tlt.trainer.losses import AGGREGATIONS, aggregate, aggregation_weight, k3_kl, ppo_clip_loss
 
 # Files of a Hugging Face folder that describe the tokenizer, copied as they are by export_hf.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja",
                    "chat_template.json", "generation_config.json")
 STATE_FILE = "trainer_state.pt"
+# Sums one rank collects during a step (all-reduced over ranks at the end).
+_STATS = ("loss", "pg_loss", "kl_loss", "grad_norm", "tokens_seen", "kl", "ppo_kl", "clip_fraction", "entropy")
 
 
 @dataclass
@@ -200,72 +203,88 @@ class PolicyTrainer:
     # ------------------------------------------------------------------ update
 
     def train(self, rollouts: Rollouts) -> dict[str, float]:
-        """One RL step's update on `rollouts`; returns metrics (token-weighted means over the step).
+        """One RL step's update on `rollouts`; returns metrics.
 
-        loss, pg_loss, kl_loss: mean over optimizer steps of the aggregated losses;
-        kl: mean k3 KL to the reference per token; ppo_kl: mean (old - new) log-prob
-        per token; clip_fraction: share of tokens whose clipped branch is active;
-        entropy: mean token entropy; grad_norm: mean pre-clip gradient norm;
-        tokens: response tokens trained on (once, not per epoch); updates: optimizer steps.
+        Every rank passes the same whole batch: the rollouts are shuffled
+        identically on all ranks (same seed) and each rank trains on its share
+        (every world-size-th sequence) of each mini-batch.
+
+        Metrics (over all ranks): loss, pg_loss, kl_loss: mean over optimizer steps
+        of the aggregated losses; kl: mean k3 KL to the reference per token;
+        ppo_kl: mean (old - new) log-prob per token; clip_fraction: share of tokens
+        whose clipped branch is active (no gradient); entropy: mean token entropy;
+        grad_norm: mean gradient norm before clipping; tokens: response tokens
+        trained on (counted once, not per epoch); updates: optimizer steps.
         """
         cfg = self.config
         n = len(rollouts)
+        rank, world_size = world()
+        mini = cfg.mini_batch_size or n
         if n == 0:
             raise ValueError("no rollouts to train on")
+        if min(mini, n - (n - 1) // mini * mini) < world_size:
+            raise ValueError(f"every mini-batch needs at least one rollout per rank: {n} rollouts in mini-batches "
+                             f"of {mini} over {world_size} ranks")
         old = rollouts.old_logprobs if rollouts.old_logprobs is not None else self.compute_logprobs(rollouts)
         ref = self.compute_logprobs(rollouts, reference=True) if self.reference is not None else None
-        mini = cfg.mini_batch_size or n
-        sums = dict(loss=0.0, pg_loss=0.0, kl_loss=0.0, grad_norm=0.0)
-        token_sums = dict(kl=0.0, ppo_kl=0.0, clip_fraction=0.0, entropy=0.0)
-        seen_tokens = 0.0
+        stats = torch.zeros(len(_STATS), dtype=torch.float64)
         updates = 0
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(n, generator=self.generator).tolist() if cfg.shuffle else list(range(n))
-            for start in range(0, n, mini):
-                indices = order[start:start + mini]
-                total_tokens = float(rollouts.num_tokens(indices))
-                micros = self._micro_batches(indices)
-                step_loss = step_pg = step_kl = 0.0
-                for k, micro in enumerate(micros):
-                    self.backend.begin_micro(is_last=k == len(micros) - 1)
-                    batch = collate(rollouts, micro, self.pad_id, old_logprobs=old).to(self.device)
-                    logp, entropy = self._logprobs(self.backend.forward, batch, with_entropy=True)
-                    pg_tokens, clipped = ppo_clip_loss(logp, batch.old_logprobs, batch.advantages,
-                                                       cfg.clip_ratio_low, cfg.clip_ratio_high)
-                    pg = aggregate(pg_tokens, batch.mask, cfg.loss_aggregation)
-                    loss = pg
-                    kl_val = None
-                    if ref is not None:
-                        ref_batch = collate(rollouts, micro, self.pad_id, old_logprobs=ref)
-                        kl_tokens = k3_kl(logp, ref_batch.old_logprobs.to(self.device))
-                        kl_val = aggregate(kl_tokens, batch.mask, cfg.loss_aggregation)
-                        loss = pg + cfg.kl_coef * kl_val
-                    weight = aggregation_weight(batch.mask, cfg.loss_aggregation, len(indices), total_tokens)
-                    self.backend.backward(loss * weight)
-                    step_loss += loss.item() * weight
-                    step_pg += pg.item() * weight
-                    step_kl += (kl_val.item() * weight) if kl_val is not None else 0.0
-                    with torch.no_grad():
-                        m = batch.mask
-                        t = float(m.sum())
-                        seen_tokens += t
-                        token_sums["ppo_kl"] += float(masked_mean(batch.old_logprobs - logp, m)) * t
-                        token_sums["clip_fraction"] += float(masked_mean(clipped.float(), m)) * t
-                        token_sums["entropy"] += float(masked_mean(entropy, m)) * t
-                        if ref is not None:
-                            token_sums["kl"] += float(masked_mean(kl_tokens, m)) * t
-                sums["grad_norm"] += self.backend.step()
-                sums["loss"] += step_loss
-                sums["pg_loss"] += step_pg
-                sums["kl_loss"] += step_kl
+            for begin in range(0, n, mini):
+                stats += self._update(rollouts, order[begin:begin + mini], old, ref, rank, world_size)
                 updates += 1
+        if world_size > 1:
+            dist.all_reduce(stats)
         self.updates += updates
         self.steps += 1
-        metrics = {k: v / updates for k, v in sums.items()}
-        metrics.update({k: v / max(seen_tokens, 1.0) for k, v in token_sums.items()})
+        values = dict(zip(_STATS, stats.tolist()))
+        tokens = max(values.pop("tokens_seen"), 1.0)
+        metrics = {k: values[k] / updates for k in ("loss", "pg_loss", "kl_loss")}
+        metrics["grad_norm"] = values["grad_norm"] / (updates * world_size)  # the same on every rank
+        metrics.update({k: values[k] / tokens for k in ("kl", "ppo_kl", "clip_fraction", "entropy")})
         metrics["tokens"] = float(rollouts.num_tokens())
         metrics["updates"] = float(updates)
         return metrics
+
+    def _update(self, rollouts: Rollouts, indices: list[int], old: list[torch.Tensor],
+                ref: list[torch.Tensor] | None, rank: int, world_size: int) -> torch.Tensor:
+        """One optimizer step on the mini-batch `indices`; returns this rank's metric sums (`_STATS`)."""
+        cfg = self.config
+        total_tokens = float(rollouts.num_tokens(indices))
+        micros = self._micro_batches(indices[rank::world_size])
+        stats = dict.fromkeys(_STATS, 0.0)
+        for k, micro in enumerate(micros):
+            self.backend.begin_micro(is_last=k == len(micros) - 1)
+            batch = collate(rollouts, micro, self.pad_id, old_logprobs=old).to(self.device)
+            logp, entropy = self._logprobs(self.backend.forward, batch, with_entropy=True)
+            pg_tokens, clipped = ppo_clip_loss(logp, batch.old_logprobs, batch.advantages,
+                                               cfg.clip_ratio_low, cfg.clip_ratio_high)
+            pg = aggregate(pg_tokens, batch.mask, cfg.loss_aggregation)
+            kl = torch.zeros((), device=self.device)
+            if ref is not None:
+                kl_tokens = k3_kl(logp, pad_per_token(ref, micro, batch.mask.shape[1]).to(self.device))
+                kl = aggregate(kl_tokens, batch.mask, cfg.loss_aggregation)
+            loss = pg + cfg.kl_coef * kl
+            # This micro-batch's share of the mini-batch aggregate; times world size
+            # because the backends average gradients over ranks.
+            weight = aggregation_weight(batch.mask, cfg.loss_aggregation, len(indices), total_tokens) * world_size
+            self.backend.backward(loss * weight)
+            with torch.no_grad():
+                m = batch.mask
+                tokens = float(m.sum())
+                share = weight / world_size
+                stats["loss"] += loss.item() * share
+                stats["pg_loss"] += pg.item() * share
+                stats["kl_loss"] += kl.item() * share
+                stats["tokens_seen"] += tokens
+                stats["ppo_kl"] += float(((batch.old_logprobs - logp) * m).sum())
+                stats["clip_fraction"] += float((clipped.float() * m).sum())
+                stats["entropy"] += float((entropy * m).sum())
+                if ref is not None:
+                    stats["kl"] += float((kl_tokens * m).sum())
+        stats["grad_norm"] = self.backend.step()
+        return torch.tensor([stats[k] for k in _STATS], dtype=torch.float64)
 
     # ------------------------------------------------------------------ weights out
 
@@ -305,20 +324,30 @@ class PolicyTrainer:
 
         Written to a sibling temporary folder first and swapped in by rename, so a
         kill at any moment leaves either the previous checkpoint or the new one.
+        With several ranks every rank calls this (ZeRO shards are per rank); rank 0
+        owns the folder.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        self.backend.save(tmp)
-        torch.save({"backend": self.backend.name, "updates": self.updates, "steps": self.steps,
-                    "config": asdict(self.config), "rng": self._rng_state()}, tmp / STATE_FILE)
+        rank, world_size = world()
+        barrier = dist.barrier if world_size > 1 else (lambda: None)
+        tmp = path.parent / f".{path.name}.tmp"
         old = path.parent / f".{path.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+            tmp.mkdir()
+        barrier()
+        self.backend.save(tmp)
+        barrier()
+        if rank == 0:
+            torch.save({"backend": self.backend.name, "updates": self.updates, "steps": self.steps,
+                        "config": asdict(self.config), "rng": self._rng_state()}, tmp / STATE_FILE)
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
