@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of lengths, acceptance draws and the bandit")
     p.add_argument("--max-tokens", type=int, help="override maxResponseTokens")
     p.add_argument("--prompts-per-step", type=int, help="override promptsPerStep")
+    p.add_argument("--consolidate", action="store_true",
+                   help="built-in job: turn tail consolidation on (off by default, as in the TLT paper)")
     p.add_argument("--control-interval", type=float, default=5.0, help="seconds between elastic-policy decisions")
     p.add_argument("--exact", action="store_true", help="speculative chunks never cross a finish (slower)")
     p.add_argument("--out", metavar="DIR", help="write result.json and per-GPU timeline SVGs here")
@@ -101,6 +103,8 @@ def _job(args, paper_job, scale_spec, CommandError):
     from tlt.api.load import load_jobs
 
     if args.manifest:
+        if args.consolidate:
+            raise CommandError("--consolidate is for the built-in job; set spec.elasticity.consolidateTail in the manifest")
         try:
             jobs = load_jobs(args.manifest)
         except SpecError as err:
@@ -124,7 +128,7 @@ def _job(args, paper_job, scale_spec, CommandError):
     gpus = args.gpus or 64
     if gpus < 1:
         raise CommandError("--gpus must be >= 1")
-    spec = paper_job(gpus=gpus, max_tokens=args.max_tokens or 32768)
+    spec = paper_job(gpus=gpus, max_tokens=args.max_tokens or 32768, consolidate=args.consolidate)
     if args.prompts_per_step:
         spec = spec.model_copy(update={"algorithm": spec.algorithm.model_copy(
             update={"prompts_per_step": args.prompts_per_step})})
