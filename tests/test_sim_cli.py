@@ -115,3 +115,19 @@ def test_length_models_respect_the_limit_and_files_take_several_forms(tmp_path):
     assert read_lengths(tmp_path / "b.jsonl") == [5, 6]
     with pytest.raises(LengthSpecError):
         parse_lengths("zipf:a=0.5")
+
+
+def test_a_trace_is_replayed_in_order_step_after_step(tmp_path):
+    from tlt.sim import paper_job, sample_lengths
+
+    path = tmp_path / "trace.txt"
+    path.write_text("\n".join(str(n) for n in range(1, 11)))
+    spec = paper_job(gpus=1, prompts_per_shard=2, group_size=2, max_tokens=9)  # 4 sequences a step
+    steps = sample_lengths(parse_lengths(f"trace:{path}"), spec, 3, seed=0)
+    assert [s.tolist() for s in steps] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 1, 2]]  # clipped at 9, wraps
+
+
+def test_a_warm_drafter_starts_the_run_with_higher_acceptance(capsys):
+    assert main(["simulate", *QUICK, "--steps", "1", "--drafter-tokens", "1e9", "--json"]) == 0
+    step = json.loads(capsys.readouterr().out)["tlt"]["steps"][0]
+    assert step["drafter_alpha"] == pytest.approx(0.75, abs=1e-3)

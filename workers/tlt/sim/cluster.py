@@ -56,6 +56,7 @@ class SimOptions:
     exact: bool = False  # speculative chunks never cross a finish (slower; for hand-checked schedules)
     timeline_workers: int = 48  # workers whose spans are kept for the plot (all are accounted)
     include_startup: bool = False  # account the pods' first start as a step-0 period
+    drafter_tokens: float = 0.0  # what the drafter learned before the job (a warm start)
 
 
 @dataclass
@@ -181,8 +182,8 @@ class ClusterSimulator:
         self.step = 0
         self.phase = "idle"
         self.tick_token = 0
-        self.knowledge = 0.0  # drafter training tokens, discounted by drift
-        self.version_knowledge = 0.0  # what the drafter version in use has learned
+        self.knowledge = options.drafter_tokens  # drafter training tokens, discounted by drift
+        self.version_knowledge = options.drafter_tokens  # what the drafter version in use has learned
         self.drafter_tokens_step = 0.0
         self.unlearned = 0.0  # drafter tokens trained since the last policy update
         self.step_gpu: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--costs", metavar="FILE", help="cost profile file (JSON/YAML), or `tlt bench costs --json` output")
     p.add_argument("--lengths", metavar="SPEC",
                    help="response lengths: lognormal:median=M,sigma=S | zipf:a=A,scale=K | fixed:N | file:PATH "
-                   "(default: log-normal, median at 11%% of the limit, sigma 1)")
+                   "(sampled) | trace:PATH (replayed in order) (default: log-normal, median at 11%% of the limit, "
+                   "sigma 1)")
     p.add_argument("--steps", type=int, default=None, help="RL steps to simulate (default 5, at most the job's)")
     p.add_argument("--seed", type=int, default=0, help="seed of lengths, acceptance draws and the bandit")
     p.add_argument("--max-tokens", type=int, help="override maxResponseTokens")
@@ -36,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--consolidate", action="store_true",
                    help="built-in job: turn tail consolidation on (off by default, as in the TLT paper)")
     p.add_argument("--control-interval", type=float, default=5.0, help="seconds between elastic-policy decisions")
+    p.add_argument("--drafter-tokens", type=float, default=0.0,
+                   help="tokens the drafter learned before the job (a warm start; 0: a fresh drafter)")
     p.add_argument("--exact", action="store_true", help="speculative chunks never cross a finish (slower)")
     p.add_argument("--out", metavar="DIR", help="write result.json and per-GPU timeline SVGs here")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
@@ -62,7 +65,10 @@ def run_simulate(args) -> int:
     except LengthSpecError as err:
         raise CommandError(str(err)) from None
 
-    options = SimOptions(steps=steps, seed=args.seed, control_interval_s=args.control_interval, exact=args.exact)
+    if args.drafter_tokens < 0:
+        raise CommandError("--drafter-tokens must be >= 0")
+    options = SimOptions(steps=steps, seed=args.seed, control_interval_s=args.control_interval, exact=args.exact,
+                         drafter_tokens=args.drafter_tokens)
     setting = {
         "job": job_name,
         "gpus": _gpus(spec),
@@ -73,6 +79,7 @@ def run_simulate(args) -> int:
         "lengths": length_model.describe(),
         "steps": steps,
         "seed": args.seed,
+        "drafter_tokens_at_start": args.drafter_tokens,
         "speculative": spec.speculative.mode,
         "batch_threshold": spec.speculative.batch_threshold,
         "lend_idle": spec.elasticity.lend_idle,

@@ -2,7 +2,9 @@
 
 Specs on the command line: `lognormal:median=3500,sigma=1.0`, `zipf:a=1.6,scale=400`,
 `fixed:1000`, `file:lengths.txt` (one integer per line, or a JSON list, or JSONL with a
-`length`/`response_tokens`/`tokens` field; sampled with replacement). Every length is
+`length`/`response_tokens`/`tokens` field; sampled with replacement), or
+`trace:lengths.txt` (the same files replayed in order: step 1 takes the first
+promptsPerStep x groupSize lengths, step 2 the next, wrapping around). Every length is
 clipped to [1, max tokens]: a response that would run longer is cut at the limit, as
 the engine cuts it.
 """
@@ -23,7 +25,7 @@ class LengthSpecError(ValueError):
 
 @dataclass(frozen=True)
 class LengthModel:
-    kind: str  # lognormal | zipf | fixed | empirical
+    kind: str  # lognormal | zipf | fixed | empirical | trace
     params: tuple[tuple[str, float], ...] = ()
     values: tuple[int, ...] = ()  # empirical lengths
 
@@ -42,13 +44,21 @@ class LengthModel:
             raw = np.full(count, self.param("tokens"))
         elif self.kind == "empirical":
             raw = rng.choice(np.asarray(self.values), size=count, replace=True)
+        elif self.kind == "trace":
+            raw = np.resize(np.asarray(self.values), count)
         else:
             raise LengthSpecError(f"unknown length model {self.kind!r}")
         return np.clip(np.rint(raw), 1, max_tokens).astype(np.int64)
 
+    def replay(self, steps: int, count: int, max_tokens: int) -> list[np.ndarray]:
+        """A trace's lengths step after step, in order (wrapping around when the trace is short)."""
+        values = np.resize(np.asarray(self.values), steps * count)
+        return [np.clip(values[i * count:(i + 1) * count], 1, max_tokens).astype(np.int64) for i in range(steps)]
+
     def describe(self) -> str:
-        if self.kind == "empirical":
-            return f"empirical ({len(self.values)} lengths, mean {np.mean(self.values):.0f})"
+        if self.kind in ("empirical", "trace"):
+            how = "replayed" if self.kind == "trace" else "sampled"
+            return f"{how} from a file ({len(self.values)} lengths, mean {np.mean(self.values):.0f})"
         return self.kind + ":" + ",".join(f"{k}={v:g}" for k, v in self.params)
 
 
@@ -57,6 +67,8 @@ def parse_lengths(text: str) -> LengthModel:
     kind = kind.strip().lower()
     if kind == "file":
         return LengthModel("empirical", values=tuple(read_lengths(rest)))
+    if kind == "trace":
+        return LengthModel("trace", values=tuple(read_lengths(rest)))
     if kind == "fixed":
         try:
             return LengthModel("fixed", (("tokens", float(rest)),))
@@ -64,7 +76,8 @@ def parse_lengths(text: str) -> LengthModel:
             raise LengthSpecError(f"fixed lengths need a number, e.g. fixed:1000, got {text!r}") from None
     if kind not in ("lognormal", "zipf"):
         raise LengthSpecError(
-            f"unknown lengths {text!r}; use lognormal:median=3500,sigma=1.0, zipf:a=1.6,scale=400, fixed:N or file:PATH"
+            f"unknown lengths {text!r}; use lognormal:median=3500,sigma=1.0, zipf:a=1.6,scale=400, fixed:N, "
+            "file:PATH or trace:PATH"
         )
     params = []
     for item in filter(None, (p.strip() for p in rest.split(","))):

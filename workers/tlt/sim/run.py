@@ -54,8 +54,10 @@ def scale_spec(spec: ReasoningRLJobSpec, gpus: int) -> ReasoningRLJobSpec:
 
 def sample_lengths(model: LengthModel, spec: ReasoningRLJobSpec, steps: int, seed: int) -> list[np.ndarray]:
     """Response lengths per step, from their own generator: both modes of a seed see the same ones."""
-    rng = np.random.default_rng([seed, 7])
     count = spec.algorithm.prompts_per_step * spec.algorithm.group_size
+    if model.kind == "trace":
+        return model.replay(steps, count, spec.algorithm.max_response_tokens)
+    rng = np.random.default_rng([seed, 7])
     return [model.sample(rng, count, spec.algorithm.max_response_tokens) for _ in range(steps)]
 
 
