@@ -142,9 +142,8 @@ class Runtime:
         self.pool.submit(self._run_queued, key)
 
     def _run_queued(self, key: Key) -> None:
-        with self._lock(key):
-            with self.mu:
-                full = self.queued.pop(key, False)
+        with self.mu:
+            full = self.queued.pop(key, False)
         try:
             self.reconcile_job(key, full)
         except Exception as err:  # the resync loop retries; say what failed
@@ -278,6 +277,12 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         prefix="operator.tlt.dev", key="last-handled-configuration"
     )
     RUNTIME.start()
+
+
+@kopf.on.login()
+def login(**kwargs):
+    # kopf's own kubeconfig login reads KUBECONFIG now (the client library's reads it at import).
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.cleanup()

@@ -7,6 +7,7 @@ builders and reconcile use.
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 import time
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ def load_config() -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # KUBECONFIG is read now, not when the kubernetes package was imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
 def _labelled(obj: dict, job: str) -> bool:
