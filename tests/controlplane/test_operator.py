@@ -1,0 +1,370 @@
+"""The operator (`python -m tlt_operator`, real kopf) against the real control plane.
+
+One operator process runs for the module, cluster-wide, with a short replacement
+backoff; each test works in its own namespace. kwok plays the kubelets: pods on
+fake GPU nodes become Running and Ready, no container runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tlt.worker.role_watcher import RoleWatcher
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_NAME = "reasoningrljobs.tlt.dev"
+GROUP, VERSION, PLURAL = "tlt.dev", "v1alpha1", "reasoningrljobs"
+
+JOB = {
+    "apiVersion": "tlt.dev/v1alpha1",
+    "kind": "ReasoningRLJob",
+    "metadata": {"name": "demo"},
+    "spec": {
+        "model": {"builtin": "tiny-arith"},
+        "task": {"name": "arith"},
+        "algorithm": {"groupSize": 4, "steps": 3},
+        "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
+        "trainer": {"replicas": 1, "gpusPerReplica": 1},
+        "speculative": {"batchThreshold": 16},
+        "elasticity": {"consolidateTail": {"threshold": 4}},
+        "runPolicy": {"backoffLimit": 1},
+    },
+}
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except client.ApiException as err:
+            last = err
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """`python -m tlt_operator` as the Deployment runs it, against the test cluster."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path):
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+
+    def start(self) -> "OperatorProcess":
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "TLT_WATCH_NAMESPACES": "",
+            "TLT_HEALTH_PORT": str(self.health_port),
+            "TLT_METRICS_PORT": str(self.metrics_port),
+            "TLT_BACKOFF_SECONDS": "0.5",
+            "TLT_RESYNC_SECONDS": "2",
+            "TLT_LOG_LEVEL": "INFO",
+        }
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tlt_operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.healthy, timeout=60, what="the operator's liveness endpoint")
+        return self
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        assert self.proc.poll() is None, f"the operator exited:\n{self.log_path.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def crd(kubectl):
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    wait_for(lambda: kubectl("get", "rlj", "-A", check=False).returncode == 0, what="rlj in discovery")
+    return CRD_NAME
+
+
+@pytest.fixture(scope="module")
+def operator(crd, kubeconfig, tmp_path_factory):
+    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def api(kube_api):
+    return client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+
+
+class Job:
+    """One job in a test namespace, with the reads the tests need."""
+
+    def __init__(self, api, kubectl, namespace, body):
+        self.core, self.custom = api
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.name = body["metadata"]["name"]
+        body = copy.deepcopy(body)
+        body["metadata"]["namespace"] = namespace
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+
+    def get(self) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+
+    def status(self) -> dict:
+        return self.get().get("status") or {}
+
+    def patch(self, patch: dict) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, patch)
+
+    def report(self, status: dict) -> None:
+        """What the coordinator does: merge-patch the status subresource."""
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+
+    def pods(self) -> dict[str, client.V1Pod]:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"tlt.dev/job={self.name}").items
+        return {p.metadata.name: p for p in pods if not p.metadata.deletion_timestamp}
+
+    def running_pods(self, count: int) -> dict[str, client.V1Pod]:
+        def ready():
+            pods = self.pods()
+            ok = len(pods) == count and all(
+                p.status.phase == "Running" and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+                for p in pods.values()
+            )
+            return ok and pods
+        return wait_for(ready, what=f"{count} running pods of {self.name}")
+
+    def events(self, reason: str | None = None) -> list[dict]:
+        items = json.loads(self.kubectl("get", "events", "-n", self.namespace, "-o", "json").stdout)["items"]
+        return [
+            e for e in items
+            if e["involvedObject"].get("name") == self.name and e["involvedObject"].get("kind") == "ReasoningRLJob"
+            and (reason is None or e["reason"] == reason)
+        ]
+
+    def phase(self) -> str | None:
+        return self.status().get("phase")
+
+    def annotation(self, pod: str, key: str = "tlt.dev/assigned-role") -> str | None:
+        return (self.pods()[pod].metadata.annotations or {}).get(key)
+
+
+def named(name: str, **spec_changes) -> dict:
+    body = copy.deepcopy(JOB)
+    body["metadata"]["name"] = name
+    body["spec"].update(spec_changes)
+    return body
+
+
+def test_apply_creates_owned_children_with_least_privilege_rbac_and_pods_on_gpu_nodes(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    pods = job.running_pods(4)
+    uid = job.get()["metadata"]["uid"]
+    for pod in pods.values():
+        owner = pod.metadata.owner_references[0]
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == ("ReasoningRLJob", "demo", uid, True)
+        assert pod.metadata.labels["tlt.dev/job"] == "demo"
+        assert pod.spec.node_name.startswith("kwok-gpu"), f"{pod.metadata.name} on {pod.spec.node_name}"
+        assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+        assert pod.spec.security_context.run_as_non_root is True
+    for kind in ("serviceaccount/demo-worker", "role/demo-worker", "rolebinding/demo-worker", "configmap/demo-config", "service/demo-workers"):
+        got = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json").stdout)
+        assert got["metadata"]["ownerReferences"][0]["uid"] == uid, kind
+    wait_for(lambda: job.phase() == "Running", what="phase Running")
+    assert job.events("Created")
+
+    printed = kubectl("get", "rlj", "demo", "-n", namespace).stdout
+    assert "Running" in printed and "0/3" in printed and "3/3" in printed
+
+    sa = f"system:serviceaccount:{namespace}:demo-worker"
+
+    def can(*args: str) -> bool:
+        out = kubectl("auth", "can-i", *args, "-n", namespace, f"--as={sa}", check=False).stdout.strip()
+        return out == "yes"
+
+    assert can("patch", "reasoningrljobs.tlt.dev/demo", "--subresource=status")
+    assert can("get", "pods/demo-rollout-0") and can("patch", "pods/demo-rollout-0")
+    assert not can("patch", "reasoningrljobs.tlt.dev/other", "--subresource=status")
+    assert not can("patch", "reasoningrljobs.tlt.dev/demo")  # the spec is not the workers' to change
+    assert not can("get", "pods/someone-elses-pod")
+    assert not can("list", "pods")  # only with a field selector on its own pod names
+    assert not can("delete", "pods/demo-rollout-0")
+    assert not can("create", "pods")
+    assert not can("get", "secrets")
+
+
+def test_scripted_progress_lends_returns_and_consolidates_with_events(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    job.running_pods(4)
+    wait_for(lambda: job.phase() == "Running", what="Running")
+
+    job.report({"progress": {"step": 1, "phase": "rollout", "shards": [
+        {"shard": 0, "running": 0, "finished": 32}, {"shard": 1, "running": 20, "finished": 12}, {"shard": 2, "running": 18, "finished": 14},
+    ]}})
+    wait_for(lambda: job.annotation("demo-rollout-0") == "drafter", what="rollout-0 lent")
+    assert job.annotation("demo-trainer-0") == "drafter"  # idle trainer during disaggregated rollout
+    assert job.annotation("demo-rollout-1") is None
+    wait_for(lambda: job.events("GPULent") and job.events("ShardDrained"), what="lend events")
+    wait_for(lambda: job.status().get("rolloutText") == "3/3 (1 lent)", what="rolloutText with the loan")
+
+    # The tail: few sequences on the two busy shards -> consolidation requested from the coordinator.
+    job.report({"progress": {"step": 1, "phase": "rollout", "shards": [
+        {"shard": 0, "running": 0, "finished": 32}, {"shard": 1, "running": 3, "finished": 29}, {"shard": 2, "running": 2, "finished": 30},
+    ]}})
+    request = wait_for(lambda: job.annotation("demo-trainer-0", "tlt.dev/consolidate"), what="consolidation request")
+    assert json.loads(request)["moves"] == [{"target": "demo-rollout-1", "sources": ["demo-rollout-2"], "sequences": [2]}]
+    wait_for(lambda: job.events("TailConsolidated"), what="TailConsolidated event")
+
+    # Training: the trainer comes back; next step: every rollout shard comes back.
+    job.report({"progress": {"step": 1, "phase": "train", "shards": [
+        {"shard": i, "running": 0, "finished": 32} for i in range(3)]}})
+    wait_for(lambda: job.annotation("demo-trainer-0") == "trainer", what="trainer returned")
+    job.report({"step": 1, "progress": {"step": 2, "phase": "rollout", "shards": [
+        {"shard": i, "waiting": 32} for i in range(3)]}})
+    wait_for(lambda: all(job.annotation(f"demo-rollout-{i}") == "rollout" for i in range(3)), what="shards returned")
+    wait_for(lambda: job.events("GPUReturned") and job.events("StepCompleted"), what="return and step events")
+    metrics = operator.metrics()
+    assert "tlt_operator_gpu_lends_total" in metrics and "tlt_operator_reconciles_total" in metrics
+
+
+def test_operator_restart_mid_job_creates_no_duplicates(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    before = {n: p.metadata.uid for n, p in job.running_pods(4).items()}
+    wait_for(lambda: job.phase() == "Running", what="Running")
+    created = len(job.events("Created"))
+    operator.stop()
+    operator.start()
+    time.sleep(4)  # a resume reconcile and two resyncs
+    assert {n: p.metadata.uid for n, p in job.pods().items()} == before
+    assert len(job.events("Created")) == created
+    assert job.phase() == "Running" and job.status().get("failures", 0) == 0
+
+
+def test_deleted_pods_are_replaced_then_the_job_fails_past_backoff_limit(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)  # backoffLimit 1
+    first = job.running_pods(4)["demo-rollout-1"].metadata.uid
+    wait_for(lambda: job.phase() == "Running", what="Running")
+    kubectl("delete", "pod", "demo-rollout-1", "-n", namespace, "--wait=false")
+    replaced = wait_for(lambda: job.pods().get("demo-rollout-1") and job.pods()["demo-rollout-1"].metadata.uid != first and job.pods()["demo-rollout-1"],
+                        what="replacement pod")
+    assert replaced.metadata.uid != first
+    wait_for(lambda: job.events("PodReplaced"), what="PodReplaced event")
+    assert job.status()["failures"] == 1
+
+    job.running_pods(4)
+    kubectl("delete", "pod", "demo-rollout-2", "-n", namespace, "--wait=false")
+    wait_for(lambda: job.phase() == "Failed", what="Failed")
+    failed = next(c for c in job.status()["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    wait_for(lambda: not job.pods(), what="GPUs given back")
+
+
+def test_suspend_deletes_pods_keeps_progress_and_resume_recreates(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    job.running_pods(4)
+    job.report({"step": 2, "progress": {"step": 3, "phase": "rollout", "shards": [{"shard": 0, "running": 5}]}})
+    job.patch({"spec": {"runPolicy": {"suspend": True}}})
+    wait_for(lambda: job.phase() == "Suspended" and not job.pods(), what="suspended without pods")
+    status = job.status()
+    assert status["step"] == 2 and status["progress"]["step"] == 3
+    job.patch({"spec": {"runPolicy": {"suspend": False}}})
+    job.running_pods(4)
+    wait_for(lambda: job.events("Resumed") and job.phase() == "Running", what="resumed")
+    assert job.status().get("failures", 0) == 0
+
+
+def test_active_deadline_fails_the_job(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, named("deadline", runPolicy={"activeDeadlineSeconds": 3}))
+    wait_for(lambda: job.phase() == "Failed", timeout=30, what="Failed by deadline")
+    assert next(c for c in job.status()["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    wait_for(lambda: not job.pods(), what="pods deleted")
+
+
+def test_invalid_spec_gets_invalid_and_no_pods_and_a_fix_recovers(operator, api, kubectl, namespace):
+    body = named("broken", template={"shmSize": "lots"})  # an int-or-string the schema accepts, not a quantity
+    job = Job(api, kubectl, namespace, body)
+    wait_for(lambda: job.phase() == "Invalid", what="Invalid")
+    invalid = next(c for c in job.status()["conditions"] if c["type"] == "Invalid")
+    assert "spec.template.shmSize" in invalid["message"]
+    assert any("spec.template.shmSize" in e["message"] for e in job.events("InvalidSpec"))
+    time.sleep(2)
+    assert job.pods() == {}
+    job.patch({"spec": {"template": {"shmSize": "2Gi"}}})
+    job.running_pods(4)
+
+
+def test_job_deletion_garbage_collects_children_without_waiting_for_the_operator(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    job.running_pods(4)
+    operator.stop()  # deletion must not depend on the operator
+    try:
+        kubectl("delete", "rlj", "demo", "-n", namespace, "--timeout=30s")
+        wait_for(lambda: not job.pods(), what="pods garbage-collected")
+        for kind in ("serviceaccount", "configmap", "service", "role", "rolebinding"):
+            wait_for(lambda: not json.loads(kubectl("get", kind, "-n", namespace, "-l", "tlt.dev/job=demo", "-o", "json").stdout)["items"],
+                     what=f"{kind} garbage-collected")
+    finally:
+        operator.start()
+
+
+def test_role_watcher_in_a_pod_switches_roles_with_the_job_service_account(operator, api, kubectl, namespace, controlplane):
+    job = Job(api, kubectl, namespace, JOB)
+    job.running_pods(4)
+    token = kubectl("create", "token", "demo-worker", "-n", namespace).stdout.strip()
+    config = client.Configuration()
+    admin = controlplane.api_client().configuration
+    config.host, config.ssl_ca_cert = admin.host, admin.ssl_ca_cert
+    config.api_key = {"authorization": f"Bearer {token}"}
+    roles: list[str] = []
+    watcher = RoleWatcher(roles.append, pod_name="demo-rollout-0", namespace=namespace, api_client=client.ApiClient(config)).start()
+    try:
+        wait_for(lambda: roles == ["rollout"], what="initial role")
+        job.report({"progress": {"step": 1, "phase": "rollout", "shards": [
+            {"shard": 0, "finished": 32}, {"shard": 1, "running": 20}, {"shard": 2, "running": 20}]}})
+        wait_for(lambda: roles == ["rollout", "drafter"], what="the watcher applying the loan")
+        shown = wait_for(lambda: "drafter" in kubectl("get", "pods", "demo-rollout-0", "-n", namespace, "-L", "tlt.dev/active-role").stdout
+                         and kubectl("get", "pods", "-n", namespace, "-L", "tlt.dev/active-role").stdout, what="active-role label")
+        assert "demo-rollout-1" in shown
+    finally:
+        watcher.stop()
