@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +17,7 @@ import yaml
 from kubernetes import client
 
 from tlt.worker.role_watcher import RoleWatcher
+from tlt_operator.local import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_NAME = "reasoningrljobs.tlt.dev"
@@ -58,64 +54,6 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OperatorProcess:
-    """`python -m tlt_operator` as the Deployment runs it, against the test cluster."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path):
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.health_port = free_port()
-        self.metrics_port = free_port()
-
-    def start(self) -> "OperatorProcess":
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "TLT_WATCH_NAMESPACES": "",
-            "TLT_HEALTH_PORT": str(self.health_port),
-            "TLT_METRICS_PORT": str(self.metrics_port),
-            "TLT_BACKOFF_SECONDS": "0.5",
-            "TLT_RESYNC_SECONDS": "2",
-            "TLT_LOG_LEVEL": "INFO",
-        }
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tlt_operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self.healthy, timeout=60, what="the operator's liveness endpoint")
-        return self
-
-    def healthy(self) -> bool:
-        import urllib.request
-
-        assert self.proc.poll() is None, f"the operator exited:\n{self.log_path.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def crd(kubectl):
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
@@ -126,7 +64,8 @@ def crd(kubectl):
 
 @pytest.fixture(scope="module")
 def operator(crd, kubeconfig, tmp_path_factory):
-    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    env = {"TLT_BACKOFF_SECONDS": "0.5", "TLT_RESYNC_SECONDS": "2"}
+    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env).start()
     yield proc
     proc.stop()
 
