@@ -122,3 +122,51 @@ def test_tokenizer_is_characters_and_digit_pairs_with_bos_first():
     assert ids[1:] == CharCodec().encode(text)
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
     assert tokenizer.decode(tokenizer("123 é")["input_ids"], skip_special_tokens=True) == "123 "
+
+
+def test_sample_command_prints_problems_traces_and_the_length_tail(capsys):
+    from tlt.cli import main
+
+    assert main(["task", "sample", "--count", "2", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    first = get_task("arith").problems("train", 1, seed=4)[0]
+    assert first.prompt in out and first.trace in out
+    assert "reward 1.0" in out and "p50" in out and "max" in out
+
+
+def test_sample_command_can_show_the_slips_of_the_bootstrap_data(capsys):
+    import json
+
+    from tlt.cli import main
+
+    assert main(["task", "sample", "--count", "40", "--error-rate", "0.5", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 40
+    assert {row["reward"] for row in rows} == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task", "sample", "--count", "0"], "--count must be at least 1"),
+    (["task", "sample", "--task", "chess"], "unknown task 'chess'"),
+    (["task", "sample", "--max-response-tokens", "5"], "at least 14"),
+    (["task", "sample", "--error-rate", "2"], "--error-rate must be between 0 and 1"),
+    (["task", "bootstrap", "--name", "huge"], "unknown base model"),
+    (["task", "bootstrap", "--steps", "0"], "--steps must be at least 1"),
+    (["task", "bootstrap", "--threads", "0"], "--threads must be at least 1"),
+])
+def test_task_commands_explain_bad_input(capsys, args, message):
+    from tlt.cli import main
+
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_bootstrap_command_prints_the_model_folder(tmp_path, monkeypatch, capsys):
+    from tlt.cli import main
+
+    monkeypatch.setenv("TLT_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["task", "bootstrap", "--name", "micro-arith", "--steps", "2", "--threads", "1",
+                 "--out", str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()

@@ -71,7 +71,7 @@ def test_an_interrupted_build_is_built_again(cache, monkeypatch, first):
     (folder / "config.json").write_text("{}")  # left behind without the info file
     built = []
 
-    def copy_of_first(recipe, staging, progress=True):
+    def copy_of_first(recipe, staging, **options):
         built.append(recipe.key())
         shutil.copytree(first, staging)
 

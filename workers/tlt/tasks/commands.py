@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     boot.add_argument("--out", default=None, help="build into this folder instead of the cache")
     boot.add_argument("--steps", type=int, default=None, help="optimizer steps (changes the cache key)")
     boot.add_argument("--seed", type=int, default=None, help="training seed (changes the cache key)")
+    boot.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads for training (default: torch's; 1 is faster on a busy machine)")
     boot.set_defaults(func=run_bootstrap)
 
     sample = sub.add_parser(
@@ -52,7 +54,9 @@ def run_bootstrap(args) -> int:
         overrides["steps"] = args.steps
     if args.seed is not None:
         overrides["seed"] = args.seed
-    print(ensure_base_model(args.name, out=args.out, **overrides))
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be at least 1, got {args.threads}")
+    print(ensure_base_model(args.name, out=args.out, threads=args.threads, **overrides))
     return 0
 
 
