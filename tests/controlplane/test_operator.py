@@ -31,8 +31,9 @@ JOB = {
         "model": {"builtin": "tiny-arith"},
         "task": {"name": "arith"},
         "algorithm": {"groupSize": 4, "steps": 3},
-        "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
-        "trainer": {"replicas": 1, "gpusPerReplica": 1},
+        # CPU pods (kwok's CPU node): tests in namespaces still being deleted do not hold GPUs.
+        "rollout": {"replicas": 3, "gpusPerReplica": 0, "engine": "torch", "maxBatchSize": 32},
+        "trainer": {"replicas": 1, "gpusPerReplica": 0},
         "speculative": {"batchThreshold": 16},
         "elasticity": {"consolidateTail": {"threshold": 4}},
         "runPolicy": {"backoffLimit": 1},
@@ -137,7 +138,10 @@ def named(name: str, **spec_changes) -> dict:
 
 
 def test_apply_creates_owned_children_with_least_privilege_rbac_and_pods_on_gpu_nodes(operator, api, kubectl, namespace):
-    job = Job(api, kubectl, namespace, JOB)
+    gpu_job = copy.deepcopy(JOB)
+    gpu_job["spec"]["rollout"]["gpusPerReplica"] = 1
+    gpu_job["spec"]["trainer"]["gpusPerReplica"] = 1
+    job = Job(api, kubectl, namespace, gpu_job)
     pods = job.running_pods(4)
     uid = job.get()["metadata"]["uid"]
     for pod in pods.values():
