@@ -179,6 +179,7 @@ def test_job_gets_children_runs_and_lends_drained_shards(api):
         pods = eventually(lambda: len(api.pods()) == 4 and api.pods())
         assert sorted(pods) == ["demo-rollout-0", "demo-rollout-1", "demo-rollout-2", "demo-trainer-0"]
         job = api.job()
+        assert not job["metadata"].get("finalizers"), "no finalizer: deleting a job never waits for the operator"
         owner = pods["demo-rollout-1"].metadata.owner_references[0]
         assert (owner.kind, owner.name, owner.uid, owner.controller) == ("ReasoningRLJob", "demo", job["metadata"]["uid"], True)
         assert pods["demo-rollout-1"].metadata.labels["tlt.dev/role"] == "rollout"

@@ -338,3 +338,18 @@ def test_scaling_down_replicas_deletes_the_extra_pods_and_updates_config_and_rba
     assert patched == {"ConfigMap", "Role"}
     assert world.body["status"]["failures"] == 0
     assert world.body["status"]["roles"]["rollout"]["desired"] == 2
+
+
+def test_colocated_workers_are_lent_when_drained_and_taken_back_for_training():
+    body = copy.deepcopy(BODY)
+    body["spec"]["placement"] = "colocated"
+    world = running_world(body=body)
+    assert sorted(world.pods) == ["demo-worker-0", "demo-worker-1", "demo-worker-2"]
+    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)])
+    world.reconcile()
+    assert world.annotation("demo-worker-0", "tlt.dev/assigned-role") == "drafter"
+    assert world.body["status"]["rolloutText"] == "3/3 (1 lent)"
+    world.report(1, "train", [(0, 32), (0, 32), (0, 32)])
+    world.reconcile()
+    assert world.annotation("demo-worker-0", "tlt.dev/assigned-role") == "worker"
+    assert not any(world.annotation(p, "tlt.dev/assigned-role") == "drafter" for p in world.pods)
