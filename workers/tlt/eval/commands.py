@@ -32,12 +32,17 @@ def register(subparsers) -> None:
     parser.add_argument("--no-chat-template", action="store_true",
                         help="feed --data prompts as plain text even if the tokenizer has a chat template")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences decoded together (default 64)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="weights dtype (default float32)")
+    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
     parser.add_argument("--show", type=int, default=0, metavar="K", help="also print the first K responses")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run_eval)
 
 
 def run_eval(args) -> int:
+    import torch
+
     from tlt.cli import CommandError
     from tlt.eval.evaluate import evaluate, load_jsonl, task_items
     from tlt.rewards import RewardError, get_reward
@@ -69,7 +74,7 @@ def run_eval(args) -> int:
     summary, responses = evaluate(
         model, items, reward, max_tokens=args.max_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, chat_template=not args.no_chat_template,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, dtype=getattr(torch, args.dtype), device=args.device)
     result = {"model": str(model), "source": args.task or args.data, **summary.as_dict()}
     if args.json:
         print(json.dumps(result))

@@ -112,12 +112,13 @@ def encode_prompts(tokenizer, prompts: Sequence[str], chat_template: bool) -> li
 def evaluate(model_dir: str | Path, items: Sequence[EvalItem], reward: Callable,
              max_tokens: int = 512, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
              chat_template: bool = True, batch_size: int = 64, progress: bool = True,
-             generate_fn: Callable = generate) -> tuple[EvalResult, list[str]]:
+             generate_fn: Callable = generate, dtype=None, device: str | None = None,
+             ) -> tuple[EvalResult, list[str]]:
     """Generate one response per item, score it with `reward`, and summarize.
 
     Returns the summary and the decoded responses (in item order).
     """
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     prompt_ids = encode_prompts(tokenizer, [i.prompt for i in items], chat_template)
     stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]

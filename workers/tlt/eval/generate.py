@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 
-def load_model(model_dir: str | Path, dtype=None):
-    """The causal LM and its tokenizer from a Hugging Face folder, in eval mode."""
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(model_dir: str | Path, dtype=None, device: str | None = None):
+    """The causal LM (on `device`, default CUDA when present) and its tokenizer, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,7 +31,7 @@ def load_model(model_dir: str | Path, dtype=None):
             "that holds config.json, the safetensors weights and the tokenizer files")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return model.eval(), tokenizer
+    return model.to(device or default_device()).eval(), tokenizer
 
 
 def sample_next(logits, temperature: float, top_p: float, generators):
@@ -75,7 +81,8 @@ def generate(model, prompt_ids: Sequence[Sequence[int]], max_tokens: int,
                disable=not progress, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        generators = [torch.Generator().manual_seed(seed * 1_000_003 + r) for r in rows]
+        generators = [torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + r)
+                      for r in rows]
         for row, tokens in zip(rows, _generate_batch(
                 model, [list(prompt_ids[r]) for r in rows], max_tokens, temperature, top_p,
                 generators, stops, pad_id)):
@@ -99,9 +106,11 @@ def _generate_batch(model, prompts, max_tokens, temperature, top_p, generators, 
     for i, p in enumerate(prompts):
         input_ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    device = model.device
+    input_ids, mask, stops = input_ids.to(device), mask.to(device), stops.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     results: list[list[int]] = [[] for _ in prompts]
-    active = torch.arange(len(prompts))
+    active = torch.arange(len(prompts), device=device)
     cache = DynamicCache(config=model.config)
     # transformers 5 renamed `past_key_values` to `cache`; accept both spellings.
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -111,17 +120,19 @@ def _generate_batch(model, prompts, max_tokens, temperature, top_p, generators, 
         logits = out.logits[:, -1, :]
         next_pos = positions[:, -1:] + 1
         for _ in range(max_tokens):
-            tokens = sample_next(logits, temperature, top_p, [generators[r] for r in active.tolist()])
-            for slot, row in enumerate(active.tolist()):
-                results[row].append(int(tokens[slot]))
+            rows = active.tolist()
+            tokens = sample_next(logits, temperature, top_p, [generators[r] for r in rows])
+            for row, token in zip(rows, tokens.tolist()):
+                results[row].append(token)
             done = torch.isin(tokens, stops) if len(stops) else torch.zeros_like(tokens, dtype=torch.bool)
-            if len(results[active[0]]) >= max_tokens or bool(done.all()):
+            # Rows of a batch start together, so every running row has the same length.
+            if len(results[rows[0]]) >= max_tokens or bool(done.all()):
                 break
             if bool(done.any()):
                 keep = (~done).nonzero().squeeze(-1)
                 active, tokens, mask, next_pos = active[keep], tokens[keep], mask[keep], next_pos[keep]
                 cache.reorder_cache(keep)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype)], dim=-1)
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
             out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
                         use_cache=True, **{cache_arg: cache})
             logits = out.logits[:, -1, :]
