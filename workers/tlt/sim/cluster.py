@@ -190,7 +190,7 @@ class ClusterSimulator:
         self.timeline: dict[str, list[tuple[float, float, str]]] = {}
         self.actions: dict[str, int] = {}
         self.speculative_tokens = 0
-        self.train_waiting: list[str] = []
+        self.train_waiting: set[str] = set()
         self.train_started = False
         self.rollout_end = 0.0
         self.train_start = 0.0
@@ -403,7 +403,7 @@ class ClusterSimulator:
             self._set(w, "drafter")
         elif self.phase == "train" and name in self.train_waiting:
             self._set(w, "idle")
-            self._maybe_train()
+            self._maybe_train(name)
         elif self.phase == "sync" and w.role != "drafter":
             self._set(w, "sync")
         else:
@@ -465,13 +465,19 @@ class ClusterSimulator:
             if isinstance(manager, AdaptiveManager):
                 # Off stays off above the threshold; a strategy holds within the bandit's bucket.
                 chunk = w.shard.plan_chunk(manager.decide, self._acceptance, manager.switch.threshold,
-                                           lambda batch: _bucket_floor(manager.bandit, batch))
+                                           lambda batch: _bucket_floor(manager.bandit, batch),
+                                           lambda batch, arm: self._rounds_cap(manager.bandit, batch, arm))
             else:
                 chunk = w.shard.plan_chunk(manager.decide, self._acceptance, None, lambda batch: 0)
         self._set(w, "rollout")
         w.chunk_token += 1
         w.chunk_start = self.now
         self._at(self.now + chunk.total_seconds, "chunk", w.name, w.chunk_token)
+
+    def _rounds_cap(self, bandit, batch: int, arm: Strategy) -> int:
+        """Short chunks while an arm is new in a bucket, growing with each reward it has there."""
+        seen = len(bandit.rewards.get((bandit.bucket(batch), arm), ()))
+        return min(self.options.max_chunk_iterations, 2 << min(seen, 30))
 
     def _commit(self, w: _SimWorker) -> None:
         chunk = w.shard.commit()
@@ -530,17 +536,17 @@ class ClusterSimulator:
     def _on_reward_done(self) -> None:
         self.phase = "train"
         self.train_started = False
-        self.train_waiting = [w.name for w in self._trainers()]
         self.train_seconds = 0.0
         self._control()
+        self.train_waiting = {w.name for w in self._trainers() if w.switching or w.current_role != w.role}
         self._maybe_train()
 
-    def _maybe_train(self) -> None:
-        if self.train_started:
+    def _maybe_train(self, back: str | None = None) -> None:
+        """Training starts once every trainer is back in its own role."""
+        self.train_waiting.discard(back)
+        if self.train_started or self.train_waiting:
             return
-        trainers = [self.workers[n] for n in self.train_waiting]
-        if any(w.switching or w.current_role != w.role for w in trainers):
-            return
+        trainers = self._trainers()
         self.train_started = True
         gpus = sum(w.gpus for w in trainers)
         self.train_seconds = self.profile.train_fixed_seconds + self.step_tokens / (

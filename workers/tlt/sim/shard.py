@@ -12,7 +12,10 @@ the simulator jumps over it in one event instead of one per token:
   a sequence that runs out leaves the batch at the round its own pace reaches its
   end, and later rounds are charged at the smaller batch. The decision is kept while
   the batch stays in the manager's bucket (the bandit learns per bucket), for at
-  most `max_chunk_iterations` rounds so the bandit hears back often. `exact=True`
+  most `max_chunk_iterations` rounds so the bandit hears back often, and for far
+  fewer while the bandit has few rewards of that arm in that bucket (the real engine
+  decides every iteration, so trying an arm costs it one round, not a long chunk).
+  `exact=True`
   instead keeps k small enough that nobody can finish inside (k x the longest round
   <= the shortest remaining): exact in distribution, for hand-checked schedules.
 - a chunk can be interrupted (a consolidation moves sequences now): plain chunks are
@@ -112,14 +115,15 @@ class ShardDecoder:
         return out
 
     # -- decoding --------------------------------------------------------------
-    def plan_chunk(self, decide, acceptance, stays_off_above: int | None, holds_above=None) -> Chunk:
+    def plan_chunk(self, decide, acceptance, stays_off_above: int | None, holds_above=None, rounds_cap=None) -> Chunk:
         """Admit queued sequences, ask `decide(batch)` for a strategy, draw the next chunk.
 
         `acceptance(strategy) -> (values, probs)`. `stays_off_above`: once `decide` said no,
         it keeps saying no for every batch above this size (None: it may change its mind
         at any size). `holds_above(batch)`: a strategy chosen at `batch` is kept while the
         batch stays above this size (the manager's bucket; None: one decision per finish).
-        The chunk stays `pending` until `commit`.
+        `rounds_cap(batch, strategy)`: most rounds before deciding again (default
+        `max_chunk_iterations`). The chunk stays `pending` until `commit`.
         """
         prefill_tokens = self._admit()
         batch = self.running
@@ -130,7 +134,8 @@ class ShardDecoder:
         else:
             self._acceptance = acceptance(strategy)
             floor = batch - 1 if holds_above is None or self.waiting else min(batch - 1, holds_above(batch))
-            chunk = self._speculative(batch, strategy, self._acceptance, floor=floor)
+            cap = rounds_cap(batch, strategy) if rounds_cap else self.max_chunk_iterations
+            chunk = self._speculative(batch, strategy, self._acceptance, floor=floor, cap=cap)
         chunk.prefill_seconds = prefill_tokens / self.profile.prefill_tokens_per_second if prefill_tokens else 0.0
         self.pending = chunk
         return chunk
@@ -140,7 +145,8 @@ class ShardDecoder:
         finish = self.remaining.astype(float)
         return self._segments(batch, None, finish, self.remaining, np.ones(batch), floor)
 
-    def _speculative(self, batch: int, strategy: Strategy, dist, floor: int = 0, rounds: int | None = None) -> Chunk:
+    def _speculative(self, batch: int, strategy: Strategy, dist, floor: int = 0, rounds: int | None = None,
+                     cap: int | None = None) -> Chunk:
         """Rounds of one strategy; the chunk ends about where the batch falls to `floor`."""
         values, probs = dist
         mean = float(values @ probs)
@@ -150,7 +156,7 @@ class ShardDecoder:
             else:  # until the (batch - floor)-th sequence is expected to finish
                 expected = np.sort(np.ceil(self.remaining / mean))
                 rounds = int(expected[max(1, batch - floor) - 1])
-            rounds = max(1, min(rounds, self.max_chunk_iterations))
+            rounds = max(1, min(rounds, cap or self.max_chunk_iterations))
         if rounds == 0:
             draws = np.zeros(batch, dtype=np.int64)
         elif rounds == 1:
