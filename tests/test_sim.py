@@ -236,3 +236,31 @@ def test_acceptance_model_learns_with_tokens_and_forgets_with_policy_updates():
     assert probs == pytest.approx([0.2, 0.16, 0.128, 0.512])
     wide = model.mean(Strategy(3, 2, 6), 1e9)
     assert wide > model.mean(Strategy(3, 1, 3), 1e9)  # two candidates per level accept more
+
+
+def test_disaggregated_trainer_trains_the_drafter_during_rollout_and_returns_for_training():
+    # The trainer is lent at the start of rollout (0.5 s switch), returns when training starts at
+    # t=10 (0.5 s), trains 20 tokens at 10 tokens/s. The drained shard is lent from t=10 on and,
+    # at step 2, switches back before decoding again.
+    profile = make_profile(FLAT, role_switch_seconds=0.5)
+    spec = make_spec(**{"placement": "disaggregated", "elasticity.lendIdle": True})
+    result = simulate(spec, profile, [[10, 10], [10, 10]], steps=2)
+    first, second = result.steps
+    assert first.rollout_seconds == pytest.approx(10.0)
+    assert first.seconds == pytest.approx(10.0 + 0.5 + 2.0)
+    assert first.gpu_seconds["drafter"] == pytest.approx((10.0 - 0.5) + (12.5 - 10.5))
+    assert first.gpu_seconds["train"] == pytest.approx(2.0)
+    assert second.rollout_seconds == pytest.approx(0.5 + 10.0)
+    assert result.gpus == 2
+
+
+def test_dedicated_drafter_pods_start_with_the_job_and_train_the_whole_step():
+    profile = make_profile(FLAT, pod_start_seconds=5.0)
+    spec = make_spec(**{"drafter.dedicatedReplicas": {"min": 1, "max": 1}})
+    result = simulate(spec, profile, [[10, 10]])
+    step = result.steps[0]
+    assert step.seconds == pytest.approx(10.0 + 2.0)
+    assert step.gpu_seconds["drafter"] == pytest.approx(12.0)
+    assert result.gpus == 2 and result.startup_seconds == 5.0
+    base = simulate(baseline_spec(spec), profile, [[10, 10]], mode="baseline")
+    assert base.gpus == 1 and base.steps[0].gpu_seconds["drafter"] == 0.0

@@ -1,4 +1,40 @@
-"""Trace-driven cluster simulator of a ReasoningRLJob, driving the real elastic policy and adaptive manager."""
+"""Trace-driven cluster simulator of a ReasoningRLJob, driving the real elastic policy and adaptive manager.
+
+What tlt buys a job on 64 or 1,024 GPUs, before renting them:
+
+    tlt simulate --gpus 64                  # built-in paper-like job, baseline vs tlt
+    tlt simulate --gpus 1024 --json         # the same at scale, JSON for tooling
+    tlt simulate job.yaml --gpus 256 --costs my-gpu.yaml --lengths trace:lengths.txt --out sim/
+
+How it works (modules):
+- `cluster`: the event heap. Rollout shards decode their prompt groups; every control
+  interval (and at each phase change) a snapshot of all workers goes through
+  `tlt.elastic.plan`, the very function the operator and the embedded loop call, and
+  its actions are carried out with role-switch and pod-start latencies. Then rewards,
+  the policy update (trainer GPUs, or every worker when colocated), weight sync.
+- `shard`: decoding in chunks of iterations over which the decision of the shard's
+  own `tlt.speculative.adaptive.AdaptiveManager` (threshold switch + bucketed bandit,
+  reward = accepted tokens per second) holds; finishes shrink the batch inside a chunk.
+- `acceptance`: tokens per speculation round from the drafter's acceptance rate, which
+  grows with tokens trained on lent GPUs and decays with each policy update.
+- `costs`: the cost table (target forward seconds per batch and verify width, drafter
+  ratio, KV term) and the profile around it; reads `tlt bench costs --json` output.
+  The built-in `qwen2.5-7b-h100` profile documents every number and its source.
+- `lengths`: log-normal, Zipf, fixed, sampled from a file, or a replayed trace.
+- `run`: baseline (speculation, lending, consolidation and drafter off: the veRL-like
+  synchronous run) vs tlt on the same seed and lengths; the calibration predictor.
+
+Calibration against a measured run (e.g. the embedded quickstart):
+
+    profile = load_profile("costs.json")           # from `tlt bench costs --json costs.json`
+    profile = profile.with_changes(prompt_tokens=40, acceptance=AcceptanceModel(
+        lengths={"4_1_4": {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}}))   # measured, if speculating
+    predict_rollout_seconds(profile, measured_lengths_of_a_step, spec, mode="baseline" or "tlt")
+
+Not modelled: KV-cache memory capacity (a shard holds any batch it is given), failures
+(Replace actions are ignored), stragglers and network contention beyond a fixed
+weight-sync time, prefill interference with decoding, asynchronous (off-policy) RL.
+"""
 
 from tlt.sim.acceptance import AcceptanceModel
 from tlt.sim.cluster import CATEGORIES, ClusterSimulator, SimOptions, SimResult, StepResult
@@ -6,6 +42,7 @@ from tlt.sim.costs import BUILTIN_PROFILES, CostTable, CostTableError, Profile, 
 from tlt.sim.lengths import LengthModel, LengthSpecError, parse_lengths, read_lengths
 from tlt.sim.run import (
     PAPER_SPEEDUP,
+    breakdown_rows,
     Comparison,
     baseline_spec,
     compare,
@@ -31,6 +68,7 @@ __all__ = [
     "SimResult",
     "StepResult",
     "baseline_spec",
+    "breakdown_rows",
     "compare",
     "load_profile",
     "paper_job",

@@ -255,11 +255,11 @@ class ClusterSimulator:
         startup = self.profile.pod_start_seconds
         for w in self.workers.values():
             self._set(w, "switch")
-        self.now = startup
-        for w in self.workers.values():
-            self._set(w, "idle")
         # Dedicated drafter pods start with the job (the first plan would ask for them too).
         self._scale_drafters(dedicated_drafters(self.spec))
+        self.now = startup
+        for w in self.workers.values():
+            self._set(w, "switch" if w.switching else "idle")
         startup_gpu = dict(self.step_gpu)
         self.step_gpu = dict.fromkeys(CATEGORIES, 0.0)
         steps: list[StepResult] = []

@@ -205,12 +205,12 @@ def format_comparison(comparison, result: dict) -> str:
         f"speedup {comparison.speedup:.2f}x (last step {result['last_step_speedup']:.2f}x, "
         f"rollout {comparison.rollout_speedup:.2f}x); the TLT paper reports {PAPER_SPEEDUP[0]}-{PAPER_SPEEDUP[1]}x",
         "",
-        "GPU time          " + " ".join(f"{c:>9}" for c in CATEGORIES),
+        "GPU time                     " + " ".join(f"{c:>9}" for c in CATEGORIES),
     ]
     for name, run in (("baseline", comparison.baseline), ("tlt", comparison.tlt)):
         shares = breakdown_rows(run)
         hours = sum(run.gpu_seconds.values()) / 3600.0
-        lines.append(f"{name:<8} {hours:>7.1f}h " + " ".join(f"{shares[c]:>8.1f}%" for c in CATEGORIES))
+        lines.append(f"{name:<8} {run.gpus:>4} GPUs {hours:>8.1f}h " + " ".join(f"{shares[c]:>8.1f}%" for c in CATEGORIES))
     actions = ", ".join(f"{k} {v}" for k, v in sorted(comparison.tlt.actions.items())) or "none"
     lines.append(f"elastic actions (tlt): {actions}")
     return "\n".join(lines)
