@@ -10,7 +10,7 @@
 """
 
 from tlt.trainer.algorithm import shaped_rewards, step_advantages
-from tlt.trainer.batch import Collated, Rollouts, collate
+from tlt.trainer.batch import Collated, Rollouts, collate, pad_per_token, plan_micro_batches
 from tlt.trainer.losses import (
     AGGREGATIONS,
     SamplingDecision,
@@ -29,5 +29,5 @@ from tlt.trainer.policy import PolicyTrainer, TrainerConfig
 __all__ = [
     "AGGREGATIONS", "Collated", "PolicyTrainer", "Rollouts", "SamplingDecision", "TrainerConfig", "aggregate",
     "aggregation_weight", "collate", "dynamic_sampling", "group_advantages", "is_mixed", "k3_kl", "masked_mean",
-    "overlong_penalty", "ppo_clip_loss", "shaped_rewards", "step_advantages",
+    "overlong_penalty", "pad_per_token", "plan_micro_batches", "ppo_clip_loss", "shaped_rewards", "step_advantages",
 ]

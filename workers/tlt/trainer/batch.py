@@ -128,3 +128,44 @@ def pad_per_token(values: list[torch.Tensor], indices: Sequence[int], width: int
     for row, i in enumerate(indices):
         out[row, :values[i].numel()] = values[i]
     return out
+
+
+def plan_micro_batches(lengths: Sequence[int], max_sequences: int | None = None, max_tokens: int | None = None,
+                       count: int | None = None) -> list[list[int]]:
+    """Splits sequences (given by their lengths) into micro-batches; returns positions into `lengths`.
+
+    Sequences are ordered longest first, so each micro-batch pads to a width close
+    to its own sequences' lengths (with long-tailed response lengths, padding to the
+    batch's longest would multiply the work). Then, in that order:
+
+    - `max_tokens`: greedy: a micro-batch grows while (sequences x its longest
+      length) stays within the budget (a longer single sequence gets its own);
+    - else `max_sequences`: consecutive chunks of that many;
+    - else one micro-batch.
+
+    `count` forces the number of micro-batches (data-parallel ranks must run the
+    same number of forward/backward passes): the ordered sequences are cut into
+    `count` consecutive chunks whose sizes differ by at most one.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if count is not None:
+        if not 1 <= count <= max(len(order), 1):
+            raise ValueError(f"cannot cut {len(order)} sequences into {count} micro-batches")
+        base, extra = divmod(len(order), count)
+        out, start = [], 0
+        for k in range(count):
+            size = base + (k < extra)
+            out.append(order[start:start + size])
+            start += size
+        return out
+    if max_tokens is not None:
+        out: list[list[int]] = []
+        for i in order:
+            # longest first: the chunk's first sequence fixes its padded width
+            if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+    size = max_sequences or max(len(order), 1)
+    return [order[k:k + size] for k in range(0, len(order), size)]

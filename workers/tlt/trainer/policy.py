@@ -7,8 +7,9 @@ One `train(rollouts)` call is one RL step's update:
 2. reference log-probabilities from the frozen initial policy when kl_coef > 0;
 3. `ppo_epochs` passes; each pass shuffles the rollouts and cuts them into
    mini-batches of `mini_batch_size` sequences, one optimizer step each
-   (micro-batches of `micro_batch_size` accumulate into it, weighted so the
-   result equals one forward over the whole mini-batch);
+   (micro-batches of `micro_batch_size` sequences or `micro_batch_tokens` padded
+   tokens, longest first, accumulate into it, weighted so the result equals one
+   forward over the whole mini-batch);
 4. loss = aggregate(ppo_clip_loss) + kl_coef * aggregate(k3_kl), aggregated
    with the configured mode over the mini-batch's response tokens.
 
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from tlt.trainer.backends import DeepSpeedBackend, TorchBackend, world
-from tlt.trainer.batch import Collated, Rollouts, collate, pad_per_token
+from tlt.trainer.batch import Collated, Rollouts, collate, pad_per_token, plan_micro_batches
 from tlt.trainer.losses import AGGREGATIONS, aggregate, aggregation_weight, k3_kl, ppo_clip_loss
 
 # Files of a Hugging Face folder that describe the tokenizer, copied as they are by export_hf.
@@ -50,6 +51,7 @@ class TrainerConfig:
     ppo_epochs: int = 1
     mini_batch_size: int | None = None  # sequences per optimizer step; None: the whole batch
     micro_batch_size: int | None = None  # sequences per forward; None: the whole mini-batch
+    micro_batch_tokens: int | None = None  # or: padded tokens per forward (wins over micro_batch_size)
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
     kl_coef: float = 0.0
@@ -122,7 +124,6 @@ class PolicyTrainer:
         self.config = config or TrainerConfig()
         self.model_path = Path(model_path)
         self.device = torch.device(device) if device is not None else _default_device()
-        torch.manual_seed(self.config.seed)
         model = _load_hf(self.model_path, self.device, torch.float32)
         if self.config.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
@@ -171,7 +172,7 @@ class PolicyTrainer:
         keep = batch.input_ids.shape[1] - first
         with self.backend.autocast():
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           logits_to_keep=keep).logits
+                           logits_to_keep=keep, use_cache=False).logits
         # Only the positions that predict response tokens go through the softmax.
         rows = torch.arange(batch.predict_at.shape[0], device=logits.device).unsqueeze(-1)
         picked = logits[rows, batch.predict_at - first].float() / self.config.temperature
@@ -183,9 +184,17 @@ class PolicyTrainer:
             entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp, entropy
 
-    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
-        size = self.config.micro_batch_size or len(indices)
-        return [indices[i:i + size] for i in range(0, len(indices), size)]
+    def _micro_batches(self, rollouts: Rollouts, indices: list[int], world_size: int = 1) -> list[list[int]]:
+        cfg = self.config
+        lengths = [rollouts.prompts[i].numel() + rollouts.responses[i].numel() for i in indices]
+        plan = plan_micro_batches(lengths, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        if world_size > 1 and cfg.micro_batch_tokens is not None:
+            # Every rank must run as many forward/backward passes as the others
+            # (ZeRO-3 gathers parameters in each): the largest count wins.
+            count = torch.tensor([len(plan)], device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            plan = plan_micro_batches(lengths, count=int(count.item()))
+        return [[indices[p] for p in micro] for micro in plan]
 
     @torch.no_grad()
     def compute_logprobs(self, rollouts: Rollouts, reference: bool = False) -> list[torch.Tensor]:
@@ -194,7 +203,7 @@ class PolicyTrainer:
         if model is None:
             raise ValueError("no reference model: it is loaded only when kl_coef > 0")
         out: list[torch.Tensor] = []
-        for micro in self._micro_batches(list(range(len(rollouts)))):
+        for micro in self._micro_batches(rollouts, list(range(len(rollouts)))):
             batch = collate(rollouts, micro, self.pad_id).to(self.device)
             logp, _ = self._logprobs(model, batch)
             out.extend(logp[row, :rollouts.responses[i].numel()].float().cpu() for row, i in enumerate(micro))
@@ -222,8 +231,9 @@ class PolicyTrainer:
         mini = cfg.mini_batch_size or n
         if n == 0:
             raise ValueError("no rollouts to train on")
-        if min(mini, n - (n - 1) // mini * mini) < world_size:
-            raise ValueError(f"every mini-batch needs at least one rollout per rank: {n} rollouts in mini-batches "
+        if any(len(range(b, min(b + mini, n))) % world_size for b in range(0, n, mini)):
+            # Equal shares keep the ranks' forward/backward passes in lockstep.
+            raise ValueError(f"every mini-batch must split evenly over the ranks: {n} rollouts in mini-batches "
                              f"of {mini} over {world_size} ranks")
         old = rollouts.old_logprobs if rollouts.old_logprobs is not None else self.compute_logprobs(rollouts)
         ref = self.compute_logprobs(rollouts, reference=True) if self.reference is not None else None
@@ -252,7 +262,7 @@ class PolicyTrainer:
         """One optimizer step on the mini-batch `indices`; returns this rank's metric sums (`_STATS`)."""
         cfg = self.config
         total_tokens = float(rollouts.num_tokens(indices))
-        micros = self._micro_batches(indices[rank::world_size])
+        micros = self._micro_batches(rollouts, indices[rank::world_size], world_size)
         stats = dict.fromkeys(_STATS, 0.0)
         for k, micro in enumerate(micros):
             self.backend.begin_micro(is_last=k == len(micros) - 1)
