@@ -477,7 +477,7 @@ class ClusterSimulator:
     def _rounds_cap(self, bandit, batch: int, arm: Strategy) -> int:
         """Short chunks while an arm is new in a bucket, growing with each reward it has there."""
         seen = len(bandit.rewards.get((bandit.bucket(batch), arm), ()))
-        return min(self.options.max_chunk_iterations, 2 << min(seen, 30))
+        return min(self.options.max_chunk_iterations, 8 << min(seen, 30))
 
     def _commit(self, w: _SimWorker) -> None:
         chunk = w.shard.commit()

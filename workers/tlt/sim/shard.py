@@ -154,19 +154,26 @@ class ShardDecoder:
             if self.exact:  # nobody can finish inside: exact in distribution
                 rounds = max(1, int(self.remaining.min()) // int(values.max()))
             else:  # until the (batch - floor)-th sequence is expected to finish
-                expected = np.sort(np.ceil(self.remaining / mean))
-                rounds = int(expected[max(1, batch - floor) - 1])
+                kth = max(1, batch - floor) - 1
+                rounds = int(np.ceil(np.partition(self.remaining, kth)[kth] / mean))
             rounds = max(1, min(rounds, cap or self.max_chunk_iterations))
         if rounds == 0:
             draws = np.zeros(batch, dtype=np.int64)
-        elif rounds == 1:
-            draws = self.rng.choice(values, size=batch, p=probs)
         else:
             draws = self.rng.multinomial(rounds, probs, size=batch) @ values
-        tokens = np.minimum(draws, self.remaining)
         rates = draws / max(1, rounds)  # tokens per round of each sequence in this chunk
+        leaving = draws >= self.remaining
+        if not leaving.any():  # the batch holds for the whole chunk: one segment
+            costs = self.profile.costs
+            kv = costs.kv_seconds_per_token
+            per = costs.iteration_seconds(batch, strategy) + kv * float(self.context.sum())
+            growth = kv * float(draws.sum()) / max(1, rounds)
+            seconds = rounds * per + growth * rounds * (rounds - 1) / 2.0
+            return Chunk(seconds=seconds, prefill_seconds=0.0, tokens=draws, iterations=rounds, strategy=strategy,
+                         batch=batch, segments=[(seconds, rounds, per, growth)])
+        tokens = np.minimum(draws, self.remaining)
         # A sequence that runs out leaves the batch at the round its own pace reaches its end.
-        finish = np.where(draws >= self.remaining, np.ceil(self.remaining / np.maximum(rates, 1e-12)), rounds)
+        finish = np.where(leaving, np.ceil(self.remaining / np.maximum(rates, 1e-12)), rounds)
         finish = np.minimum(finish, rounds)
         return self._segments(batch, strategy, finish, tokens, rates, -1, rounds)
 
