@@ -51,7 +51,8 @@ class AcceptanceModel:
         lengths = {
             str(name): {int(k): float(v) for k, v in dist.items()} for name, dist in (body.get("lengths") or {}).items()
         }
-        numbers = {k: float(body[k]) for k in ("alpha_initial", "alpha_max", "tokens_scale", "drift", "epochs") if k in body}
+        names = ("alpha_initial", "alpha_max", "tokens_scale", "drift", "epochs")
+        numbers = {k: float(body[k]) for k in names if k in body}
         return cls(lengths=lengths, **numbers)
 
     def alpha(self, knowledge: float) -> float:

@@ -488,7 +488,8 @@ class ClusterSimulator:
 
     def _acceptance(self, strategy: Strategy):
         if strategy not in self._acceptance_cache:
-            self._acceptance_cache[strategy] = self.profile.acceptance.distribution(strategy, self.version_knowledge_used)
+            model = self.profile.acceptance
+            self._acceptance_cache[strategy] = model.distribution(strategy, self.version_knowledge_used)
         return self._acceptance_cache[strategy]
 
     def _on_chunk(self, name: str, token: int) -> None:

@@ -111,7 +111,9 @@ def _job(args, paper_job, scale_spec, CommandError):
 
     if args.manifest:
         if args.consolidate:
-            raise CommandError("--consolidate is for the built-in job; set spec.elasticity.consolidateTail in the manifest")
+            raise CommandError(
+                "--consolidate is for the built-in job; set spec.elasticity.consolidateTail in the manifest"
+            )
         try:
             jobs = load_jobs(args.manifest)
         except SpecError as err:
@@ -210,7 +212,8 @@ def format_comparison(comparison, result: dict) -> str:
     for name, run in (("baseline", comparison.baseline), ("tlt", comparison.tlt)):
         shares = breakdown_rows(run)
         hours = sum(run.gpu_seconds.values()) / 3600.0
-        lines.append(f"{name:<8} {run.gpus:>4} GPUs {hours:>8.1f}h " + " ".join(f"{shares[c]:>8.1f}%" for c in CATEGORIES))
+        cells = " ".join(f"{shares[c]:>8.1f}%" for c in CATEGORIES)
+        lines.append(f"{name:<8} {run.gpus:>4} GPUs {hours:>8.1f}h {cells}")
     actions = ", ".join(f"{k} {v}" for k, v in sorted(comparison.tlt.actions.items())) or "none"
     lines.append(f"elastic actions (tlt): {actions}")
     return "\n".join(lines)

@@ -229,7 +229,8 @@ def load_profile(path: str | Path) -> Profile:
 def profile_from_dict(body: dict, default_name: str = "custom", source: str = "") -> Profile:
     forward = _find_forward(body)
     ratio = next((float(body[k]) for k in RATIO_KEYS if body.get(k) is not None), 0.1)
-    costs = CostTable(forward=forward, drafter_ratio=ratio, kv_seconds_per_token=float(body.get("kv_seconds_per_token", 0.0)))
+    kv = float(body.get("kv_seconds_per_token", 0.0))
+    costs = CostTable(forward=forward, drafter_ratio=ratio, kv_seconds_per_token=kv)
     acceptance = AcceptanceModel.from_dict(body.get("acceptance") or {})
     numbers = {
         name: float(body[name])

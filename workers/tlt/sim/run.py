@@ -37,7 +37,9 @@ def scale_spec(spec: ReasoningRLJobSpec, gpus: int) -> ReasoningRLJobSpec:
         if shards < 1:
             raise ValueError(f"{gpus} GPUs cannot hold one {per_shard}-GPU worker")
         return spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"replicas": shards})})
-    drafter_gpus = spec.drafter.dedicated_replicas.max * max(1, spec.drafter.gpus_per_replica) if spec.drafter.enabled else 0
+    drafter_gpus = 0
+    if spec.drafter.enabled:
+        drafter_gpus = spec.drafter.dedicated_replicas.max * max(1, spec.drafter.gpus_per_replica)
     per_trainer = max(1, spec.trainer.gpus_per_replica)
     rollout_gpus = spec.rollout.replicas * per_shard
     trainer_gpus = spec.trainer.replicas * per_trainer
@@ -45,7 +47,9 @@ def scale_spec(spec: ReasoningRLJobSpec, gpus: int) -> ReasoningRLJobSpec:
     trainers = max(1, round(left * trainer_gpus / (rollout_gpus + trainer_gpus) / per_trainer))
     shards = (left - trainers * per_trainer) // per_shard
     if shards < 1:
-        raise ValueError(f"{gpus} GPUs leave no rollout shard after {trainers} trainer(s) and {drafter_gpus} drafter GPU(s)")
+        raise ValueError(
+            f"{gpus} GPUs leave no rollout shard after {trainers} trainer(s) and {drafter_gpus} drafter GPU(s)"
+        )
     return spec.model_copy(update={
         "rollout": spec.rollout.model_copy(update={"replicas": shards}),
         "trainer": spec.trainer.model_copy(update={"replicas": trainers}),
@@ -77,7 +81,8 @@ class Comparison:
 
     @property
     def rollout_speedup(self) -> float:
-        return _ratio(sum(s.rollout_seconds for s in self.baseline.steps), sum(s.rollout_seconds for s in self.tlt.steps))
+        baseline = sum(s.rollout_seconds for s in self.baseline.steps)
+        return _ratio(baseline, sum(s.rollout_seconds for s in self.tlt.steps))
 
     def as_dict(self) -> dict:
         return {
@@ -117,7 +122,8 @@ def predict_rollout_seconds(profile: Profile, lengths, spec: ReasoningRLJobSpec,
             "prompts_per_step": max(1, math.ceil(len(lengths) / spec.algorithm.group_size))})})
     run_spec = baseline_spec(spec) if mode == "baseline" else spec
     options = SimOptions(steps=1, seed=seed, control_interval_s=control_interval_s, timeline_workers=0)
-    result = ClusterSimulator(run_spec, profile.with_changes(pod_start_seconds=0.0), [lengths], options, mode=mode).run()
+    profile = profile.with_changes(pod_start_seconds=0.0)
+    result = ClusterSimulator(run_spec, profile, [lengths], options, mode=mode).run()
     return result.steps[0].rollout_seconds
 
 
