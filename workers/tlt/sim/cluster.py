@@ -6,8 +6,9 @@ An event heap drives the workers through synchronous RL steps:
            bandit of `tlt.speculative.adaptive` per shard); every control interval the
            snapshot of all workers goes through `tlt.elastic.plan` and its actions are
            carried out: lend (role switch, then drafter training), return (role switch
-           back), consolidate (sequences move at the source's next iteration boundary and
-           are re-prefilled on the target), scale dedicated drafters (pod start).
+           back), consolidate (source and target stop at their current iteration
+           boundary, the moved sequences are re-prefilled on the target), scale
+           dedicated drafters (pod start). Phase changes are planned at once too.
   reward   the rewards not overlapped with the tail.
   train    trainer workers (colocated: every worker) update the policy once all are back.
   sync     new policy weights (and the averaged drafter) reach every worker.
@@ -377,7 +378,7 @@ class ClusterSimulator:
 
     def _lend(self, w: _SimWorker) -> None:
         if w.shard is not None and w.shard.pending is not None:
-            w.lend_after_chunk = True  # a consolidation source: lent once its sequences are handed over
+            w.lend_after_chunk = True  # its last sequences end with the running chunk: lent right after
             return
         w.assigned = "drafter"
         self._switch(w)
