@@ -74,6 +74,22 @@ def test_one_update_raises_the_logprob_of_a_positively_advantaged_response(llama
     assert after[1] < before[1] and after[3] < before[3]  # advantages -1, -0.5
 
 
+def test_batched_logprobs_equal_those_of_each_rollout_alone(llama):
+    # long prompts and ragged responses: padding and the trimmed LM head must not change anything
+    trainer = PolicyTrainer(llama, TrainerConfig(temperature=0.7), device="cpu")
+    prompts = [list(range(1, 11)), list(range(20, 32)), [3, 4]]
+    responses = [[50], [51, 52, 53, 54, 55], [60, 61]]
+    together = trainer.compute_logprobs(Rollouts(prompts, responses, [0.0, 0.0, 0.0]))
+    for p, r, lp in zip(prompts, responses, together):
+        alone = trainer.compute_logprobs(Rollouts([p], [r], [0.0]))[0]
+        assert lp.shape == (len(r),) and torch.allclose(lp, alone, atol=1e-5)
+    # and they are the log-softmax of logits / temperature where the 12-token prompt ends (11..15)
+    with torch.no_grad():
+        logits = trainer.module(input_ids=torch.tensor([prompts[1] + responses[1]])).logits[0]
+    expected = torch.log_softmax(logits[11:16] / 0.7, dim=-1).gather(-1, torch.tensor(responses[1])[:, None])[:, 0]
+    assert torch.allclose(together[1], expected, atol=1e-5)
+
+
 def test_first_update_on_recomputed_logprobs_has_ratio_one_and_loss_minus_mean_advantage(llama):
     # Old log-probs recomputed by the trainer itself: ratio 1 everywhere, so nothing is
     # clipped and each token's loss is -A; seq-mean-token-mean is then -mean(A).

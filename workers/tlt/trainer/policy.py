@@ -175,7 +175,8 @@ class PolicyTrainer:
                            logits_to_keep=keep, use_cache=False).logits
         # Only the positions that predict response tokens go through the softmax.
         rows = torch.arange(batch.predict_at.shape[0], device=logits.device).unsqueeze(-1)
-        picked = logits[rows, batch.predict_at - first].float() / self.config.temperature
+        # (padding slots hold position 0, before `first`: clamped to a valid row, masked out later)
+        picked = logits[rows, (batch.predict_at - first).clamp(min=0)].float() / self.config.temperature
         logp_all = torch.log_softmax(picked, dim=-1)
         logp = logp_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         if not with_entropy:
@@ -202,11 +203,12 @@ class PolicyTrainer:
         model = self.reference if reference else self.backend.forward
         if model is None:
             raise ValueError("no reference model: it is loaded only when kl_coef > 0")
-        out: list[torch.Tensor] = []
-        for micro in self._micro_batches(rollouts, list(range(len(rollouts)))):
+        out: list[torch.Tensor | None] = [None] * len(rollouts)
+        for micro in self._micro_batches(rollouts, list(range(len(rollouts)))):  # longest first
             batch = collate(rollouts, micro, self.pad_id).to(self.device)
             logp, _ = self._logprobs(model, batch)
-            out.extend(logp[row, :rollouts.responses[i].numel()].float().cpu() for row, i in enumerate(micro))
+            for row, i in enumerate(micro):
+                out[i] = logp[row, :rollouts.responses[i].numel()].float().cpu()
         return out
 
     # ------------------------------------------------------------------ update
