@@ -402,3 +402,28 @@ def test_warmup_command_names_the_fix_for_a_bad_model(tmp_path, capsys):
     assert main(["drafter", "warmup", "--model", str(tmp_path / "nope"), "--task", "arith",
                  "--out", str(tmp_path / "o")]) == 1
     assert "model folder" in capsys.readouterr().err
+
+
+def test_lent_replica_trains_until_reclaimed_and_reports_its_steps(random_batches):
+    from tlt.drafter.replica import DrafterReplica
+
+    target, _ = random_batches
+    replica = DrafterReplica(target, worker="shard-0", max_response_tokens=32, row_tokens=96, rows_per_batch=2)
+    replica.record(random_samples(12, seed=9), step=0)
+    sync = DrafterSync(replica.drafter.state_dict())
+    trained = threading.Event()
+    replica.trainer.on_micro_step = lambda tr: trained.set() if tr.state.step >= 2 else None
+    replica.lend(sync)
+    assert trained.wait(120)
+    result = replica.reclaim(timeout=120)
+    assert result.reason == "preempted" and not replica.training
+    steps = replica.trainer.steps_in_version
+    assert steps >= 2
+    assert sync.reports["shard-0"].steps == steps
+    weights = {k: v.clone() for k, v in replica.drafter.state_dict().items()}
+    assert sync.sync() == 1
+    assert state_equal(sync.state, weights)  # the only replica: the average is its weights
+    # lent again on the new version: it starts from the averaged weights and trains on
+    replica.lend(sync)
+    replica.reclaim(timeout=120)
+    assert replica.trainer.version == 1
