@@ -390,3 +390,21 @@ for m in pkgutil.walk_packages(tlt_operator.__path__, "tlt_operator."):
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "yaml" in result.stderr
+
+
+def test_e2e_quickstart_job_is_valid_and_runs_on_the_cpu_image_only():
+    """The e2e suite cannot run here (no Docker): at least its job must be one the
+    operator turns into CPU pods of the CPU worker image, never pulled from a registry."""
+    from tlt.api.load import load_jobs
+    from tlt_operator.builders import OperatorDefaults, build_children
+
+    (job,) = load_jobs(str(ROOT / "e2e" / "manifests" / "quickstart-cpu.yaml"))
+    defaults = OperatorDefaults(image_cuda="tlt/worker-cuda:e2e", image_cpu="tlt/worker-cpu:e2e")
+    pods = [o for o in build_children(job, defaults) if o["kind"] == "Pod"]
+    assert sorted(p["metadata"]["labels"]["tlt.dev/role"] for p in pods) == ["rollout", "rollout", "trainer"]
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == "tlt/worker-cpu:e2e"
+        assert container["imagePullPolicy"] == "IfNotPresent"
+        assert "nvidia.com/gpu" not in (container.get("resources") or {}).get("limits", {})
+        assert pod["spec"]["securityContext"]["runAsUser"] == 1000
