@@ -1,12 +1,16 @@
 """GRPO/DAPO policy training: pure losses, rollout batches, the trainer (torch or DeepSpeed ZeRO).
 
-    from tlt.trainer import PolicyTrainer, TrainerConfig, Rollouts, group_advantages
+    from tlt.trainer import PolicyTrainer, Rollouts, dynamic_sampling, step_advantages
 
-    trainer = PolicyTrainer.from_spec(spec, model_folder)          # or PolicyTrainer(folder, TrainerConfig(...))
+    trainer = PolicyTrainer.from_spec(spec, model_folder)   # backend/stage from spec.trainer.deepspeed
+    # DAPO: sample rounds until dynamic_sampling(...) says stop; keep its groups
     adv = step_advantages(rewards, response_lengths, spec.algorithm)   # overlong penalty + group norm
     metrics = trainer.train(Rollouts(prompts, responses, adv, old_logprobs))
-    engine.load_weights(trainer.state_dict())                       # HF names
-    trainer.save_checkpoint(dir); trainer.load_checkpoint(dir); trainer.export_hf(out)
+    engine.update_policy_weights(trainer.state_dict())      # Hugging Face names
+    trainer.save_checkpoint(folder); trainer.load_checkpoint(folder); trainer.export_hf(out)
+
+Data parallel: start one process per rank with MASTER_ADDR/PORT, RANK, WORLD_SIZE
+set; each calls `train` with the same whole batch and trains on its share.
 """
 
 from tlt.trainer.algorithm import shaped_rewards, step_advantages

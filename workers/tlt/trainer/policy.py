@@ -182,7 +182,7 @@ class PolicyTrainer:
         if not with_entropy:
             return logp, None
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            entropy = -torch.special.xlogy(logp_all.exp(), logp_all.exp()).sum(-1)  # 0 log 0 = 0
         return logp, entropy
 
     def _micro_batches(self, rollouts: Rollouts, indices: list[int], world_size: int = 1) -> list[list[int]]:
