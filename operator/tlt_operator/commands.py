@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import yaml
-
-from tlt.api.errors import SpecError
-from tlt.api.load import load_jobs
-from tlt_operator.builders import OperatorDefaults, build_children
-
 
 def register(subparsers) -> None:
     render = subparsers.add_parser(
@@ -27,7 +21,13 @@ def register(subparsers) -> None:
 
 
 def run_render(args) -> int:
+    # Imported here: `tlt --help` and other commands should not pay for them.
+    import yaml
+
+    from tlt.api.errors import SpecError
+    from tlt.api.load import load_jobs
     from tlt.cli import CommandError
+    from tlt_operator.builders import OperatorDefaults, build_children
 
     try:
         jobs = load_jobs(args.file)
