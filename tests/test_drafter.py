@@ -241,16 +241,12 @@ def test_training_does_not_wait_for_a_slow_disk(random_batches, tmp_path, monkey
 
 def test_loss_decreases_on_the_builtin_task():
     from tlt.drafter.measure import plain_generate
-    from tlt.models import load_model
-    from tlt.tasks import get_task
-    from tlt.tasks.bootstrap import ensure_base_model
-    from tlt.tasks.tokenizer import CharCodec
+    from tlt.drafter.warmup import load_target, task_prompts, tokenizer_for
 
-    target = load_model(ensure_base_model("micro-arith", progress=False))
-    codec = CharCodec()
-    task = get_task("arith", max_response_tokens=128)
-    prompts = [[codec.bos_id] + codec.encode(p.prompt) for p in task.problems("train", 48, seed=3)]
-    outputs = plain_generate(target, prompts, 48, temperature=1.0, stop_ids=[codec.eos_id], batch_size=48)
+    folder, target = load_target("micro-arith")
+    tok = tokenizer_for(folder)
+    prompts = task_prompts("arith", 48, 3, tok, task_options={"max_response_tokens": 128})
+    outputs = plain_generate(target, prompts, 48, temperature=1.0, stop_ids=[tok.eos_token_id], batch_size=48)
     samples = [Sample.of(p, o) for p, o in zip(prompts, outputs)]
     train, held = samples[:40], samples[40:]
     batches = training_batches(target, train, row_tokens=256, rows_per_batch=2)
