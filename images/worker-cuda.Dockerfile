@@ -22,7 +22,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential ninja-build git \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
-RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" "vllm==${VLLM_VERSION}" ninja packaging wheel
+RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" "vllm==${VLLM_VERSION}" ninja packaging wheel "setuptools>=68"
 # Fused Adam (GPU) and CPU Adam (optimizer offload) built now: the runtime image has no nvcc.
 RUN DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 \
     /opt/venv/bin/pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
