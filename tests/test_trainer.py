@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from tlt.api.model import AlgorithmSpec
 from tlt.tasks.tokenizer import save_tokenizer
@@ -151,7 +152,7 @@ def test_deepspeed_zero_matches_the_torch_backend(llama, stage, micro):
 
 @pytest.mark.parametrize("backend", ["torch", "deepspeed"])
 def test_resuming_from_a_checkpoint_continues_exactly_like_an_uninterrupted_run(llama, tmp_path, backend):
-    cfg = TrainerConfig(learning_rate=1e-2, mini_batch_size=2, ppo_epochs=2)
+    cfg = TrainerConfig(learning_rate=1e-2, mini_batch_size=2)
     kw = dict(backend=backend, zero_stage=2, device="cpu")
     straight = PolicyTrainer(llama, cfg, **kw)
     straight.train(_batch())
@@ -164,7 +165,7 @@ def test_resuming_from_a_checkpoint_continues_exactly_like_an_uninterrupted_run(
     # Same weights, Adam moments and shuffling order: the next step is bit for bit the same.
     assert _max_diff(straight.state_dict(), resumed.state_dict()) == 0.0
     assert got == expected
-    assert (resumed.steps, resumed.updates) == (2, 8)
+    assert (resumed.steps, resumed.updates) == (2, 4)
 
 
 def test_saving_a_checkpoint_again_replaces_the_previous_one(llama, tmp_path):

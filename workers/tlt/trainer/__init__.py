@@ -24,7 +24,6 @@ from tlt.trainer.losses import (
     group_advantages,
     is_mixed,
     k3_kl,
-    masked_mean,
     overlong_penalty,
     ppo_clip_loss,
 )
@@ -32,6 +31,6 @@ from tlt.trainer.policy import PolicyTrainer, TrainerConfig
 
 __all__ = [
     "AGGREGATIONS", "Collated", "PolicyTrainer", "Rollouts", "SamplingDecision", "TrainerConfig", "aggregate",
-    "aggregation_weight", "collate", "dynamic_sampling", "group_advantages", "is_mixed", "k3_kl", "masked_mean",
+    "aggregation_weight", "collate", "dynamic_sampling", "group_advantages", "is_mixed", "k3_kl",
     "overlong_penalty", "pad_per_token", "plan_micro_batches", "ppo_clip_loss", "shaped_rewards", "step_advantages",
 ]

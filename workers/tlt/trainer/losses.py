@@ -188,9 +188,3 @@ def aggregation_weight(mask: torch.Tensor, mode: LossAggregation, total_sequence
     if mode == "token-mean":
         return float(mask.sum()) / max(total_tokens, 1.0)
     return mask.shape[0] / total_sequences
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` over the tokens where mask is 1 (0 without tokens); for metrics."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
