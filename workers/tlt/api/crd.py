@@ -103,7 +103,9 @@ def _default(field: FieldInfo):
     if field.default_factory is not None:
         value = field.default_factory()
         if isinstance(value, BaseModel):
-            return {}  # the API server then applies the nested defaults
+            # The whole default object, not {}: the API server checks CEL rules against
+            # a default as written, before nested defaults would fill it.
+            return value.to_manifest()
         return value
     return None
 
@@ -130,7 +132,12 @@ def object_schema(model: type[BaseModel]) -> dict:
         schema["required"] = required
     if model.model_config.get("extra") == "allow":
         schema["x-kubernetes-preserve-unknown-fields"] = True
-    rules = [{"rule": r.cel, "message": r.cel_message} for r in getattr(model, "rules", ()) if r.cel]
+    rules = [
+        # fieldPath makes the server name the same field as `tlt validate` does.
+        {"rule": r.cel, "message": r.cel_message, **({"fieldPath": f".{r.field}"} if r.field else {})}
+        for r in getattr(model, "rules", ())
+        if r.cel
+    ]
     if rules:
         schema["x-kubernetes-validations"] = rules
     return schema

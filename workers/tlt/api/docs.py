@@ -17,7 +17,7 @@ def _rows(schema: dict, prefix: str):
         if "enum" in prop:
             kind = " \\| ".join(str(v) for v in prop["enum"])
         default = prop.get("default")
-        shown = "" if default is None or default == {} else f"`{json.dumps(default)}`"
+        shown = "" if default is None or isinstance(default, dict) else f"`{json.dumps(default)}`"
         required = " (required)" if key in schema.get("required", []) else ""
         meaning = prop.get("description", "")
         if key == "template" and prefix != "spec":
