@@ -58,7 +58,9 @@ def run_job(args) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port)
+        from tlt.engine.metrics import REGISTRY
+
+        start_http_server(args.metrics_port, registry=REGISTRY)
     from tlt.coordinator.loop import EmbeddedRun
 
     run = EmbeddedRun(jobs[0], run_dir=args.run_dir, fresh=args.fresh, progress=not args.quiet, max_steps=args.steps)

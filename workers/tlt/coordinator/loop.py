@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec
 from tlt.coordinator.actors import WorkerPool
+from tlt.coordinator.metrics import coordinator_metrics
 from tlt.coordinator.prompts import PromptSource, reward_name
 from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan
 from tlt.engine.types import Request
@@ -91,6 +92,7 @@ class EmbeddedRun:
         self.max_steps = max_steps  # stop after this many steps in this invocation (tests, demos)
         self.batch_threshold = batch_threshold
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.metrics = coordinator_metrics()
         self.roles: dict[str, str] = {}
 
     # ---- helpers ----
@@ -247,6 +249,7 @@ class EmbeddedRun:
             **{f"train_{k}": v for k, v in metrics.items()},
         )
         self.log.write("step", **record)
+        self.metrics.record_step(record)
         if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):
             self._evaluate(prompts, step, eos)
         if step % spec.run_policy.checkpoint.every_steps == 0 or step == spec.algorithm.steps:
@@ -347,6 +350,7 @@ class EmbeddedRun:
                   for item, r in zip(prompts.heldout, results)]
         lengths = sorted(len(r.tokens) for r in results)
         accuracy = sum(1 for s in scores if s > 0.5) / len(scores)
+        self.metrics.accuracy.set(accuracy)
         self.log.write("eval", step=step, accuracy=accuracy, len_mean=sum(lengths) / len(lengths),
                        len_p90=lengths[int(0.9 * (len(lengths) - 1))], len_max=lengths[-1], prompts=len(scores))
         self._say(f"eval after step {step}: held-out accuracy {accuracy:.3f} on {len(scores)} prompts")
