@@ -106,7 +106,7 @@ def run_bench(target, drafter, tokenizer, cfg: BenchConfig, progress: bool = Tru
                     for p in task.problems("heldout", cfg.requests, seed=cfg.seed + 7)]
     tail_reqs = [Request(prompt=p, max_tokens=cfg.max_tokens, stop_ids=[eos], temperature=cfg.temperature,
                          seed=cfg.seed * 1000 + i) for i, p in enumerate(tail_prompts)]
-    min_steps = cfg.tokens // 11 + 2
+    min_steps = cfg.tokens // 6 + 2  # lines are 8-11 tokens: these cannot finish within cfg.tokens
     fixed = {b: [Request(prompt=p, max_tokens=cfg.tokens, stop_ids=[eos], temperature=cfg.temperature,
                          seed=cfg.seed * 1000 + i)
                  for i, p in enumerate(long_problem_prompts(tokenizer, b, min_steps, cfg.seed + b))]
