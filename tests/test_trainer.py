@@ -266,6 +266,7 @@ def _data_parallel_rank(rank: int, world_size: int, port: int, folder: str, back
     trainer = PolicyTrainer(folder, cfg, backend=backend, zero_stage=stage, device="cpu")
     metrics = trainer.train(_batch())
     trainer.save_checkpoint(Path(out) / "ckpt")
+    trainer.export_hf(Path(out) / "final")
     state = trainer.state_dict()  # every rank: ZeRO-3 gathers collectively
     if rank == 0:
         torch.save({"metrics": metrics, "state": state}, Path(out) / "result.pt")
@@ -301,4 +302,6 @@ def test_two_data_parallel_ranks_make_the_same_update_as_one_process(llama, tmp_
     assert got["metrics"]["clip_fraction"] == pytest.approx(expected["clip_fraction"])
     assert got["metrics"]["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
     assert _relative_gap(single.state_dict(), got["state"], start) <= 1e-4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "result.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "final", "result.pt"]
+    exported = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert _max_diff(exported, got["state"]) == 0.0

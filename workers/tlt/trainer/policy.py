@@ -304,6 +304,7 @@ class PolicyTrainer:
         """The policy's weights under Hugging Face names, on CPU, as in the model's safetensors.
 
         A tied LM head is left out, as `save_pretrained` does (it is the embedding).
+        Under ZeRO-3 with several ranks this gathers: every rank must call it.
         """
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.backend.full_state_dict().items()}
         if getattr(self.model_config, "tie_word_embeddings", False):
@@ -311,16 +312,22 @@ class PolicyTrainer:
         return state
 
     def export_hf(self, path: str | Path) -> Path:
-        """Writes a Hugging Face folder: config, safetensors, and the source's tokenizer files."""
+        """Writes a Hugging Face folder: config, safetensors, and the source's tokenizer files.
+
+        Every rank calls it (ZeRO-3 gathers the weights); rank 0 writes.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = self.backend.full_state_dict()
-        state = {k: v.detach().cpu() for k, v in state.items()}
-        self.module.save_pretrained(str(path), state_dict=state)
-        for name in TOKENIZER_FILES:
-            source = self.model_path / name
-            if source.is_file() and not (name == "generation_config.json" and (path / name).exists()):
-                shutil.copy2(source, path / name)
+        rank, world_size = world()
+        state = {k: v.detach().cpu() for k, v in self.backend.full_state_dict().items()}
+        if rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            self.module.save_pretrained(str(path), state_dict=state)
+            for name in TOKENIZER_FILES:
+                source = self.model_path / name
+                if source.is_file() and not (name == "generation_config.json" and (path / name).exists()):
+                    shutil.copy2(source, path / name)
+        if world_size > 1:
+            dist.barrier()
         return path
 
     # ------------------------------------------------------------------ resume
