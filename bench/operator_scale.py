@@ -126,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     operator = None
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/reasoningrljobs.tlt.dev", "--timeout=60s")
+        deadline = time.monotonic() + 60
+        # `kubectl wait` errors out (instead of waiting) while a new CRD has no status yet.
+        while cluster.kubectl("wait", "--for=condition=Established", "crd/reasoningrljobs.tlt.dev", "--timeout=10s",
+                              check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the CRD was not Established within 60s")
+            time.sleep(0.5)
         cluster.kubectl("create", "namespace", NAMESPACE)
         api = cluster.api_client()
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)

@@ -58,7 +58,9 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = 
 @pytest.fixture(scope="module")
 def crd(kubectl):
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    # `kubectl wait` errors out (instead of waiting) while the new CRD has no status yet.
+    wait_for(lambda: kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=10s", check=False).returncode == 0,
+             what="the CRD Established")
     wait_for(lambda: kubectl("get", "rlj", "-A", check=False).returncode == 0, what="rlj in discovery")
     return CRD_NAME
 
