@@ -134,7 +134,7 @@ def test_kl_to_the_frozen_reference_grows_as_the_policy_moves(llama):
     assert second["loss"] == pytest.approx(second["pg_loss"] + 0.1 * second["kl_loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("stage, micro", [(1, None), (2, 1), pytest.param(3, 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("stage, micro", [(0, 1), (1, None), (2, 1), pytest.param(3, 1, marks=pytest.mark.slow)])
 def test_deepspeed_zero_matches_the_torch_backend(llama, stage, micro):
     # Four optimizer steps (2 mini-batches x 2 epochs) so Adam's later, magnitude-dependent
     # updates are compared too; micro=1 accumulates gradients over two micro-batches.
