@@ -114,3 +114,19 @@ def test_killing_tlt_run_mid_step_and_rerunning_resumes_without_loss(micro_model
     assert max(r["step"] for r in records if r["kind"] == "step") == 3
     assert any(r["kind"] == "run" and r.get("resumed_from") == killed_at for r in records)
     assert latest_checkpoint(out).step == 3
+
+
+def test_prompts_continue_from_a_saved_position_in_the_same_order(micro_model):
+    from transformers import AutoTokenizer
+
+    from tlt.coordinator.prompts import PromptSource
+
+    job = parse_job(manifest(micro_model, Path("/tmp/unused")))
+    source = PromptSource(job.spec, AutoTokenizer.from_pretrained(str(micro_model)))
+    first, position = source.take(0, 5)
+    second, _ = source.take(position, 7)
+    both, _ = source.take(0, 12)
+    assert first + second == both
+    assert len(set(item.prompt for item in both)) == 12
+    beyond, _ = source.take(len(source.train) - 2, 4)  # wraps into a reshuffled epoch
+    assert len(beyond) == 4

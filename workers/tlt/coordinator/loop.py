@@ -30,7 +30,8 @@ from tlt.engine.types import Request
 from tlt.report import MetricsLog, write_report
 from tlt.report.html import summarize
 from tlt.rewards.pool import RewardPool
-from tlt.trainer.losses import dynamic_sampling, group_advantages, overlong_penalty
+from tlt.trainer.algorithm import shaped_rewards, step_advantages
+from tlt.trainer.losses import dynamic_sampling
 
 CHECKPOINTS = "checkpoints"
 POLL_SECONDS = 0.2
@@ -173,78 +174,69 @@ class EmbeddedRun:
     def _step(self, step: int, prompts: PromptSource, position: int, drafter_version: int, eos) -> tuple[int, int]:
         spec, a = self.spec, self.spec.algorithm
         t_start = time.perf_counter()
-        groups: list[tuple] = []  # (item, [results])
-        rewards_pool = RewardPool(reward_name(spec), workers=spec.reward.workers)
-        rounds = 0
-        rollout_seconds = 0.0
-        acceptance = []
-        lent_seconds = 0.0
-        while True:
-            want = a.prompts_per_step if rounds == 0 else decision.missing
-            items, position = prompts.take(position, want)
-            first = len(groups)
-            requests = self._requests(step, items, first, eos)
-            t0 = time.perf_counter()
-            results, stats = self._rollout(step, requests, rewards_pool, items, first, tokenizer_eos=eos)
-            rollout_seconds += time.perf_counter() - t0
-            lent_seconds += stats["lent_seconds"]
-            if stats["acceptance_length"]:
-                acceptance.append(stats["acceptance_length"])
-            for g, item in enumerate(items):
-                groups.append((item, [results[(first + g, k)] for k in range(a.group_size)]))
-            t_reward = time.perf_counter()
-            scores = rewards_pool.gather()
-            self._scores = {**getattr(self, "_scores", {}), **scores}
-            reward_seconds = time.perf_counter() - t_reward
-            if not a.dynamic_sampling.enabled:
-                break
-            decision = dynamic_sampling([[self._scores[(i, k)] for k in range(a.group_size)] for i in range(len(groups))],
-                                        a.prompts_per_step, rounds, a.dynamic_sampling.max_rounds)
-            if not decision.sample_more:
-                break
-            rounds += 1
-        rewards_pool.close()
-        scores, self._scores = self._scores, {}
-        keep = list(range(len(groups)))
-        if a.dynamic_sampling.enabled:
-            keep = dynamic_sampling([[scores[(i, k)] for k in range(a.group_size)] for i in range(len(groups))],
-                                    a.prompts_per_step, rounds, a.dynamic_sampling.max_rounds).keep
-        # Rewards (with DAPO's overlong penalty), group-normalized advantages.
+        groups: list[tuple] = []  # (prompt item, its group_size results), in sampling order
+        scores: dict = {}
+        seconds = {"rollout": 0.0, "reward": 0.0}
+        acceptance, lent_seconds, rounds = [], 0.0, 0
+        pool = RewardPool(reward_name(spec), workers=spec.reward.workers)
+        try:
+            want = a.prompts_per_step
+            while True:
+                items, position = prompts.take(position, want)
+                first = len(groups)
+                t0 = time.perf_counter()
+                results, stats = self._rollout(step, self._requests(step, items, first, eos), pool, items, first)
+                seconds["rollout"] += time.perf_counter() - t0
+                lent_seconds += stats["lent_seconds"]
+                if stats["acceptance_length"]:
+                    acceptance.append(stats["acceptance_length"])
+                groups += [(item, [results[(first + g, k)] for k in range(a.group_size)]) for g, item in enumerate(items)]
+                t0 = time.perf_counter()
+                scores.update(pool.gather())  # most were scored while the tail decoded
+                seconds["reward"] += time.perf_counter() - t0
+                keep = list(range(len(groups)))
+                if not a.dynamic_sampling.enabled:
+                    break
+                # DAPO: judge groups on the shaped rewards the advantages come from.
+                shaped = [self._shaped(scores, i, results, a) for i, (_, results) in enumerate(groups)]
+                decision = dynamic_sampling(shaped, a.prompts_per_step, rounds, a.dynamic_sampling.max_rounds)
+                keep = decision.keep
+                if not decision.sample_more:
+                    break
+                rounds, want = rounds + 1, decision.missing
+        finally:
+            pool.close()
         flat = [(i, k, groups[i][1][k]) for i in keep for k in range(a.group_size)]
         raw = torch.tensor([scores[(i, k)] for i, k, _ in flat], dtype=torch.float32)
         lengths = torch.tensor([len(r.tokens) for _, _, r in flat], dtype=torch.float32)
-        shaped = raw.clone()
-        if a.overlong_penalty.enabled:
-            shaped = shaped + overlong_penalty(lengths, a.max_response_tokens, a.overlong_penalty.buffer_tokens,
-                                               a.overlong_penalty.penalty)
         train_seconds, metrics = 0.0, {}
-        if flat:
-            advantages = group_advantages(shaped, a.group_size)
-            t_train = time.perf_counter()
+        if flat:  # no group kept: skip the update (AdamW would still move the weights)
+            t0 = time.perf_counter()
             self._phase_roles(step, "train")
             metrics = self.pool.train(
                 prompts=[list(groups[i][0].ids) for i, _, _ in flat],
                 responses=[list(r.tokens) for _, _, r in flat],
-                advantages=advantages.tolist(),
+                advantages=step_advantages(raw, lengths, a).tolist(),
                 old_logprobs=[list(r.logprobs) for _, _, r in flat],
                 policy_version=step,
             )
-            train_seconds = time.perf_counter() - t_train
+            train_seconds = time.perf_counter() - t0
         # Drafter sync: average the replicas trained this step into the next version.
-        t_sync = time.perf_counter()
+        t0 = time.perf_counter()
         self._phase_roles(step, "sync")
         if spec.drafter.enabled and step % spec.drafter.sync_every == 0:
             drafter_version = self.pool.sync_drafters(drafter_version)
-        sync_seconds = time.perf_counter() - t_sync
+        sync_seconds = time.perf_counter() - t0
         self._phase_roles(step, "idle")
         record = dict(
             step=step,
             reward_mean=float(raw.mean()) if raw.numel() else 0.0,
             response_len_mean=float(lengths.mean()) if lengths.numel() else 0.0,
             response_len_max=float(lengths.max()) if lengths.numel() else 0.0,
-            time_rollout=rollout_seconds, time_reward=reward_seconds, time_train=train_seconds,
+            time_rollout=seconds["rollout"], time_reward=seconds["reward"], time_train=train_seconds,
             time_sync=sync_seconds, acceptance_length=sum(acceptance) / len(acceptance) if acceptance else 0.0,
-            drafter_version=drafter_version, lent_fraction=lent_seconds / max(1e-9, rollout_seconds * len(self.pool.shard_names)),
+            drafter_version=drafter_version,
+            lent_fraction=lent_seconds / max(1e-9, seconds["rollout"] * len(self.pool.shard_names)),
             groups_kept=len(keep), sampling_rounds=rounds + 1, step_seconds=time.perf_counter() - t_start,
             **{f"train_{k}": v for k, v in metrics.items()},
         )
@@ -256,10 +248,16 @@ class EmbeddedRun:
             self._checkpoint(step, position, drafter_version)
         write_report(self.run_dir, f"tlt run: {self.job.metadata.name}")
         self._say(
-            f"step {step}/{spec.algorithm.steps}: reward {record['reward_mean']:.3f}, rollout {rollout_seconds:.1f}s, "
+            f"step {step}/{spec.algorithm.steps}: reward {record['reward_mean']:.3f}, rollout {seconds['rollout']:.1f}s, "
             f"train {train_seconds:.1f}s, acceptance {record['acceptance_length']:.2f}, drafter v{drafter_version}"
         )
         return position, drafter_version
+
+    @staticmethod
+    def _shaped(scores: dict, group: int, results, algorithm) -> list[float]:
+        rewards = torch.tensor([scores[(group, k)] for k in range(len(results))])
+        lengths = torch.tensor([len(r.tokens) for r in results], dtype=torch.float32)
+        return shaped_rewards(rewards, lengths, algorithm).tolist()
 
     def _phase_roles(self, step: int, phase: str) -> None:
         """Apply the policy's decisions for a phase without rollout progress (train, sync, idle)."""
@@ -290,7 +288,7 @@ class EmbeddedRun:
                 if moved:
                     self.log.write("consolidate", target=action.target, sources=list(action.sources), moved=moved)
 
-    def _rollout(self, step, requests, rewards_pool, items, first, tokenizer_eos) -> tuple[dict, dict]:
+    def _rollout(self, step, requests, rewards_pool, items, first) -> tuple[dict, dict]:
         """Decode `requests` over the shards (all samples of a group on one shard)."""
         by_group: dict[int, list[Request]] = {}
         for r in requests:

@@ -6,6 +6,7 @@ keeps, so a resumed run continues with exactly the prompts it would have seen.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -74,10 +75,13 @@ class PromptSource:
     def take(self, position: int, count: int) -> tuple[list[PromptItem], int]:
         """`count` training prompts starting at `position` (epochs reshuffled by seed)."""
         out = []
-        n = len(self.train)
         for k in range(position, position + count):
-            epoch, i = divmod(k, n)
-            order = list(range(n))
-            random.Random(self.spec.algorithm.seed * 7919 + epoch).shuffle(order)
-            out.append(self.train[order[i]])
+            epoch, i = divmod(k, len(self.train))
+            out.append(self.train[self._order(epoch)[i]])
         return out, position + count
+
+    @functools.lru_cache(maxsize=4)
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.train)))
+        random.Random(self.spec.algorithm.seed * 7919 + epoch).shuffle(order)
+        return order
