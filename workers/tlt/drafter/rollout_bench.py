@@ -28,7 +28,7 @@ from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
 @dataclass
 class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
-    tokens: int = 96  # generated per request in the fixed-batch runs
+    tokens: int = 160  # generated per request in the fixed-batch runs
     requests: int = 64  # long-tail workload
     max_tokens: int = 512
     repeats: int = 1  # timed repeats per cell (median)
@@ -52,16 +52,18 @@ def _controller(mode: str, chain: Strategy, threshold: int, seed: int):
         return None
     if mode == "always":
         return FixedStrategy(chain)
-    arms = [chain] + [Strategy(s, 1, s) for s in (3, 2) if s < chain.steps]
+    arms = [chain] + [Strategy(s, 1, s) for s in (chain.steps + 2, chain.steps - 1) if s >= 1]
     return AdaptiveManager(strategies=arms, batch_threshold=threshold, epsilon=0.05, seed=seed)
 
 
 def run_mode(target, drafter, mode: str, requests: Sequence[Request], chain: Strategy, threshold: int,
-             seed: int = 0) -> ModeRun:
+             seed: int = 0, controller=None) -> ModeRun:
+    """One timed run. `controller` (the adaptive manager) may be shared across runs: a
+    rollout worker keeps its bandit's history from one RL step to the next."""
     longest = max(len(r.prompt) + r.max_tokens for r in requests)
     engine = TorchEngine(target, num_slots=len(requests), max_model_len=longest,
                          drafter=drafter if mode != "plain" else None,
-                         speculation=_controller(mode, chain, threshold, seed))
+                         speculation=controller or _controller(mode, chain, threshold, seed))
     # warm the allocator and kernels on a copy of the first request (not timed)
     first = requests[0]
     engine.generate([Request(prompt=list(first.prompt), max_tokens=4, stop_ids=list(first.stop_ids),
@@ -99,6 +101,9 @@ def run_bench(target, drafter, tokenizer, cfg: BenchConfig, progress: bool = Tru
     from tlt.engine.costs import measure_costs
     from tlt.tasks import get_task
 
+    import os
+
+    load_start = os.getloadavg()[0]
     chain = Strategy(cfg.chain, 1, cfg.chain)
     eos = tokenizer.eos_token_id
     task = get_task("arith", max_response_tokens=cfg.max_tokens)
@@ -113,33 +118,41 @@ def run_bench(target, drafter, tokenizer, cfg: BenchConfig, progress: bool = Tru
              for b in cfg.batch_sizes}
 
     modes = ("plain", "always", "adaptive")
-    total = len(cfg.batch_sizes) * 3 * cfg.repeats + 3 + 1
+    total = len(cfg.batch_sizes) * 3 * cfg.repeats + 2 * cfg.repeats + 1
     bar = tqdm(total=total, desc="rollout bench", unit="run", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
 
     # long tail first for plain and always-on: always-on's acceptance feeds the auto threshold
-    tail: dict[str, ModeRun] = {}
-    for mode in ("plain", "always"):
-        tail[mode] = run_mode(target, drafter, mode, tail_reqs, chain, 0, cfg.seed)
+    tail_runs: dict[str, list[ModeRun]] = {m: [] for m in modes}
+    for _ in range(cfg.repeats):
+        for mode in ("plain", "always"):
+            tail_runs[mode].append(run_mode(target, drafter, mode, tail_reqs, chain, 0, cfg.seed))
         bar.update(1)
     threshold = cfg.threshold
     costs = None
     if threshold is None:
         costs = measure_costs(target, drafter, batch_sizes=sorted(set((1, 2, 4, 8, 16, 32, 64) + cfg.batch_sizes)),
-                              widths=(1, 2, 4, cfg.chain + 1, 8), context_len=128, repeats=3, progress=False)
-        threshold = costs.auto_threshold(chain, acceptance_length=max(tail["always"].acceptance, 1.0))
+                              widths=(1, 2, 4, cfg.chain + 1, 8), context_len=128, repeats=7, progress=False)
+        threshold = costs.auto_threshold(chain, acceptance_length=max(tail_runs["always"][0].acceptance, 1.0))
     bar.update(1)
-    tail["adaptive"] = run_mode(target, drafter, "adaptive", tail_reqs, chain, threshold, cfg.seed)
-    bar.update(1)
+    adaptive = _controller("adaptive", chain, threshold, cfg.seed)
+    for _ in range(cfg.repeats):
+        tail_runs["adaptive"].append(run_mode(target, drafter, "adaptive", tail_reqs, chain, threshold, cfg.seed,
+                                              adaptive))
+        bar.update(1)
+    tail = {m: sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+            for m, runs in tail_runs.items()}  # the median run of each mode
 
     per_batch: dict[int, dict[str, dict]] = {}
-    matched = all(tail[m].outputs == tail["plain"].outputs for m in modes)
-    mismatches = {m: sum(a != b for a, b in zip(tail[m].outputs, tail["plain"].outputs)) for m in modes}
+    ref = tail_runs["plain"][0].outputs
+    matched = all(r.outputs == ref for m in modes for r in tail_runs[m])
+    mismatches = {m: sum(sum(a != b for a, b in zip(r.outputs, ref)) for r in tail_runs[m]) for m in modes}
     for b in cfg.batch_sizes:
         runs: dict[str, list[ModeRun]] = {m: [] for m in modes}
         for _ in range(cfg.repeats):
             for m in modes:  # interleaved so drifting machine load hits all modes alike
-                runs[m].append(run_mode(target, drafter, m, fixed[b], chain, threshold, cfg.seed))
+                runs[m].append(run_mode(target, drafter, m, fixed[b], chain, threshold, cfg.seed,
+                                        adaptive if m == "adaptive" else None))
                 bar.update(1)
         row = {}
         plain_s = statistics.median(r.seconds for r in runs["plain"])
@@ -158,6 +171,8 @@ def run_bench(target, drafter, tokenizer, cfg: BenchConfig, progress: bool = Tru
     summary = {
         "bench": "rollout_sd",
         "threads": torch.get_num_threads(),
+        "load_avg_1m_at_start_end": [round(load_start, 2), round(__import__("os").getloadavg()[0], 2)],
+        "repeats": cfg.repeats,
         "chain": cfg.chain,
         "threshold": threshold,
         "threshold_source": "auto (cost table)" if cfg.threshold is None else "given",
