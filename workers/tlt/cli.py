@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tlt.sim.commands",
     "tlt.tasks.commands",
     "tlt.eval.commands",
+    "tlt.drafter.commands",
 ]
 
 
