@@ -31,7 +31,7 @@ class BenchConfig:
     tokens: int = 160  # generated per request in the fixed-batch runs
     requests: int = 64  # long-tail workload
     max_tokens: int = 512
-    repeats: int = 1  # timed repeats per cell (median)
+    repeats: int = 3  # timed repeats per cell (median)
     chain: int = 4
     threshold: int | None = None  # None: auto from the measured cost table
     seed: int = 0
