@@ -33,6 +33,8 @@ from tlt.rewards import (RewardError, RewardPool, extract_answer, get_reward, ma
     (r"\boxed{3\sqrt{2}}", r"3\sqrt{2}"),
     (r"first \boxed{1}, then \boxed{2}", "2"),
     (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
+    (r"\boxed{x = 5}", "5"),
+    (r"\boxed{5 \text{ cm}}", "5"),
 ])
 def test_math_reward_accepts_equivalent_final_answers(response, answer):
     assert math_reward("q", response, answer) == 1.0
@@ -127,7 +129,7 @@ def test_pool_scores_like_direct_calls_keyed_by_submission():
     responses = {i: rf"\boxed{{{i}}}" for i in range(20)}
     with RewardPool("math", workers=2) as pool:
         for key, response in responses.items():
-            pool.submit(key, "q", response, str(i_half := key // 2 * 2))
+            pool.submit(key, "q", response, str(key // 2 * 2))
         got = pool.gather()
     assert got == {k: math_reward("q", r, str(k // 2 * 2)) for k, r in responses.items()}
     assert sum(got.values()) == 10

@@ -61,6 +61,7 @@ def normalize(answer: str) -> str:
     s = s.strip().rstrip(".").strip()
     s = _FRAC.sub(lambda m: f"({m.group(1) or m.group(2)})/({m.group(3) or m.group(4)})", s)
     s = s.replace(" ", "")
+    s = re.sub(r"^[a-zA-Z]=(?=[^=]+$)", "", s)  # "x=5" answers 5
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
         s = s.replace(",", "")
     s = re.sub(r"\((-?[\d.]+)\)", r"\1", s)
