@@ -24,17 +24,10 @@ def run_render(args) -> int:
     # Imported here: `tlt --help` and other commands should not pay for them.
     import yaml
 
-    from tlt.api.errors import SpecError
-    from tlt.api.load import load_jobs
-    from tlt.cli import CommandError
+    from tlt.api.commands import load_jobs_or_fail
     from tlt_operator.builders import OperatorDefaults, build_children
 
-    try:
-        jobs = load_jobs(args.file)
-    except SpecError as err:
-        raise CommandError(f"{args.file} is not a valid ReasoningRLJob (run `tlt validate {args.file}`):\n  " + "\n  ".join(map(str, err.errors))) from None
-    if not jobs:
-        raise CommandError(f"{args.file} holds no ReasoningRLJob")
+    jobs = load_jobs_or_fail(args.file)
     defaults = OperatorDefaults.from_env()
     objects = []
     for job in jobs:

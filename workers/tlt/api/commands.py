@@ -31,6 +31,28 @@ def register(subparsers) -> None:
     crd.set_defaults(func=run_crd)
 
 
+def load_jobs_or_fail(path: str):
+    """The jobs of a manifest file, or a CommandError listing every problem (for commands that run them)."""
+    from tlt.api.load import load_jobs
+    from tlt.cli import CommandError
+
+    try:
+        jobs = load_jobs(path)
+    except SpecError as err:
+        problems = "\n  ".join(map(str, err.errors))
+        raise CommandError(f"{path} is not a valid ReasoningRLJob (see `tlt validate {path}`):\n  {problems}") from None
+    if not jobs:
+        raise CommandError(f"{path} holds no ReasoningRLJob")
+    return jobs
+
+
+def _report_invalid(label: str, errors) -> None:
+    count = f" ({len(errors)} problem{'s' if len(errors) > 1 else ''})" if len(errors) > 1 else ""
+    print(f"{label}: INVALID{count}", file=sys.stderr)
+    for e in errors:
+        print(f"  {e}", file=sys.stderr)
+
+
 def run_validate(args) -> int:
     failed = 0
     for path in args.files:
@@ -38,9 +60,7 @@ def run_validate(args) -> int:
             documents = read_documents(path)
         except SpecError as err:
             failed += 1
-            print(f"{path}: INVALID", file=sys.stderr)
-            for e in err.errors:
-                print(f"  {e}", file=sys.stderr)
+            _report_invalid(path, err.errors)
             continue
         if not documents:
             failed += 1
@@ -51,9 +71,7 @@ def run_validate(args) -> int:
                 job = parse_job(doc.body)
             except SpecError as err:
                 failed += 1
-                print(f"{label}: INVALID ({len(err.errors)} problem{'s' if len(err.errors) > 1 else ''})", file=sys.stderr)
-                for e in err.errors:
-                    print(f"  {e}", file=sys.stderr)
+                _report_invalid(label, err.errors)
                 continue
             if not args.quiet:
                 print(f"{label}: ok (ReasoningRLJob {job.metadata.name})")

@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tlt.api.errors import SpecError
-from tlt.api.load import load_jobs
+from tlt.api.commands import load_jobs_or_fail
 
 
 def register(subparsers) -> None:
@@ -47,10 +46,7 @@ def register(subparsers) -> None:
 def run_job(args) -> int:
     from tlt.cli import CommandError
 
-    try:
-        jobs = load_jobs(args.file)
-    except SpecError as err:
-        raise CommandError(f"{args.file} is not a valid job:\n  " + "\n  ".join(str(e) for e in err.errors)) from None
+    jobs = load_jobs_or_fail(args.file)
     if len(jobs) != 1:
         raise CommandError(f"{args.file} holds {len(jobs)} jobs; `tlt run` runs one (split the file)")
     if args.steps is not None and args.steps < 1:
@@ -76,11 +72,10 @@ def run_bench_e2e(args) -> int:
     from tlt.cli import CommandError
     from tlt.coordinator.bench import compare, print_comparison
 
-    try:
-        (job,) = load_jobs(args.file)
-    except (SpecError, ValueError) as err:
-        raise CommandError(f"{args.file}: {err}") from None
-    print_comparison(compare(job, Path(args.out), progress=not args.quiet))
+    jobs = load_jobs_or_fail(args.file)
+    if len(jobs) != 1:
+        raise CommandError(f"{args.file} holds {len(jobs)} jobs; `tlt bench e2e` compares one")
+    print_comparison(compare(jobs[0], Path(args.out), progress=not args.quiet))
     return 0
 
 
