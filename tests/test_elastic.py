@@ -197,11 +197,20 @@ def test_consolidation_respects_the_speculative_batch_threshold_and_splits_sourc
     assert max(w.shard.remaining for w in after) <= 5
 
 
-def test_consolidation_uses_max_batch_size_when_speculation_is_off_or_threshold_auto():
+def test_consolidation_uses_max_batch_size_when_speculation_is_off():
     workers = [rollout(0, running=4), rollout(1, running=4), rollout(2, running=4)]
-    for spec in (make_spec(**{"speculative.mode": "off"}), make_spec(**{"speculative.batchThreshold": "auto"})):
-        actions = plan(spec, workers, ROLLOUT)
-        assert actions[0] == Consolidate(target="rollout-0", sources=("rollout-1", "rollout-2"), sequences=(4, 4))
+    actions = plan(make_spec(**{"speculative.mode": "off"}), workers, ROLLOUT)
+    assert actions[0] == Consolidate(target="rollout-0", sources=("rollout-1", "rollout-2"), sequences=(4, 4))
+
+
+def test_with_an_auto_threshold_the_largest_bandit_bucket_bounds_a_consolidated_shard():
+    # 12 sequences, buckets up to 8: two shards of at most 8, not one of 12.
+    spec = make_spec(**{"speculative.batchThreshold": "auto", "speculative.bucketBounds": [1, 2, 4, 8]})
+    workers = [rollout(0, running=4), rollout(1, running=4), rollout(2, running=4)]
+    actions, after = settle(spec, workers, ROLLOUT)
+    assert any(isinstance(a, Consolidate) for a in actions)
+    assert max(w.shard.remaining for w in after) == 8
+    assert sum(1 for w in after if w.shard.remaining) == 2
 
 
 def test_no_consolidation_when_the_tail_does_not_fit_on_fewer_shards():
