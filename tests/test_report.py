@@ -75,7 +75,7 @@ def test_report_html_has_every_chart_and_the_timeline(tmp_path):
         assert title in page
     assert page.count("<svg") >= 5
     assert "rollout-1 drafter" in page  # a lent span on the timeline
-    assert "drafter v3" in page  # acceptance per drafter version
+    assert ">v3</text>" in page  # acceptance labelled with the drafter version
 
 
 def test_report_of_an_empty_run_renders(tmp_path):

@@ -78,9 +78,11 @@ def render_report(records: list[dict], title: str = "tlt run") -> str:
             {p: [s.get(f"time_{p}", 0.0) for s in steps] for p in STEP_PHASES},
         ),
         line_chart(
-            "Acceptance length",
-            _acceptance_series(steps),
+            "Acceptance length per step (labels: drafter version)",
+            {"mean acceptance length": [(s["step"], s["acceptance_length"]) for s in steps if s.get("acceptance_length")]},
             y_label="tokens per verification",
+            labels={(s["step"], s["acceptance_length"]): f"v{s.get('drafter_version', 0)}"
+                    for s in steps if s.get("acceptance_length")},
         ),
         line_chart(
             "Rollout response length",
@@ -109,14 +111,6 @@ def render_report(records: list[dict], title: str = "tlt run") -> str:
 <p>Rendered from metrics.jsonl ({len(records)} records).</p>
 </body></html>
 """
-
-
-def _acceptance_series(steps: list[dict]) -> dict[str, list[tuple[float, float]]]:
-    series: dict[str, list[tuple[float, float]]] = {}
-    for s in steps:
-        if s.get("acceptance_length"):
-            series.setdefault(f"drafter v{s.get('drafter_version', 0)}", []).append((s["step"], s["acceptance_length"]))
-    return series
 
 
 def _show(value) -> str:

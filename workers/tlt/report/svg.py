@@ -41,7 +41,7 @@ def _fmt(value: float) -> str:
 class _Frame:
     """Axes of one chart: maps data coordinates to pixels."""
 
-    def __init__(self, width, height, x_range, y_range, left=56, right=16, top=28, bottom=36):
+    def __init__(self, width, height, x_range, y_range, left=56, right=16, top=44, bottom=36):
         self.width, self.height = width, height
         self.left, self.right, self.top, self.bottom = left, right, top, bottom
         self.x_ticks = _ticks(*x_range)
@@ -80,7 +80,7 @@ class _Frame:
 def _svg(width, height, parts) -> str:
     style = (
         "<style>.title{font:600 13px sans-serif}.tick{font:10px sans-serif;fill:#555}"
-        ".label{font:11px sans-serif;fill:#333}.grid{stroke:#e5e7eb}.legend{font:11px sans-serif}</style>"
+        ".label{font:11px sans-serif;fill:#333}.tick{font:10px sans-serif;fill:#444}.grid{stroke:#e5e7eb}.legend{font:11px sans-serif}</style>"
     )
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">{style}{"".join(parts)}</svg>'
 
@@ -88,13 +88,14 @@ def _svg(width, height, parts) -> str:
 def _legend(names, colors, x, y) -> list[str]:
     parts = []
     for i, (name, color) in enumerate(zip(names, colors)):
-        parts.append(f'<rect x="{x + i * 130}" y="{y - 9}" width="10" height="10" fill="{color}"/>')
-        parts.append(f'<text x="{x + i * 130 + 14}" y="{y}" class="legend">{html.escape(name)}</text>')
+        parts.append(f'<rect x="{x + i * 150}" y="{y - 9}" width="10" height="10" fill="{color}"/>')
+        parts.append(f'<text x="{x + i * 150 + 14}" y="{y}" class="legend">{html.escape(name)}</text>')
     return parts
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label="step", y_label="", width=560, height=260) -> str:
-    """Lines with markers, one per named series of (x, y) points."""
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label="step", y_label="", width=560, height=260,
+               labels: dict[tuple[float, float], str] | None = None) -> str:
+    """Lines with markers, one per named series of (x, y) points; `labels` annotate points."""
     points = [p for pts in series.values() for p in pts]
     if not points:
         return _svg(width, 60, [f'<text x="10" y="30" class="title">{html.escape(title)}: no data yet</text>'])
@@ -107,7 +108,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
         parts.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         for x, y in pts:
             parts.append(f'<circle cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3" fill="{color}"><title>{html.escape(name)} {_fmt(x)}: {y:.4g}</title></circle>')
-    parts += _legend(list(series), PALETTE, frame.left + 180, 16)
+    for (x, y), text in (labels or {}).items():
+        parts.append(f'<text x="{frame.x(x):.1f}" y="{frame.y(y) - 7:.1f}" class="tick" text-anchor="middle">{html.escape(text)}</text>')
+    parts += _legend(list(series), PALETTE, frame.left, 34)
     return _svg(width, height, parts)
 
 
@@ -129,7 +132,7 @@ def stacked_bars(title: str, steps: list[int], parts_by_name: dict[str, list[flo
                 f'fill="{color}"><title>step {step} {html.escape(name)}: {value:.2f}s</title></rect>'
             )
             bottom += value
-    out += _legend(list(parts_by_name), PALETTE, frame.left + 180, 16)
+    out += _legend(list(parts_by_name), PALETTE, frame.left, 34)
     return _svg(width, height, out)
 
 
@@ -139,8 +142,8 @@ def timeline(title: str, spans: dict[str, list[tuple[float, float, str]]], width
     if not workers:
         return line_chart(title, {})
     end = max(e for ss in spans.values() for _, e, _ in ss) or 1.0
-    height = 60 + row * len(workers)
-    frame = _Frame(width, height, (0.0, end), (0.0, 1.0), left=110, top=28, bottom=32)
+    height = 44 + 32 + row * len(workers)  # top margin (title, legend) + axis + rows
+    frame = _Frame(width, height, (0.0, end), (0.0, 1.0), left=110, top=44, bottom=32)
     out = [f'<text x="{frame.left}" y="16" class="title">{html.escape(title)}</text>']
     for t in frame.x_ticks:
         x = frame.x(t)
@@ -156,5 +159,5 @@ def timeline(title: str, spans: dict[str, list[tuple[float, float, str]]], width
                 f'height="{row - 4}" fill="{color}"><title>{html.escape(worker)} {html.escape(role)} '
                 f'{start:.1f}-{stop:.1f}s</title></rect>'
             )
-    out += _legend(list(ROLE_COLORS), list(ROLE_COLORS.values()), frame.left + 260, 16)
+    out += _legend(list(ROLE_COLORS), list(ROLE_COLORS.values()), frame.left, 34)
     return _svg(width, height, out)
