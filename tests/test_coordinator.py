@@ -130,3 +130,25 @@ def test_prompts_continue_from_a_saved_position_in_the_same_order(micro_model):
     assert len(set(item.prompt for item in both)) == 12
     beyond, _ = source.take(len(source.train) - 2, 4)  # wraps into a reshuffled epoch
     assert len(beyond) == 4
+
+
+def test_a_jsonl_dataset_with_the_math_verifier_runs(micro_model, tmp_path):
+    import json
+
+    from tlt.tasks import get_task
+
+    task = get_task("arith")
+    data = tmp_path / "train.jsonl"
+    # A real-data layout: other field names; answers scored by the math verifier
+    # (the task's traces end in "ans=NN", whose last number is the answer).
+    data.write_text("".join(json.dumps({"question": p.prompt, "solution": p.answer}) + "\n"
+                            for p in task.problems("train", 40, seed=1)))
+    doc = manifest(micro_model, tmp_path / "run", steps=1, elastic=False)
+    doc["spec"].pop("task")
+    doc["spec"]["data"] = {"path": str(data), "promptField": "question", "answerField": "solution", "evalFraction": 0.25}
+    doc["spec"]["reward"] = {"verifier": "math"}
+    EmbeddedRun(parse_job(doc), progress=False).run()
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["prompts"] for r in evals] == [6, 6]  # numPrompts 6 of the 10 held out
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1]

@@ -35,6 +35,11 @@ def bind_threads(cores: list[int] | None) -> None:
     torch.set_num_threads(len(cores))
 
 
+def rollout_device(spec: ReasoningRLJobSpec) -> str:
+    """CUDA when the spec gives rollout shards GPUs and this machine has one, else the CPU."""
+    return "cuda" if spec.rollout.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+
+
 def speculation_controller(spec: ReasoningRLJobSpec, threshold: int):
     """The engine's speculation policy from the spec: None (off), fixed (always) or adaptive."""
     s = spec.speculative
@@ -86,7 +91,9 @@ class RolloutShard:
         self.name = name
         self.spec = spec
         self.role = "rollout"
-        self.model = load_model(model_dir, dtype=torch.float32)
+        device = rollout_device(spec)
+        dtype = spec.model.dtype if spec.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+        self.model = load_model(model_dir, dtype=dtype, device=device)
         self.policy_version = 0
         self.drafter_version = 0
         prompt_room = 256 if spec.task is not None else (spec.data.max_prompt_tokens if spec.data else 1024)
