@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tlt.speculative.adaptive import (AdaptiveManager, BucketedBandit, Strategy, ThresholdSwitch,
+from tlt.speculative.adaptive import (PLAIN, AdaptiveManager, BucketedBandit, Strategy, ThresholdSwitch,
                                       predicted_speedup, threshold_from_costs)
 
 ARMS = [Strategy(2, 1, 2), Strategy(4, 1, 4), Strategy(3, 2, 6)]
@@ -74,3 +74,22 @@ def test_auto_threshold_is_zero_when_speculation_never_pays():
 def test_malformed_or_impossible_strategies_are_refused(text):
     with pytest.raises(ValueError, match="strategy"):
         Strategy.parse(text)
+
+
+def test_plain_decoding_is_an_arm_and_wins_when_speculation_is_slower():
+    manager = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=8, hysteresis=0, epsilon=0.0)
+    for _ in range(6):
+        arm = manager.decide(2)
+        if arm is None:
+            manager.record_plain(2, tokens=2, seconds=0.01)  # 200 tokens/s plain
+        else:
+            manager.record(arm, 2, tokens=4, seconds=0.04)  # 100 tokens/s speculating (weak drafter)
+    assert manager.decide(2) is None
+    assert manager.bandit.median(2, PLAIN) == 200.0
+
+
+def test_plain_rewards_count_only_when_the_bandit_chose_plain():
+    manager = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=4, hysteresis=0, epsilon=0.0)
+    assert manager.decide(100) is None  # above the threshold: off, not the plain arm
+    manager.record_plain(100, tokens=100, seconds=0.01)
+    assert manager.bandit.median(100, PLAIN) is None

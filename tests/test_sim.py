@@ -118,14 +118,16 @@ def test_drafting_cost_is_charged_per_round():
 
 
 def test_adaptive_threshold_speculates_only_once_the_batch_is_small():
-    # Threshold 1: the two sequences decode plainly until the short one finishes, then 3 tokens a round.
+    # Threshold 1: the two sequences decode plainly until the short one finishes (10 s). Then the
+    # bandit tries its arms in order: the strategy for a first chunk of 8 rounds (8 s, 3 tokens
+    # each), then plain decoding, its other arm, which finishes the last 6 tokens (6 s).
     acceptance = AcceptanceModel(lengths={"2_1_2": {3: 1.0}})
     profile = make_profile(FLAT, acceptance=acceptance)
     spec = make_spec(**{"speculative.mode": "adaptive", "speculative.batchThreshold": 1,
                         "speculative.strategies": ["2_1_2"]})
     step = simulate(spec, profile, [[10, 40]]).steps[0]
-    assert step.rollout_seconds == pytest.approx(10 + 30 / 3)
-    assert step.speculative_tokens == 30
+    assert step.rollout_seconds == pytest.approx(10 + 8 + 6)
+    assert step.speculative_tokens == 24
 
 
 def test_lending_a_drained_shard_gives_exact_drafter_time():

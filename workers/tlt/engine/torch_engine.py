@@ -39,6 +39,7 @@ from .types import Counters, Request, RequestError, Result
 class SpeculationController(Protocol):
     def decide(self, batch: int) -> Strategy | None: ...
     def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None: ...
+    def record_plain(self, batch: int, tokens: int, seconds: float) -> None: ...
 
 
 class TorchEngine:
@@ -138,7 +139,12 @@ class TorchEngine:
             if slots.numel():
                 strategy = self.speculation.decide(int(slots.numel())) if self.speculation else None
                 if strategy is None:
+                    t0 = time.perf_counter()
+                    emitted = self._counters.generated_tokens
                     done += self._decode(slots)
+                    if self.speculation is not None:
+                        self.speculation.record_plain(int(slots.numel()), self._counters.generated_tokens - emitted,
+                                                      time.perf_counter() - t0)
                 else:
                     done += self._speculate(slots, strategy)
         elapsed = time.perf_counter() - start

@@ -467,7 +467,8 @@ class ClusterSimulator:
                 # Off stays off above the threshold; a strategy holds within the bandit's bucket.
                 chunk = w.shard.plan_chunk(manager.decide, self._acceptance, manager.switch.threshold,
                                            lambda batch: _bucket_floor(manager.bandit, batch),
-                                           lambda batch, arm: self._rounds_cap(manager.bandit, batch, arm))
+                                           lambda batch, arm: self._rounds_cap(manager.bandit, batch, arm),
+                                           chose_plain=lambda: manager.plain_chosen)
             else:
                 chunk = w.shard.plan_chunk(manager.decide, self._acceptance, None, lambda batch: 0)
         self._set(w, "rollout")
@@ -482,10 +483,12 @@ class ClusterSimulator:
 
     def _commit(self, w: _SimWorker) -> None:
         chunk = w.shard.commit()
+        tokens = int(chunk.tokens.sum())
         if chunk.strategy is not None:
-            tokens = int(chunk.tokens.sum())
             self.speculative_tokens += tokens
             w.manager.record(chunk.strategy, chunk.batch, tokens, chunk.seconds)
+        elif isinstance(w.manager, AdaptiveManager):
+            w.manager.record_plain(chunk.batch, tokens, chunk.seconds)  # the bandit's plain arm
 
     def _acceptance(self, strategy: Strategy):
         if strategy not in self._acceptance_cache:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tlt.sim.costs import Profile
-from tlt.speculative.adaptive import Strategy
+from tlt.speculative.adaptive import PLAIN, Strategy
 
 
 @dataclass
@@ -115,7 +115,8 @@ class ShardDecoder:
         return out
 
     # -- decoding --------------------------------------------------------------
-    def plan_chunk(self, decide, acceptance, stays_off_above: int | None, holds_above=None, rounds_cap=None) -> Chunk:
+    def plan_chunk(self, decide, acceptance, stays_off_above: int | None, holds_above=None, rounds_cap=None,
+                   chose_plain=None) -> Chunk:
         """Admit queued sequences, ask `decide(batch)` for a strategy, draw the next chunk.
 
         `acceptance(strategy) -> (values, probs)`. `stays_off_above`: once `decide` said no,
@@ -123,12 +124,18 @@ class ShardDecoder:
         at any size). `holds_above(batch)`: a strategy chosen at `batch` is kept while the
         batch stays above this size (the manager's bucket; None: one decision per finish).
         `rounds_cap(batch, strategy)`: most rounds before deciding again (default
-        `max_chunk_iterations`). The chunk stays `pending` until `commit`.
+        `max_chunk_iterations`). `chose_plain()`: the None just returned was the bandit's
+        plain arm (held like a strategy), not the switch being off. The chunk stays
+        `pending` until `commit`.
         """
         prefill_tokens = self._admit()
         batch = self.running
         strategy = decide(batch)
-        if strategy is None:
+        if strategy is None and chose_plain is not None and chose_plain():
+            floor = batch - 1 if holds_above is None or self.waiting else min(batch - 1, holds_above(batch))
+            cap = rounds_cap(batch, PLAIN) if rounds_cap else self.max_chunk_iterations
+            chunk = self._plain(batch, floor, rounds=cap)
+        elif strategy is None:
             floor = batch if stays_off_above is None or self.waiting else stays_off_above
             chunk = self._plain(batch, floor)
         else:
@@ -140,10 +147,11 @@ class ShardDecoder:
         self.pending = chunk
         return chunk
 
-    def _plain(self, batch: int, floor: int) -> Chunk:
-        """Plain iterations through every finish that leaves the batch above `floor` (and the one that does not)."""
+    def _plain(self, batch: int, floor: int, rounds: int | None = None) -> Chunk:
+        """Plain iterations through every finish that leaves the batch above `floor` (and the one that
+        does not), or `rounds` iterations."""
         finish = self.remaining.astype(float)
-        return self._segments(batch, None, finish, self.remaining, np.ones(batch), floor)
+        return self._segments(batch, None, finish, self.remaining, np.ones(batch), floor, rounds=rounds)
 
     def _speculative(self, batch: int, strategy: Strategy, dist, floor: int = 0, rounds: int | None = None,
                      cap: int | None = None) -> Chunk:

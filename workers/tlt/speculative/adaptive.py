@@ -111,9 +111,18 @@ class BucketedBandit:
         self.rewards.setdefault(key, deque(maxlen=self.window)).append(reward)
 
 
+# The bandit's arm for "no speculation": plain decoding competes with the strategies on
+# measured tokens per second, so a weak drafter (or a cheap target) is simply not used.
+PLAIN = "plain"
+
+
 @dataclass
 class AdaptiveManager:
-    """Decides per step: speculation off (None) or the strategy to use."""
+    """Decides per step: speculation off (None) or the strategy to use.
+
+    Below the threshold the bandit chooses among the strategies and plain decoding
+    (the PLAIN arm); the engine reports plain steps through `record_plain`.
+    """
 
     strategies: list[Strategy]
     batch_threshold: int
@@ -123,13 +132,16 @@ class AdaptiveManager:
     compute_budget: int | None = None  # max (verifyTokens + 1) x running batch per verify forward
     buckets: list[int] | None = None
     seed: int = 0
+    include_plain: bool = True  # plain decoding is an arm too
     switch: ThresholdSwitch = field(init=False)
     bandit: BucketedBandit = field(init=False)
+    _plain_chosen: bool = field(init=False, default=False)
 
     def __post_init__(self):
         hyst = self.hysteresis if self.hysteresis is not None else max(1, self.batch_threshold // 4)
         self.switch = ThresholdSwitch(self.batch_threshold, hyst)
-        self.bandit = BucketedBandit(self.strategies, self.buckets, self.epsilon, self.window, self.seed)
+        arms = [*self.strategies, PLAIN] if self.include_plain else self.strategies
+        self.bandit = BucketedBandit(arms, self.buckets, self.epsilon, self.window, self.seed)
 
     def allowed(self, batch: int) -> list[Strategy]:
         if self.compute_budget is None:
@@ -138,13 +150,29 @@ class AdaptiveManager:
         return fit or [min(self.strategies, key=lambda s: s.verify_tokens)]
 
     def decide(self, batch: int) -> Strategy | None:
+        self._plain_chosen = False
         if batch <= 0 or not self.switch.update(batch):
             return None
-        return self.bandit.select(batch, self.allowed(batch))
+        arms = self.allowed(batch) + ([PLAIN] if self.include_plain else [])
+        arm = self.bandit.select(batch, arms)
+        if arm == PLAIN:
+            self._plain_chosen = True
+            return None
+        return arm
 
     def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None:
         if seconds > 0:
             self.bandit.record(batch, strategy, tokens / seconds)
+
+    @property
+    def plain_chosen(self) -> bool:
+        """The last `decide` returned None because the bandit picked plain decoding."""
+        return self._plain_chosen
+
+    def record_plain(self, batch: int, tokens: int, seconds: float) -> None:
+        """A plain decode step's reward, counted when the bandit chose plain decoding."""
+        if self._plain_chosen and seconds > 0:
+            self.bandit.record(batch, PLAIN, tokens / seconds)
 
 
 @dataclass
@@ -157,6 +185,9 @@ class FixedStrategy:
         return self.strategy if batch > 0 else None
 
     def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None:
+        pass
+
+    def record_plain(self, batch: int, tokens: int, seconds: float) -> None:
         pass
 
 
