@@ -263,6 +263,14 @@ class EmbeddedRun:
         """Apply the policy's decisions for a phase without rollout progress (train, sync, idle)."""
         workers = self._workers({})
         self._apply(plan(self.spec, workers, Progress(step=step, phase=phase)), {})
+        if phase in ("train", "sync"):
+            # Embedded, the trainer runs on every core of this machine: a worker lent to
+            # drafter training would take CPU from it, so lent workers pause meanwhile (on a
+            # cluster, a lent rollout GPU is not the trainer's, and the policy keeps it lent).
+            for name in self.pool.shard_names:
+                if self.pool.lent(name):
+                    self.pool.reclaim(name)
+                    self._set_role(name, "idle")
         if phase == "train":
             self._set_role(self.pool.trainer_name, "trainer")
 
