@@ -260,17 +260,19 @@ class EmbeddedRun:
         return shaped_rewards(rewards, lengths, algorithm).tolist()
 
     def _phase_roles(self, step: int, phase: str) -> None:
-        """Apply the policy's decisions for a phase without rollout progress (train, sync, idle)."""
-        workers = self._workers({})
-        self._apply(plan(self.spec, workers, Progress(step=step, phase=phase)), {})
-        if phase in ("train", "sync"):
-            # Embedded, the trainer runs on every core of this machine: a worker lent to
-            # drafter training would take CPU from it, so lent workers pause meanwhile (on a
-            # cluster, a lent rollout GPU is not the trainer's, and the policy keeps it lent).
-            for name in self.pool.shard_names:
-                if self.pool.lent(name):
-                    self.pool.reclaim(name)
-                    self._set_role(name, "idle")
+        """Apply the policy's decisions for a phase without rollout progress (train, sync, idle).
+
+        Embedded, training, syncing, evaluation and checkpoints run on every core of this
+        machine, so a worker lent to drafter training outside rollout would only take CPU
+        from them: lending is kept to the rollout phase and lent workers pause (on a
+        cluster a lent rollout GPU is nobody else's, and the policy keeps it lent).
+        """
+        actions = plan(self.spec, self._workers({}), Progress(step=step, phase=phase))
+        self._apply([a for a in actions if not isinstance(a, Lend)], {})
+        for name in self.pool.shard_names:
+            if self.pool.lent(name):
+                self.pool.reclaim(name)
+                self._set_role(name, "idle")
         if phase == "train":
             self._set_role(self.pool.trainer_name, "trainer")
 

@@ -24,6 +24,9 @@ from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
 from tlt.speculative.ngram import NgramDrafter
 
 
+PREFILL_CHUNK = 8  # sequences per target prefill when preparing drafter data
+
+
 def bind_threads(cores: list[int] | None) -> None:
     """Run this process's torch work on `cores` only (a lent worker uses only its share)."""
     if not cores:
@@ -120,6 +123,8 @@ class RolloutShard:
         if self.eagle is not None and spec.drafter.train_on_idle:
             self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate), worker=name)
         self._rollout: _Rollout | None = None
+        self._data_key: tuple | None = None
+        self._data: list = []
         self._preempt = threading.Event()
         self._train_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -203,16 +208,31 @@ class RolloutShard:
         return True
 
     def _train_loop(self) -> None:
-        samples = self.buffer.samples()
-        if not samples:
-            return
-        batches = training_batches(self.model, samples, max_response_tokens=self.spec.drafter.window_tokens)
-        if self._preempt.is_set():
+        batches = self._training_data()
+        if batches is None or self._preempt.is_set():
             return
         self.trainer.set_data(batches)
         while not self._preempt.is_set():
             if self.trainer.run(preempt=self._preempt, max_steps=1).reason == "no-data":
                 break
+
+    def _training_data(self):
+        """Packed batches of the buffered rollouts; the target prefill runs in small chunks,
+        so a preemption waits for one chunk at most, and is kept until the buffer changes."""
+        key = (len(self.buffer), self.buffer.dropped, tuple(self.buffer.steps))
+        if self._data_key == key:
+            return self._data
+        samples = self.buffer.samples()
+        if not samples:
+            return None
+        batches = []
+        for i in range(0, len(samples), PREFILL_CHUNK):
+            if self._preempt.is_set():
+                return None  # started again next time from scratch: the buffer may change meanwhile
+            batches += training_batches(self.model, samples[i:i + PREFILL_CHUNK],
+                                        max_response_tokens=self.spec.drafter.window_tokens)
+        self._data_key, self._data = key, batches
+        return batches
 
     def reclaim(self) -> None:
         """Preempt drafter training at once (within one micro-step) and go back to rollout."""
