@@ -17,11 +17,12 @@ COMMAND_MODULES = [
     "tlt.api.commands",
     "tlt.coordinator.commands",
     "tlt_operator.commands",
-    "tlt.engine.commands",
-    "tlt.sim.commands",
+    "tlt.dev.commands",
     "tlt.tasks.commands",
     "tlt.eval.commands",
     "tlt.drafter.commands",
+    "tlt.engine.commands",
+    "tlt.sim.commands",
 ]
 
 
