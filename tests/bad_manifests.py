@@ -2,8 +2,7 @@
 
 Shared by the offline tests (`tlt validate`) and the control-plane tier, which checks
 that the real API server rejects the ones the CRD schema or a CEL rule can express
-(`server_rejects`); `server_field` is the path the server names where it differs
-(CEL rules are reported on the object that holds them).
+(`server_rejects`), naming the same field (CEL rules carry a `fieldPath`).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ class BadManifest:
     changes: dict  # dotted path -> new value (DELETE removes the field)
     field: str  # the field path the offline error names
     server_rejects: bool = True
-    server_field: str | None = None
     manifest: dict = field(init=False)
 
     def __post_init__(self):
@@ -53,7 +51,6 @@ class BadManifest:
             else:
                 _set(doc, path, value)
         self.manifest = doc
-        self.server_field = self.server_field or self.field
 
 
 DELETE = object()

@@ -91,7 +91,7 @@ def test_server_rejects_bad_manifest(crd, kubectl, namespace, bad):
                      input=json.dumps(doc), check=False)
     message = result.stderr + result.stdout
     assert result.returncode != 0, f"{bad.name}: the server accepted it:\n{message}"
-    assert bad.server_field in message, f"{bad.name}: expected {bad.server_field!r} in:\n{message}"
+    assert bad.field in message, f"{bad.name}: expected {bad.field!r} in:\n{message}"
 
 
 def test_get_rlj_shows_printer_columns(crd, kubectl, namespace):
