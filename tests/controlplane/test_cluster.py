@@ -13,19 +13,9 @@ from kubernetes import client
 
 from tlt.dev.cluster import GPU_RESOURCE, NodePool
 from tlt.dev.tools import kubectl_path
+from waiting import wait_for
 
 pytestmark = pytest.mark.controlplane
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def gpu_pod(name: str, gpus: int) -> dict:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tlt.dev.tools import ToolMissing, helm_path
+from waiting import wait_for
 
 pytestmark = [pytest.mark.slow]  # conftest.py marks everything here `controlplane`
 
@@ -82,17 +83,6 @@ class Kube:
 @pytest.fixture(scope="module")
 def kube(controlplane, helm) -> Kube:
     return Kube(controlplane, helm)
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def free_port() -> int:
