@@ -241,6 +241,11 @@ class EmbeddedRun:
             **{f"train_{k}": v for k, v in metrics.items()},
         )
         self.log.write("step", **record)
+        # Per-sequence response lengths by group (group n ran on shard n mod shards), for
+        # replaying this step's rollout in the simulator (`tlt simulate --calibrate`).
+        self.log.write("lengths", step=step, shards=len(self.pool.shard_names),
+                       groups=[[len(r.tokens) for r in results] for _, results in groups],
+                       time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
         self.metrics.record_step(record)
         if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):
             self._evaluate(prompts, step, eos)
