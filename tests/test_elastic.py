@@ -1,10 +1,8 @@
 """The elastic policy on scripted progress sequences."""
 
-import copy
-
 import pytest
 
-from tlt.api.load import parse_job
+from specs import manifest, spec_of
 from tlt.elastic import (
     Consolidate,
     Lend,
@@ -18,30 +16,16 @@ from tlt.elastic import (
     plan,
 )
 
-BASE = {
-    "apiVersion": "tlt.dev/v1alpha1",
-    "kind": "ReasoningRLJob",
-    "metadata": {"name": "job"},
-    "spec": {
-        "model": {"builtin": "tiny-arith"},
-        "task": {"name": "arith"},
-        "algorithm": {"groupSize": 4, "promptsPerStep": 16},
-        "rollout": {"replicas": 4, "engine": "torch", "gpusPerReplica": 0, "maxBatchSize": 32},
-        "speculative": {"batchThreshold": 16},
-        "elasticity": {"consolidateTail": {"threshold": 4}},
-    },
-}
+BASE = manifest("job", {
+    "algorithm": {"groupSize": 4, "promptsPerStep": 16},
+    "rollout": {"replicas": 4, "engine": "torch", "gpusPerReplica": 0, "maxBatchSize": 32},
+    "speculative": {"batchThreshold": 16},
+    "elasticity": {"consolidateTail": {"threshold": 4}},
+})
 
 
 def make_spec(**changes):
-    body = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        node = body["spec"]
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return parse_job(body).spec
+    return spec_of(BASE, **changes)
 
 
 def rollout(index, running=0, waiting=0, finished=0, assigned=None, ready=True, failure=None):

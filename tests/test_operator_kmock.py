@@ -22,25 +22,19 @@ from kmock._internal import enums
 from kopf.testing import KopfRunner
 from kubernetes import client, config
 
+from specs import manifest
 from tlt_operator import handlers
 
 NS = "default"
 GROUP, VERSION, PLURAL = "tlt.dev", "v1alpha1", "reasoningrljobs"
 
-JOB = {
-    "apiVersion": "tlt.dev/v1alpha1",
-    "kind": "ReasoningRLJob",
-    "metadata": {"name": "demo", "namespace": NS},
-    "spec": {
-        "model": {"builtin": "tiny-arith"},
-        "task": {"name": "arith"},
-        "algorithm": {"groupSize": 4, "steps": 3},
-        "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
-        "speculative": {"batchThreshold": 16},
-        "elasticity": {"consolidateTail": {"threshold": 4}},
-        "runPolicy": {"backoffLimit": 2},
-    },
-}
+JOB = manifest("demo", {
+    "algorithm": {"groupSize": 4, "steps": 3},
+    "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
+    "speculative": {"batchThreshold": 16},
+    "elasticity": {"consolidateTail": {"threshold": 4}},
+    "runPolicy": {"backoffLimit": 2},
+}, namespace=NS)
 
 
 class Emulator(kmock.KubernetesEmulator):
