@@ -234,3 +234,18 @@ def test_names_are_deterministic_and_fit_label_limits():
 def test_drafter_count_can_be_overridden_by_the_elastic_plan():
     slots = pod_slots(job(), drafters=0)
     assert not any(s.role == "drafter" for s in slots)
+
+
+def test_pods_carry_a_hash_of_what_shaped_them_that_lifecycle_fields_leave_alone():
+    def hashes(j, **kw):
+        return {n: p["metadata"]["annotations"]["tlt.dev/pod-hash"] for n, p in pods_by_name(j, **kw).items()}
+
+    base = hashes(job())
+    assert base == hashes(job()) and len(set(base.values())) == len(base)
+    assert hashes(job(runPolicy={"suspend": True, "ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600, "backoffLimit": 9})) == base
+    changed_config = hashes(job(algorithm={"groupSize": 8}))
+    assert all(changed_config[n] != base[n] for n in base), "every pod reads the config"
+    changed_checkpoints = hashes(job(runPolicy={"checkpoint": {"everySteps": 5}}))
+    assert all(changed_checkpoints[n] != base[n] for n in base), "the coordinator reads the checkpoint policy"
+    new_image = hashes(job(), defaults=OperatorDefaults(image_cuda="registry.test/cuda:2"))
+    assert all(new_image[n] != base[n] for n in base)

@@ -6,24 +6,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from specs import manifest
+from tlt_operator.builders import OperatorDefaults
 from tlt_operator.reconcile import Observed, backoff_seconds, reconcile
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
-BODY = {
-    "apiVersion": "tlt.dev/v1alpha1",
-    "kind": "ReasoningRLJob",
-    "metadata": {"name": "demo", "namespace": "ns", "uid": "uid-1", "generation": 1},
-    "spec": {
-        "model": {"builtin": "tiny-arith"},
-        "task": {"name": "arith"},
-        "algorithm": {"groupSize": 4, "steps": 3},
-        "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
-        "speculative": {"batchThreshold": 16},
-        "elasticity": {"consolidateTail": {"threshold": 4}},
-        "runPolicy": {"backoffLimit": 2},
-    },
-}
+BODY = manifest("demo", {
+    "algorithm": {"groupSize": 4, "steps": 3},
+    "rollout": {"replicas": 3, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 32},
+    "speculative": {"batchThreshold": 16},
+    "elasticity": {"consolidateTail": {"threshold": 4}},
+    "runPolicy": {"backoffLimit": 2},
+}, namespace="ns", uid="uid-1", generation=1)
 
 
 class World:
@@ -180,10 +175,11 @@ def test_suspend_deletes_pods_and_keeps_progress_then_resume_recreates_them_with
     assert "Suspended" in world.reasons()
     assert world.reconcile().empty
 
+    world.events.clear()
     world.body["spec"]["runPolicy"]["suspend"] = False
     world.reconcile()
     assert len(world.pods) == 4
-    assert "Resumed" in world.reasons()
+    assert world.reasons() == ["Resumed"], "a resume is not a second creation"
     assert world.body["status"]["failures"] == 0
     assert world.condition("Suspended")["status"] == "False"
 
@@ -353,3 +349,60 @@ def test_colocated_workers_are_lent_when_drained_and_taken_back_for_training():
     world.reconcile()
     assert world.annotation("demo-worker-0", "tlt.dev/assigned-role") == "worker"
     assert not any(world.annotation(p, "tlt.dev/assigned-role") == "drafter" for p in world.pods)
+
+
+def test_spec_change_rolls_the_pods_once_with_one_event_and_no_failures():
+    world = running_world()
+    world.report(2, "rollout", [(5, 0), (5, 0), (5, 0)], completed=1)
+    world.settle()
+    world.events.clear()
+    before = {n: world.annotation(n, "tlt.dev/pod-hash") for n in world.pods}
+    world.body["spec"]["rollout"]["maxBatchSize"] = 64
+    world.body["metadata"]["generation"] = 2
+    out = world.reconcile()
+    assert sorted(out.delete_pods) == sorted(before), "every pod reads the config: all of them roll"
+    assert {o["kind"] for o in out.patch} == {"ConfigMap"}
+    assert world.reasons() == ["SpecChanged"]
+    assert "spec changed (rollout)" in world.events[0][1]
+    assert world.body["status"]["observedGeneration"] == 2
+    assert world.condition("Updating")["status"] == "True"
+
+    world.reconcile()  # the old pods are gone: recreated from the new spec
+    assert sorted(world.pods) == sorted(before)
+    assert all(world.annotation(n, "tlt.dev/pod-hash") != before[n] for n in world.pods)
+    assert world.reasons() == ["SpecChanged"], "no failures, replacements or a second Created"
+    assert world.body["status"]["failures"] == 0 and world.condition("Updating")["status"] == "False"
+    world.start_pods()
+    world.settle()
+    assert world.body["status"]["phase"] == "Running" and world.body["status"]["step"] == 1
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("suspend", False), ("ttlSecondsAfterFinished", 600), ("activeDeadlineSeconds", 86400), ("backoffLimit", 5)],
+)
+def test_lifecycle_fields_do_not_roll_pods(field, value):
+    world = running_world()
+    world.body["spec"]["runPolicy"][field] = value
+    world.body["metadata"]["generation"] = 2
+    out = world.reconcile()
+    assert not out.delete_pods and not out.create and "SpecChanged" not in world.reasons()
+    assert world.body["status"]["observedGeneration"] == 2
+
+
+def test_changed_operator_defaults_roll_the_pods_they_shape():
+    world = running_world()
+    world.reconcile()
+    out = reconcile(world.body, Observed(list(world.pods.values()), dict(world.supporting)), world.now,
+                    OperatorDefaults(image_cuda="registry.test/worker-cuda:2"))
+    assert sorted(out.delete_pods) == sorted(world.pods)
+    assert [e.reason for e in out.events] == ["SpecChanged"] and "operator defaults" in out.events[0].message
+
+
+def test_a_spec_change_is_observed_only_by_a_reconcile_that_sees_the_config_map():
+    world = running_world()
+    world.body["spec"]["rollout"]["maxBatchSize"] = 64
+    world.body["metadata"]["generation"] = 2
+    out = reconcile(world.body, Observed(list(world.pods.values()), None), world.now)
+    assert not out.delete_pods and (out.status or {}).get("observedGeneration") is None
+    assert world.reconcile().delete_pods and world.body["status"]["observedGeneration"] == 2

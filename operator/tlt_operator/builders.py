@@ -7,6 +7,8 @@ deterministic name, so a reconcile that runs twice creates nothing twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ LABEL_ACTIVE_ROLE = f"{API_GROUP}/active-role"  # written by the worker itself, 
 ANNOTATION_ASSIGNED_ROLE = f"{API_GROUP}/assigned-role"
 ANNOTATION_CONSOLIDATE = f"{API_GROUP}/consolidate"
 ANNOTATION_DRAINED_STEP = f"{API_GROUP}/drained-step"
+ANNOTATION_POD_HASH = f"{API_GROUP}/pod-hash"  # what shaped the pod: its spec and the config it reads
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tlt-operator", "app.kubernetes.io/name": "tlt"}
 
@@ -32,6 +35,8 @@ CONFIG_DIR = "/etc/tlt"
 RAY_PORT = 6379
 METRICS_PORT = 8080
 NON_ROOT_UID = 1000
+# runPolicy fields only the operator acts on: changing them never restarts pods.
+LIFECYCLE_FIELDS = ("suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,29 @@ def rendered_config(job: ReasoningRLJob) -> str:
     return yaml.safe_dump(body, sort_keys=False)
 
 
+def pod_shaping_spec(job: ReasoningRLJob) -> dict:
+    """The spec as far as it reaches the pods: everything but the operator's lifecycle fields."""
+    return without_lifecycle(job.spec.to_manifest())
+
+
+def without_lifecycle(spec: dict) -> dict:
+    run_policy = spec.get("runPolicy") or {}
+    return {**spec, "runPolicy": {k: v for k, v in run_policy.items() if k not in LIFECYCLE_FIELDS}}
+
+
+def config_digest(job: ReasoningRLJob) -> str:
+    return _digest(pod_shaping_spec(job))
+
+
+def pod_hash(pod_spec: dict, config: str) -> str:
+    """The hash a pod carries (ANNOTATION_POD_HASH): a pod whose hash differs from the desired one is stale."""
+    return _digest({"pod": pod_spec, "config": config})
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def build_config_map(job: ReasoningRLJob) -> dict:
     return {
         "apiVersion": "v1",
@@ -321,7 +349,14 @@ def _command(job: ReasoningRLJob, slot: PodSlot) -> list[str]:
     return command
 
 
-def build_pod(job: ReasoningRLJob, slot: PodSlot, defaults: OperatorDefaults = OperatorDefaults(), total_pods: int | None = None) -> dict:
+def build_pod(
+    job: ReasoningRLJob,
+    slot: PodSlot,
+    defaults: OperatorDefaults = OperatorDefaults(),
+    total_pods: int | None = None,
+    config: str | None = None,
+) -> dict:
+    """One pod; `config` is the job's `config_digest`, passed in when many pods are built at once."""
     name = job.metadata.name
     template = merge_templates(job.spec.template, slot.template)
     labels = {**(template.labels or {}), **child_labels(job, slot.role, slot.index)}
@@ -405,12 +440,14 @@ def build_pod(job: ReasoningRLJob, slot: PodSlot, defaults: OperatorDefaults = O
         value = getattr(template, field)
         if value:
             spec[key] = value
+    annotations[ANNOTATION_POD_HASH] = pod_hash(spec, config or config_digest(job))
     return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, pod_name_, labels, annotations), "spec": spec}
 
 
 def build_pods(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefaults(), drafters: int | None = None) -> list[dict]:
     slots = pod_slots(job, drafters)
-    return [build_pod(job, slot, defaults, total_pods=len(slots)) for slot in slots]
+    config = config_digest(job)
+    return [build_pod(job, slot, defaults, total_pods=len(slots), config=config) for slot in slots]
 
 
 def build_supporting(job: ReasoningRLJob) -> list[dict]:

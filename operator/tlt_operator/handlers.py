@@ -117,6 +117,8 @@ class Runtime:
                     result = "gone"
                     return None
                 body.setdefault("metadata", {}).setdefault("namespace", namespace)
+                # A spec not acted on yet needs every child seen: its ConfigMap is re-rendered before pods roll.
+                full = full or (body.get("status") or {}).get("observedGeneration") != body["metadata"].get("generation")
                 pods = self.kube.list_pods(namespace, name)
                 supporting = self.kube.list_supporting(namespace, name) if full else None
                 compute = time.perf_counter()

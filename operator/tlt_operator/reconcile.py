@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import yaml
+
 from tlt.api.errors import SpecError
 from tlt.api.load import parse_job
 from tlt.api.model import ReasoningRLJob
@@ -24,20 +26,26 @@ from tlt_operator.builders import (
     ANNOTATION_ASSIGNED_ROLE,
     ANNOTATION_CONSOLIDATE,
     ANNOTATION_DRAINED_STEP,
+    ANNOTATION_POD_HASH,
+    CONFIG_FILE,
     LABEL_INDEX,
     LABEL_ROLE,
     OperatorDefaults,
     build_pod,
     build_supporting,
+    config_digest,
+    config_map_name,
     head_role,
     pod_name,
     pod_slots,
+    pod_shaping_spec,
+    without_lifecycle,
 )
 
 # Container exit codes that a retry cannot fix: usage/configuration errors, missing or
 # non-executable command. Everything else (OOM kills, signals, evictions) is retried.
 PERMANENT_EXIT_CODES = {2: "usage or configuration error", 126: "command not executable", 127: "command not found"}
-CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Invalid", "Degraded")
+CONDITION_TYPES = ("Created", "Running", "Suspended", "Succeeded", "Failed", "Invalid", "Degraded", "Updating")
 FINISHED = ("Succeeded", "Failed")
 OPERATOR_STATUS_FIELDS = (
     "phase",
@@ -182,6 +190,10 @@ def _status_patch(previous: dict, desired: dict) -> dict | None:
     return patch or None
 
 
+def _condition_true(status: dict, kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
 def _step_of(step_text: str | None) -> int:
     try:
         return int((step_text or "").split("/")[0])
@@ -224,8 +236,12 @@ def reconcile(
     except SpecError as err:
         return _invalid(ctx, err)
 
+    generation = (body.get("metadata") or {}).get("generation") or 0
+    if observed.supporting is None and "observedGeneration" in status:
+        # A new spec counts as observed only once a reconcile saw every child (the ConfigMap to re-render among them).
+        generation = status["observedGeneration"]
     desired = {
-        "observedGeneration": (body.get("metadata") or {}).get("generation") or 0,
+        "observedGeneration": generation,
         "totalSteps": ctx.job.spec.algorithm.steps,
         "failures": status.get("failures") or 0,
         "lastFailureTime": status.get("lastFailureTime"),
@@ -287,7 +303,11 @@ def _finished(ctx: _Context, desired: dict, phase: str) -> Outcome:
         else:
             ctx.out.requeue_after = left
     previous = {c.get("type"): c for c in ctx.status.get("conditions") or []}
-    kept = {k: (True, c.get("reason", ""), c.get("message", "")) for k, c in previous.items() if c.get("status") == "True" and k != "Degraded"}
+    kept = {
+        k: (True, c.get("reason", ""), c.get("message", ""))
+        for k, c in previous.items()
+        if c.get("status") == "True" and k not in ("Degraded", "Updating")
+    }
     kept.pop("Running", None)
     return _finish_status(ctx, desired, phase, kept)
 
@@ -301,9 +321,8 @@ def _suspended(ctx: _Context, desired: dict, phase: str) -> Outcome:
     desired["replacing"] = []
     desired["roles"] = _roles(ctx, [], drafters=0, lent_from=[])
     desired["rolloutText"] = _rollout_text(desired["roles"])
-    created = any(c.get("type") == "Created" and c.get("status") == "True" for c in ctx.status.get("conditions") or [])
     conditions = {"Suspended": (True, "Suspended", "spec.runPolicy.suspend is true")}
-    if created:
+    if _condition_true(ctx.status, "Created"):
         conditions["Created"] = (True, "Created", "children created")
     return _finish_status(ctx, desired, "Suspended", conditions)
 
@@ -387,7 +406,9 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
             newly_failed.append((pod_name_, why))
         elif pod_phase(pod) == "Succeeded" and pod_name_ != head and pod_name_ not in replacing:
             newly_failed.append((pod_name_, "exited before the job finished"))
-    if started:
+    # While a spec change rolls the pods, missing ones are the operator's own deletions, not failures.
+    updating = _condition_true(status, "Updating")
+    if started and not updating:
         for pod_name_ in sorted(wanted):
             if pod_name_ not in pods and pod_name_ not in replacing and _was_created(status, wanted[pod_name_]):
                 newly_failed.append((pod_name_, "deleted"))
@@ -415,6 +436,14 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
             return _fail(ctx, desired, "DeadlineExceeded", f"ran longer than activeDeadlineSeconds ({deadline}s)")
         out.requeue_after = left
 
+    # Spec changes: stale pods (seen only with the ConfigMap, which is re-rendered in the same outcome) go now.
+    desired_pods = {}
+    if ctx.observed.supporting is not None:
+        config = config_digest(job)
+        desired_pods = {n: build_pod(job, slot, ctx.defaults, total_pods=len(slots), config=config) for n, slot in wanted.items()}
+        if _roll_stale_pods(ctx, pods, desired_pods, replacing, head):
+            updating = True
+
     # Pods of `replacing` go away first, and come back once the backoff has passed.
     ready_at = parse_time(desired["lastFailureTime"])
     wait = backoff_seconds(failures, ctx.backoff_base) if replacing else 0.0
@@ -427,7 +456,7 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
             if not pod["metadata"].get("deletionTimestamp") and pod_name_ not in out.delete_pods:
                 out.delete_pods.append(pod_name_)
         elif remaining_wait <= 0 and pod_name_ in wanted:
-            out.create.append(build_pod(job, wanted[pod_name_], ctx.defaults, total_pods=len(slots)))
+            out.create.append(desired_pods.get(pod_name_) or build_pod(job, wanted[pod_name_], ctx.defaults, total_pods=len(slots)))
             out.events.append(Event("PodReplaced", f"recreated {pod_name_} (failures so far: {failures})"))
             replacing.discard(pod_name_)
     replacing &= set(wanted)
@@ -441,9 +470,12 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
         pod_name_ = slot.name(name)
         if pod_name_ not in pods and pod_name_ not in replacing and not any(o.get("metadata", {}).get("name") == pod_name_ for o in out.create):
             created_now.append(pod_name_)
-            out.create.append(build_pod(job, slot, ctx.defaults, total_pods=len(slots)))
-    if created_now and not started:
+            out.create.append(desired_pods.get(pod_name_) or build_pod(job, slot, ctx.defaults, total_pods=len(slots)))
+    if created_now and phase not in ("Created", "Running", "Suspended"):  # a resume says Resumed
         out.events.append(Event("Created", f"created {len(created_now)} pods: {', '.join(created_now)}"))
+    if updating:
+        gone = {n for n in wanted if n not in pods or n in out.delete_pods or pods[n]["metadata"].get("deletionTimestamp")}
+        updating = bool(gone - set(created_now) - replacing)
     if desired["startTime"] is None:
         desired["startTime"] = ctx.now_text
 
@@ -467,7 +499,45 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
         if not all_ready or replacing:
             missing = sorted(n for n in wanted if not (n in live and pod_ready(live[n])))
             conditions["Degraded"] = (True, "PodsNotReady", f"not ready: {', '.join(missing)}")
+    if updating:
+        conditions["Updating"] = (True, "SpecChanged", "recreating pods for the new spec")
     return _finish_status(ctx, desired, new_phase, conditions)
+
+
+def _roll_stale_pods(ctx: _Context, pods: dict[str, dict], desired_pods: dict[str, dict], replacing: set, head: str) -> bool:
+    """Delete the live pods built from an older spec (all of them when the head's is older); one SpecChanged event."""
+    live = [
+        n
+        for n, p in sorted(pods.items())
+        if n in desired_pods
+        and n not in replacing
+        and n not in ctx.out.delete_pods
+        and pod_phase(p) in ("Pending", "Running")
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+    stale = [n for n in live if _annotations(pods[n]).get(ANNOTATION_POD_HASH) != _annotations(desired_pods[n])[ANNOTATION_POD_HASH]]
+    if not stale:
+        return False
+    if head in stale:
+        stale = live  # the coordinator restarts from the last checkpoint: every worker restarts with it
+    ctx.out.delete_pods += stale
+    sections = _changed_sections(ctx)
+    what = f"spec changed ({', '.join(sections)})" if sections else "pods differ from what the operator builds now (template or operator defaults)"
+    ctx.out.events.append(
+        Event("SpecChanged", f"{what}: recreating {len(stale)} pods, the job continues from its last checkpoint: {', '.join(stale)}")
+    )
+    return True
+
+
+def _changed_sections(ctx: _Context) -> list[str]:
+    """Top-level spec fields that differ from the config the pods were started with (the ConfigMap before its update)."""
+    config_map = (ctx.observed.supporting or {}).get(("ConfigMap", config_map_name(ctx.job.metadata.name))) or {}
+    try:
+        old = without_lifecycle((yaml.safe_load((config_map.get("data") or {}).get(CONFIG_FILE) or "") or {}).get("spec") or {})
+    except (yaml.YAMLError, AttributeError):
+        return []
+    new = pod_shaping_spec(ctx.job)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def _was_created(status: dict, slot) -> bool:
