@@ -19,29 +19,47 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m tlt_operator`, as the Helm chart's Deployment runs it."""
+    """`python -m tlt_operator`, as the Helm chart's Deployment runs it.
 
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None):
+    `namespaces`: the namespaces it serves (none: every namespace). `isolated`: logged in
+    only through `kubeconfig` (no KUBERNETES_* variables for an in-cluster login, HOME
+    in the log's folder so no ~/.kube/config is read), in a session of its own so that
+    stopping it stops whatever it started.
+    """
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        namespaces: list[str] | tuple[str, ...] = (),
+        isolated: bool = False,
+    ):
         self.kubeconfig = Path(kubeconfig)
         self.log_path = Path(log_path)
         self.extra_env = env or {}
+        self.namespaces = list(namespaces)
+        self.isolated = isolated
         self.proc: subprocess.Popen | None = None
         self.health_port = free_port()
         self.metrics_port = free_port()
 
     def start(self, timeout: float = 60) -> "OperatorProcess":
-        env = {
-            **os.environ,
+        env = {k: v for k, v in os.environ.items() if not (self.isolated and k.startswith("KUBERNETES_"))}
+        if self.isolated:
+            env["HOME"] = str(self.log_path.parent)
+        env.update({
             "KUBECONFIG": str(self.kubeconfig),
-            "TLT_WATCH_NAMESPACES": "",
+            "TLT_WATCH_NAMESPACES": ",".join(self.namespaces),
             "TLT_HEALTH_PORT": str(self.health_port),
             "TLT_METRICS_PORT": str(self.metrics_port),
             "TLT_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
             **self.extra_env,
-        }
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tlt_operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        })
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tlt_operator"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=self.isolated)
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if time.monotonic() > deadline:
@@ -52,17 +70,23 @@ class OperatorProcess:
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
-            tail = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
-            raise RuntimeError(f"the operator is not running (exit {self.proc and self.proc.returncode}):\n{tail}")
+            raise RuntimeError(f"the operator is not running (exit {self.proc and self.proc.returncode}):\n{self.logs()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
 
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+    def reconciles(self) -> int:
+        """Reconciles done so far, whatever their result."""
+        return int(sum(float(line.split()[-1]) for line in self.metrics().splitlines() if line.startswith("tlt_operator_reconciles_total{")))
 
     def memory_mib(self) -> tuple[float, float]:
         """Resident and peak resident memory of the operator process, MiB."""
@@ -75,9 +99,15 @@ class OperatorProcess:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if self.isolated:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                if self.isolated:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.kill()
                 self.proc.wait(5)

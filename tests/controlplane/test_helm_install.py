@@ -13,19 +13,15 @@ the job's pods Running on fake GPU nodes; no container runs.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tlt.dev.tools import ToolMissing, helm_path
+from tlt_operator.local import OperatorProcess
 from waiting import wait_for
 
 pytestmark = [pytest.mark.slow]  # conftest.py marks everything here `controlplane`
@@ -85,12 +81,6 @@ def kube(controlplane, helm) -> Kube:
     return Kube(controlplane, helm)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def service_account_kubeconfig(kube: Kube, namespace: str, sa: str, path: Path) -> Path:
     """A kubeconfig that logs in as the ServiceAccount, with a TokenRequest token."""
     token = kube.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
@@ -110,56 +100,14 @@ def service_account_kubeconfig(kube: Kube, namespace: str, sa: str, path: Path) 
     return path
 
 
-class OperatorProcess:
-    """`python -m tlt_operator` with the given kubeconfig and watch namespaces."""
-
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path):
-        self.health_port, self.metrics_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-        env.update({
-            "KUBECONFIG": str(kubeconfig),
-            "HOME": str(log_path.parent),  # no ~/.kube/config of the machine
-            "TLT_WATCH_NAMESPACES": ",".join(namespaces),
-            "TLT_HEALTH_PORT": str(self.health_port),
-            "TLT_METRICS_PORT": str(self.metrics_port),
-            "TLT_RESYNC_SECONDS": "3",
-            "TLT_LOG_LEVEL": "INFO",
-            "TLT_WORKER_IMAGE_CUDA": "registry.test/tlt/worker-cuda:cp",
-            "TLT_WORKER_IMAGE_CPU": "registry.test/tlt/worker-cpu:cp",
-            "PYTHONUNBUFFERED": "1",
-        })
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tlt_operator"], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the operator exited ({self.proc.returncode}):\n{self.logs()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def logs(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.log.close()
+def start_operator(kubeconfig: Path, namespaces: list[str], log_path: Path) -> OperatorProcess:
+    """`python -m tlt_operator` logged in only through `kubeconfig`, serving `namespaces` (none: all)."""
+    env = {
+        "TLT_RESYNC_SECONDS": "3",
+        "TLT_WORKER_IMAGE_CUDA": "registry.test/tlt/worker-cuda:cp",
+        "TLT_WORKER_IMAGE_CPU": "registry.test/tlt/worker-cpu:cp",
+    }
+    return OperatorProcess(kubeconfig, log_path, env, namespaces=namespaces, isolated=True).start(timeout=60)
 
 
 def gpu_job(name: str, namespace: str) -> dict:
@@ -273,9 +221,8 @@ def test_operator_reconciles_with_the_chart_service_account(kube: Kube, release,
         assert review.status.user_info.username == SA
     kube.kubectl("create", "namespace", TEAM_X)
     kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("before", TEAM_X)))
-    operator = OperatorProcess(kubeconfig, [], tmp_path / "operator.log")
+    operator = start_operator(kubeconfig, [], tmp_path / "operator.log")
     try:
-        wait_for(operator.healthy, 60, what="the operator's /healthz")
         # A job created before the operator started and one created now: both reconciled.
         kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("grpo", TEAM_X)))
         assert_reconciled(kube, TEAM_X, "grpo", operator)
@@ -331,9 +278,8 @@ def test_namespaced_install_serves_only_its_namespaces(kube: Kube, release, tmp_
     assert env["TLT_WATCH_NAMESPACES"] == TEAM_A
 
     kubeconfig = service_account_kubeconfig(kube, ns, f"{release}-tlt-operator", tmp_path / "sa.kubeconfig")
-    operator = OperatorProcess(kubeconfig, [TEAM_A], tmp_path / "operator.log")
+    operator = start_operator(kubeconfig, [TEAM_A], tmp_path / "operator.log")
     try:
-        wait_for(operator.healthy, 60, what="the operator's /healthz")
         kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("grpo", TEAM_B)))
         kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("grpo", TEAM_A)))
         assert_reconciled(kube, TEAM_A, "grpo", operator)
