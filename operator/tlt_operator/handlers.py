@@ -11,6 +11,7 @@ pure `reconcile`, carry out the outcome.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -52,6 +53,7 @@ class Runtime:
     jobs: set = field(default_factory=set)
     phases: dict = field(default_factory=dict)
     gpus: dict = field(default_factory=dict)
+    reports: dict = field(default_factory=dict)
     locks: dict = field(default_factory=dict)
     queued: dict = field(default_factory=dict)
     timers: dict = field(default_factory=dict)
@@ -93,6 +95,7 @@ class Runtime:
             self.jobs.discard(key)
             self.phases.pop(key, None)
             self.gpus.pop(key, None)
+            self.reports.pop(key, None)
             timer = self.timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -131,6 +134,15 @@ class Runtime:
         finally:
             metrics.RECONCILES.labels(result).inc()
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def note_report(self, key: Key, status: dict) -> bool:
+        """Whether the coordinator's report (status.progress, status.step) differs from the last one seen."""
+        report = json.dumps([status.get("progress"), status.get("step")], sort_keys=True, default=str)
+        with self.mu:
+            if self.reports.get(key) == report:
+                return False
+            self.reports[key] = report
+        return True
 
     def kick(self, key: Key, full: bool = False) -> None:
         """Queue a reconcile; kicks that arrive while one is queued are merged into it."""
@@ -309,15 +321,14 @@ def on_spec(namespace: str, name: str, **_) -> None:
     _handle(namespace, name, full=True)
 
 
-# on.update does not fire for status; the coordinator's progress reports arrive here.
-@kopf.on.field(API_GROUP, API_VERSION, PLURAL, field="status.progress", backoff=1)
-def on_progress(namespace: str, name: str, **_) -> None:
-    _handle(namespace, name, full=False)
-
-
-@kopf.on.field(API_GROUP, API_VERSION, PLURAL, field="status.step", backoff=1)
-def on_step(namespace: str, name: str, **_) -> None:
-    _handle(namespace, name, full=False)
+# The coordinator's reports (status.progress every <= 2 s, status.step) arrive as plain watch events:
+# kopf's field handlers would store each report in a diff-base annotation, one more write per report.
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+def on_report(type: str | None, namespace: str, name: str, body, **_) -> None:
+    key = (namespace, name)
+    if type != "DELETED" and RUNTIME.note_report(key, body.get("status") or {}):
+        RUNTIME.track(key)
+        RUNTIME.kick(key)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)  # optional: no finalizer, deletion never waits

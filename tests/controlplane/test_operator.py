@@ -8,14 +8,18 @@ fake GPU nodes become Running and Ready, no container runs.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 
+import waiting
+from specs import manifest, with_fields
 from tlt.worker.role_watcher import RoleWatcher
 from tlt_operator.local import OperatorProcess
 
@@ -23,36 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_NAME = "reasoningrljobs.tlt.dev"
 GROUP, VERSION, PLURAL = "tlt.dev", "v1alpha1", "reasoningrljobs"
 
-JOB = {
-    "apiVersion": "tlt.dev/v1alpha1",
-    "kind": "ReasoningRLJob",
-    "metadata": {"name": "demo"},
-    "spec": {
-        "model": {"builtin": "tiny-arith"},
-        "task": {"name": "arith"},
-        "algorithm": {"groupSize": 4, "steps": 3},
-        # CPU pods (kwok's CPU node): tests in namespaces still being deleted do not hold GPUs.
-        "rollout": {"replicas": 3, "gpusPerReplica": 0, "engine": "torch", "maxBatchSize": 32},
-        "trainer": {"replicas": 1, "gpusPerReplica": 0},
-        "speculative": {"batchThreshold": 16},
-        "elasticity": {"consolidateTail": {"threshold": 4}},
-        "runPolicy": {"backoffLimit": 1},
-    },
-}
+JOB = manifest("demo", {
+    "algorithm": {"groupSize": 4, "steps": 3},
+    # CPU pods (kwok's CPU node): tests in namespaces still being deleted do not hold GPUs.
+    "rollout": {"replicas": 3, "gpusPerReplica": 0, "engine": "torch", "maxBatchSize": 32},
+    "trainer": {"replicas": 1, "gpusPerReplica": 0},
+    "speculative": {"batchThreshold": 16},
+    "elasticity": {"consolidateTail": {"threshold": 4}},
+    "runPolicy": {"backoffLimit": 1},
+})
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except client.ApiException as err:
-            last = err
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+# The API server may answer errors while objects come and go: they count as "not yet".
+wait_for = functools.partial(waiting.wait_for, interval=0.3, retry_on=(client.ApiException,))
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +120,11 @@ class Job:
 
 
 def named(name: str, **spec_changes) -> dict:
-    body = copy.deepcopy(JOB)
-    body["metadata"]["name"] = name
-    body["spec"].update(spec_changes)
-    return body
+    return manifest(name, {**JOB["spec"], **spec_changes})
 
 
 def test_apply_creates_owned_children_with_least_privilege_rbac_and_pods_on_gpu_nodes(operator, api, kubectl, namespace):
-    gpu_job = copy.deepcopy(JOB)
-    gpu_job["spec"]["rollout"]["gpusPerReplica"] = 1
-    gpu_job["spec"]["trainer"]["gpusPerReplica"] = 1
+    gpu_job = with_fields(JOB, **{"rollout.gpusPerReplica": 1, "trainer.gpusPerReplica": 1})
     job = Job(api, kubectl, namespace, gpu_job)
     pods = job.running_pods(4)
     uid = job.get()["metadata"]["uid"]
@@ -313,3 +295,85 @@ def test_role_watcher_in_a_pod_switches_roles_with_the_job_service_account(opera
         assert "demo-rollout-1" in shown
     finally:
         watcher.stop()
+
+
+class JobWrites:
+    """Every write to one job (spec, metadata or status) while it is watched: one MODIFIED event each."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.events: list[dict] = []
+        self.stream = watch.Watch()
+        start = job.get()["metadata"]["resourceVersion"]
+        self.thread = threading.Thread(target=self._watch, args=(start,), daemon=True)
+        self.thread.start()
+
+    def _watch(self, resource_version: str) -> None:
+        try:
+            for event in self.stream.stream(self.job.custom.list_namespaced_custom_object, GROUP, VERSION, self.job.namespace,
+                                            PLURAL, field_selector=f"metadata.name={self.job.name}",
+                                            resource_version=resource_version, timeout_seconds=120):
+                if event["type"] == "MODIFIED":
+                    meta = event["object"]["metadata"]
+                    last = max(meta.get("managedFields") or [], key=lambda m: m.get("time") or "", default={})
+                    self.events.append({"resourceVersion": meta["resourceVersion"], "last writer": last.get("manager")})
+        except Exception:  # the connection closes when the test stops watching
+            pass
+
+    def stop(self) -> list[dict]:
+        self.stream.stop()
+        return self.events
+
+
+def test_a_progress_report_costs_one_write_the_report_itself(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    job.running_pods(4)
+    wait_for(lambda: job.phase() == "Running" and job.status().get("rolloutText") == "3/3", what="Running")
+    reports = 5
+    busy = [{"shard": i, "running": 8, "finished": 0} for i in range(3)]  # nothing for the operator to do
+    job.report({"progress": {"step": 1, "phase": "rollout", "shards": busy, "updatedAt": "warm-up"}})
+    time.sleep(3)
+    reconciles = operator.reconciles()
+    writes = JobWrites(job)
+    for i in range(reports):
+        job.report({"progress": {"step": 1, "phase": "rollout", "shards": busy, "updatedAt": f"report {i}"}})
+        time.sleep(1.5)
+    time.sleep(2)
+    seen = writes.stop()
+    print(f"\n[writes] {len(seen)} writes to the job for {reports} progress reports: {seen}")
+    assert operator.reconciles() >= reconciles + reports, "every report was reconciled"
+    assert len(seen) == reports, f"{len(seen)} writes for {reports} progress reports"
+
+
+def test_spec_change_rolls_pods_with_one_event_and_lifecycle_changes_do_not(operator, api, kubectl, namespace):
+    job = Job(api, kubectl, namespace, JOB)
+    before = {n: (p.metadata.uid, p.metadata.annotations["tlt.dev/pod-hash"]) for n, p in job.running_pods(4).items()}
+    wait_for(lambda: job.phase() == "Running", what="Running")
+
+    job.patch({"spec": {"runPolicy": {"ttlSecondsAfterFinished": 3600, "backoffLimit": 2}}})
+    wait_for(lambda: job.status().get("observedGeneration") == job.get()["metadata"]["generation"], what="generation 2 observed")
+    time.sleep(3)  # a resync: still nothing to roll
+    assert {n: (p.metadata.uid, p.metadata.annotations["tlt.dev/pod-hash"]) for n, p in job.pods().items()} == before
+    assert not job.events("SpecChanged")
+    config = yaml.safe_load(json.loads(kubectl("get", "configmap", "demo-config", "-n", namespace, "-o", "json").stdout)["data"]["job.yaml"])
+    assert config["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 3600  # the ConfigMap follows every spec change
+
+    job.patch({"spec": {"rollout": {"maxBatchSize": 64}}})
+    generation = job.get()["metadata"]["generation"]
+
+    def rolled():
+        pods = job.pods()
+        return len(pods) == 4 and all(p.metadata.uid != before[n][0] for n, p in pods.items()) and pods
+
+    pods = wait_for(rolled, what="every pod recreated")
+    assert all(p.metadata.annotations["tlt.dev/pod-hash"] != before[n][1] for n, p in pods.items())
+    config = yaml.safe_load(json.loads(kubectl("get", "configmap", "demo-config", "-n", namespace, "-o", "json").stdout)["data"]["job.yaml"])
+    assert config["spec"]["rollout"]["maxBatchSize"] == 64
+    job.running_pods(4)
+    wait_for(lambda: job.phase() == "Running" and not any(
+        c["type"] == "Updating" and c["status"] == "True" for c in job.status()["conditions"]), what="roll finished")
+    events = job.events("SpecChanged")
+    assert len(events) == 1 and "spec changed (rollout)" in events[0]["message"], events
+    status = job.status()
+    assert status["observedGeneration"] == generation and status.get("failures", 0) == 0
+    assert not job.events("PodFailed") and not job.events("PodReplaced") and len(job.events("Created")) == 1
