@@ -239,6 +239,7 @@ def test_suspend_deletes_pods_keeps_progress_and_resume_recreates(operator, api,
     job.running_pods(4)
     wait_for(lambda: job.events("Resumed") and job.phase() == "Running", what="resumed")
     assert job.status().get("failures", 0) == 0
+    assert len(job.events("Created")) == 1, "a resume is not a second creation"
 
 
 def test_active_deadline_fails_the_job(operator, api, kubectl, namespace):
