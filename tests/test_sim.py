@@ -22,6 +22,7 @@ from tlt.sim import (
     sample_lengths,
 )
 from tlt.sim.costs import qwen7b_h100
+from tlt.speculative.adaptive import Strategy
 
 BASE = {
     "apiVersion": "tlt.dev/v1alpha1",
@@ -266,3 +267,36 @@ def test_dedicated_drafter_pods_start_with_the_job_and_train_the_whole_step():
     assert result.gpus == 2 and result.startup_seconds == 5.0
     base = simulate(baseline_spec(spec), profile, [[10, 10]], mode="baseline")
     assert base.gpus == 1 and base.steps[0].gpu_seconds["drafter"] == 0.0
+
+
+def test_engine_overheads_are_added_per_plain_iteration_and_per_speculative_round():
+    costs = CostTable(forward={1: {1: 1.0, 3: 2.0}}, drafter_ratio=0.5, step_overhead={1: 0.25, 4: 0.5},
+                      round_overhead={1: 0.75})
+    assert costs.iteration_seconds(1, None) == pytest.approx(1.25)
+    assert costs.iteration_seconds(2, None) == pytest.approx(1.0 + 0.25 + 0.25 / 3)  # linear between batches
+    assert costs.iteration_seconds(9, None) == pytest.approx(1.5)  # the nearest measured batch beyond
+    # 2_1_2: verify width 3 (2 s) + 2 draft forwards of width 1 at half a target forward + the round overhead.
+    assert costs.iteration_seconds(1, Strategy.parse("2_1_2")) == pytest.approx(2.0 + 2 * 0.5 * 1.0 + 0.75)
+
+
+def test_kv_reads_padded_to_the_longest_context_and_a_fixed_prefill_per_admission():
+    # Two slots; responses of 1, 4 and 2 tokens after 10-token prompts; 0.01 s per forward and
+    # 0.001 s per context token read; each admission costs 0.5 s + 10 tokens/s.
+    def rollout(reads):
+        profile = make_profile({1: {1: 0.01}}, prompt_tokens=10, prefill_fixed_seconds=0.5,
+                               costs=CostTable(forward={1: {1: 0.01}}, kv_seconds_per_token=0.001,
+                                               attention_reads=reads))
+        spec = make_spec(**{"algorithm.groupSize": 3, "algorithm.promptsPerStep": 1})
+        spec = spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"max_batch_size": 2})})
+        return simulate(spec, profile, [[1, 4, 2]]).steps[0].rollout_seconds
+
+    prefill = (0.5 + 20 / 10.0) + (0.5 + 10 / 10.0)  # two admissions: A and B, then C once A is done
+    # Contexts per iteration: (A10, B10), (B11, C10), (B12, C11), (B13).
+    assert rollout("longest") == pytest.approx(prefill + 4 * 0.01 + 0.001 * (2 * 10 + 2 * 11 + 2 * 12 + 13))
+    assert rollout("sum") == pytest.approx(prefill + 4 * 0.01 + 0.001 * (20 + 21 + 23 + 13))
+
+
+def test_the_rollout_ends_at_the_coordinators_first_poll_after_the_last_finish():
+    profile = make_profile({1: {1: 1.0}, 4: {1: 2.5}})
+    assert predict_rollout_seconds(profile, [10, 20, 30, 40], make_spec(), mode="baseline",
+                                   poll_seconds=0.3) == pytest.approx(70.2)  # 234 polls of 0.3 s

@@ -131,3 +131,157 @@ def test_a_warm_drafter_starts_the_run_with_higher_acceptance(capsys):
     assert main(["simulate", *QUICK, "--steps", "1", "--drafter-tokens", "1e9", "--json"]) == 0
     step = json.loads(capsys.readouterr().out)["tlt"]["steps"][0]
     assert step["drafter_alpha"] == pytest.approx(0.75, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------
+# `tlt simulate --calibrate`: a measured run's rollouts replayed next to their times
+
+CALIBRATION_JOB = """\
+apiVersion: tlt.dev/v1alpha1
+kind: ReasoningRLJob
+metadata: {name: calib}
+spec:
+  model: {builtin: tiny-arith}
+  task: {name: arith}
+  algorithm: {name: grpo, steps: 3, promptsPerStep: 2, groupSize: 2, maxResponseTokens: 64}
+  placement: disaggregated
+  rollout: {replicas: 2, engine: torch, gpusPerReplica: 0, maxBatchSize: 4}
+  trainer: {replicas: 1, gpusPerReplica: 0}
+  speculative: {mode: "off"}
+  elasticity: {lendIdle: false, consolidateTail: {enabled: false}}
+"""
+
+
+def calibration_inputs(tmp_path, records=None):
+    """A run folder of two logged steps (the second sampled in two rounds), its job and a cost table:
+    0.1 s per forward at any batch, 0.02 s engine overhead per step, 0.05 s per admission."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if records is None:
+        records = [
+            {"kind": "run", "job": "calib"},
+            {"kind": "step", "step": 1, "acceptance_length": 0.0, "time_rollout": 1.0},
+            {"kind": "lengths", "step": 1, "shards": 2, "groups": [[3, 3], [5, 5]], "time_rollout": 1.0,
+             "sampling_rounds": 1},
+            {"kind": "lengths", "step": 2, "shards": 2, "groups": [[3, 3], [5, 5], [2, 2]], "time_rollout": 2.0,
+             "sampling_rounds": 2},
+        ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    job = tmp_path / "job.yaml"
+    job.write_text(CALIBRATION_JOB)
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"forward_seconds": {"1": {"1": 0.1}, "4": {"1": 0.1}},
+                                 "step_overhead_seconds": {"1": 0.02}, "prefill_fixed_seconds": 0.05}))
+    return run, job, costs
+
+
+def test_calibrate_replays_each_step_on_the_logged_shards_and_compares(tmp_path, capsys):
+    run, job, costs = calibration_inputs(tmp_path)
+    assert main(["simulate", str(job), "--calibrate", str(run), "--costs", str(costs), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    first, second = result["steps"]
+    # Group 1 ([5, 5]) ran on shard 1: one admission (0.05 s) and 5 steps of 0.1 + 0.02 s = 0.65 s;
+    # the coordinator notices at its next 0.2 s poll: 0.8 s, against 1.0 s measured.
+    assert first["simulated_seconds"] == pytest.approx(0.8)
+    assert first["measured_seconds"] == 1.0 and first["error_percent"] == pytest.approx(-20.0)
+    assert first["sequences"] == 4 and first["tokens"] == 16
+    assert second["simulated_seconds"] is None and "2 rounds" in second["note"]
+    assert result["total"] == {"steps": 1, "measured_seconds": 1.0, "simulated_seconds": 0.8,
+                               "error_percent": -20.0}
+    assert result["within_20_percent"] is True
+    assert result["setting"]["rollout_shards"] == [2] and result["setting"]["poll_seconds"] == 0.2
+
+
+def test_calibrate_prints_a_table_with_both_numbers_per_step(tmp_path, capsys):
+    run, job, costs = calibration_inputs(tmp_path)
+    assert main(["simulate", str(job), "--calibrate", str(run), "--costs", str(costs)]) == 0
+    out = capsys.readouterr().out
+    assert "measured s" in out and "simulated s" in out
+    assert "1.000" in out and "0.800" in out and "-20.0%" in out
+    assert "not replayed" in out and "total over 1 steps" in out
+
+
+def test_calibrate_without_poll_rounding_is_the_shards_decode_time(tmp_path):
+    from tlt.api.load import load_jobs
+    from tlt.sim.calibrate import calibrate_run
+
+    run, job, costs = calibration_inputs(tmp_path)
+    result = calibrate_run(load_jobs(job)[0].spec, load_profile(costs), run, poll_seconds=0.0)
+    assert result.steps[0].simulated_seconds == pytest.approx(0.05 + 5 * (0.1 + 0.02))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no-dir", "does not exist"),
+    ("no-metrics", "holds no metrics.jsonl"),
+    ("no-lengths", "no `lengths` records"),
+    ("bad-record", "lengths record needs"),
+    ("bad-json-line", "is not JSON"),
+    ("bad-costs", "not valid JSON"),
+    ("missing-costs", "cannot read cost table"),
+    ("no-costs-flag", "needs --costs"),
+    ("no-manifest", "needs the job manifest"),
+    ("other-option", "does not apply to --calibrate"),
+])
+def test_calibrate_bad_inputs_name_the_problem_and_the_fix(tmp_path, capsys, case, message):
+    run, job, costs = calibration_inputs(tmp_path)
+    args = ["simulate", str(job), "--calibrate", str(run), "--costs", str(costs)]
+    if case == "no-dir":
+        args[3] = str(tmp_path / "nowhere")
+    elif case == "no-metrics":
+        (run / "metrics.jsonl").unlink()
+    elif case == "no-lengths":
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "step", "step": 1}) + "\n")
+    elif case == "bad-record":
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "lengths", "step": 1, "groups": "x"}) + "\n")
+    elif case == "bad-json-line":
+        (run / "metrics.jsonl").write_text("{not json\n")
+    elif case == "bad-costs":
+        costs.write_text("{nope")
+    elif case == "missing-costs":
+        args[5] = str(tmp_path / "absent.json")
+    elif case == "no-costs-flag":
+        args = args[:4]
+    elif case == "no-manifest":
+        args = ["simulate", "--calibrate", str(run), "--costs", str(costs)]
+    elif case == "other-option":
+        args += ["--gpus", "8"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+    if case in ("no-dir", "no-lengths", "no-costs-flag", "no-manifest"):
+        assert "tlt " in captured.err  # the command that fixes it
+
+
+def test_bench_engine_terms_are_measured_round_trip_and_move_the_table_to_an_empty_cache(tmp_path):
+    from tlt.engine.costs import CostTable as EngineCostTable
+    from tlt.engine.costs import measure_costs
+    from tlt.models import ModelConfig, random_model
+
+    model = random_model(ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2), seed=0)
+    measured = measure_costs(model, batch_sizes=(1, 2), widths=(1, 2, 3), context_len=8, repeats=1,
+                             progress=False, round_strategy="2_1_2", kv_span=16)
+    assert set(measured.step_overhead_seconds) == set(measured.round_overhead_seconds) == {1, 2}
+    assert measured.kv_seconds_per_token >= 0 and measured.prefill_tokens_per_second >= 0
+    assert measured.round_strategy == "2_1_2" and measured.attention_reads == "longest"
+    assert EngineCostTable.from_json(json.loads(json.dumps(measured.to_json()))) == measured
+
+    table = EngineCostTable(device="cpu", context_len=100, drafter_ratio=0.2,
+                            target_seconds={1: {1: 0.01, 3: 0.012}, 4: {1: 0.02, 3: 0.03}},
+                            kv_seconds_per_token=1e-5, step_overhead_seconds={1: 0.001, 4: 0.002},
+                            round_overhead_seconds={1: 0.003}, prefill_fixed_seconds=0.004,
+                            prefill_tokens_per_second=1000.0)
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(table.to_json()))
+    profile = load_profile(path)
+    c = profile.costs
+    # Every forward held 100 tokens per sequence: 1e-5 x batch x 100 comes off, the KV term adds it back.
+    assert c.forward[1][1] == pytest.approx(0.01 - 1e-3) and c.forward[4][3] == pytest.approx(0.03 - 4e-3)
+    assert c.kv_seconds_per_token == 1e-5 and c.attention_reads == "longest"
+    assert c.step_overhead == {1: 0.001, 4: 0.002} and c.round_overhead == {1: 0.003}
+    assert profile.prefill_fixed_seconds == 0.004 and profile.prefill_tokens_per_second == 1000.0
+    # An older table without engine terms is read as before.
+    old = {k: v for k, v in table.to_json().items() if k in ("device", "context_len", "target_seconds",
+                                                            "drafter_ratio", "drafter_seconds", "model")}
+    path.write_text(json.dumps(old))
+    assert load_profile(path).costs.forward[1][1] == 0.01 and load_profile(path).costs.kv_seconds_per_token == 0

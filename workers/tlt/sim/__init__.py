@@ -23,13 +23,25 @@ How it works (modules):
 - `lengths`: log-normal, Zipf, fixed, sampled from a file, or a replayed trace.
 - `run`: baseline (speculation, lending, consolidation and drafter off: the veRL-like
   synchronous run) vs tlt on the same seed and lengths; the calibration predictor.
+- `calibrate`: a measured run's logged rollouts replayed, simulated vs measured seconds.
 
-Calibration against a measured run (e.g. the embedded quickstart):
+Calibration against a measured run (`calibrate_run`, docs/simulator.md): every step of a
+`tlt run` folder replayed through this simulator with a cost table measured on the same
+machine, next to the measured rollout time:
 
-    profile = load_profile("costs.json")           # from `tlt bench costs --json costs.json`
-    profile = profile.with_changes(prompt_tokens=40, acceptance=AcceptanceModel(
-        lengths={"4_1_4": {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}}))   # measured, if speculating
-    predict_rollout_seconds(profile, measured_lengths_of_a_step, spec, mode="baseline" or "tlt")
+    OMP_NUM_THREADS=1 taskset -c 1 tlt bench costs --batch-sizes 1,2,4,8,16,32 \
+        --widths 1,2,4,5,7,9,17 --context 64 --repeats 15 --json costs.json
+    tlt run examples/quickstart.yaml --fresh --run-dir /tmp/calib-run
+    tlt simulate examples/quickstart.yaml --calibrate /tmp/calib-run --costs costs.json --prompt-tokens 15
+
+The cost table then carries the engine's own measured terms (overhead per decode step
+and per speculative round, KV reads padded to the longest context, fixed + per-token
+prefill per admission), and the replay matches the runner's shard assignment, `auto`
+threshold, measured acceptance length and 0.2 s poll. For one step by hand:
+
+    profile = load_profile("costs.json").with_changes(prompt_tokens=15)
+    predict_rollout_seconds(profile, measured_lengths_of_a_step, spec, mode="tlt",
+                            control_interval_s=0.2, batch_threshold=1, poll_seconds=0.2)
 
 Not modelled: KV-cache memory capacity (a shard holds any batch it is given), failures
 (Replace actions are ignored), stragglers and network contention beyond a fixed
@@ -37,6 +49,7 @@ weight-sync time, prefill interference with decoding, asynchronous (off-policy) 
 """
 
 from tlt.sim.acceptance import AcceptanceModel
+from tlt.sim.calibrate import Calibration, CalibrationError, calibrate_run
 from tlt.sim.cluster import CATEGORIES, ClusterSimulator, SimOptions, SimResult, StepResult
 from tlt.sim.costs import BUILTIN_PROFILES, CostTable, CostTableError, Profile, load_profile, profile_from_dict
 from tlt.sim.lengths import LengthModel, LengthSpecError, parse_lengths, read_lengths
@@ -56,6 +69,8 @@ __all__ = [
     "AcceptanceModel",
     "BUILTIN_PROFILES",
     "CATEGORIES",
+    "Calibration",
+    "CalibrationError",
     "ClusterSimulator",
     "Comparison",
     "CostTable",
@@ -69,6 +84,7 @@ __all__ = [
     "StepResult",
     "baseline_spec",
     "breakdown_rows",
+    "calibrate_run",
     "compare",
     "load_profile",
     "paper_job",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,8 @@ class SimOptions:
     timeline_workers: int = 48  # workers whose spans are kept for the plot (all are accounted)
     include_startup: bool = False  # account the pods' first start as a step-0 period
     drafter_tokens: float = 0.0  # what the drafter learned before the job (a warm start)
+    batch_threshold: int | None = None  # `auto` resolved as the run did (None: from the cost table and acceptance)
+    poll_seconds: float = 0.0  # the coordinator sees the rollout's end at its next poll (0: at once)
 
 
 @dataclass
@@ -194,6 +197,7 @@ class ClusterSimulator:
         self.train_waiting: set[str] = set()
         self.train_started = False
         self.rollout_end = 0.0
+        self.step_start = 0.0
         self.train_start = 0.0
         self.batch_threshold: int | None = None
         self._acceptance_cache: dict[Strategy, tuple] = {}
@@ -240,6 +244,8 @@ class ClusterSimulator:
             return None
         if isinstance(s.batch_threshold, int):
             return s.batch_threshold
+        if self.options.batch_threshold is not None:
+            return self.options.batch_threshold
         best = 0
         for text in s.strategies:
             strategy = Strategy.parse(text)
@@ -275,6 +281,7 @@ class ClusterSimulator:
 
     def _run_step(self, step: int) -> StepResult:
         start = self.now
+        self.step_start = start
         self.step = step
         self.phase = "rollout"
         self.drafter_tokens_step = 0.0
@@ -528,10 +535,14 @@ class ClusterSimulator:
                 self._busy_hint = w.name
                 return
         self.rollout_end = self.now
+        poll = self.options.poll_seconds
+        if poll > 0:  # the coordinator notices at its first poll after the last finish
+            polls = math.ceil((self.now - self.step_start) / poll - 1e-9)
+            self.rollout_end = self.step_start + max(1.0, polls) * poll
         self.phase = "reward"
         self.tick_token += 1
         self._control()
-        self._at(self.now + self.profile.reward_seconds, "reward_done")
+        self._at(self.rollout_end + self.profile.reward_seconds, "reward_done")
 
     # -- training and sync ------------------------------------------------------------------
     def _trainers(self) -> list[_SimWorker]:

@@ -42,11 +42,28 @@ def register(subparsers) -> None:
     p.add_argument("--exact", action="store_true", help="speculative chunks never cross a finish (slower)")
     p.add_argument("--out", metavar="DIR", help="write result.json and per-GPU timeline SVGs here")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    c = p.add_argument_group(
+        "calibration", "replay a measured run's rollouts (its metrics.jsonl `lengths` records) through the "
+        "simulator with a cost table measured on the same machine: measured vs simulated rollout seconds per step")
+    c.add_argument("--calibrate", metavar="RUN_DIR",
+                   help="the run folder `tlt run` wrote; give its manifest as MANIFEST and --costs from "
+                   "`tlt bench costs --json` on the same machine")
+    c.add_argument("--prompt-tokens", type=int, help="calibration: prompt tokens per sequence (default: the cost "
+                   "file's prompt_tokens, else 0)")
+    c.add_argument("--batch-threshold", type=int,
+                   help="calibration: the `auto` threshold the run used (default: the embedded runner's rule "
+                   "on the cost table)")
     p.set_defaults(func=run_simulate)
 
 
 def run_simulate(args) -> int:
     from tlt.cli import CommandError
+
+    if args.calibrate:
+        return run_calibrate(args)
+    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--batch-threshold", args.batch_threshold)):
+        if value is not None:
+            raise CommandError(f"{flag} is for --calibrate RUN_DIR")
     from tlt.sim.cluster import SimOptions
     from tlt.sim.run import compare, paper_job, sample_lengths, scale_spec
 
@@ -102,6 +119,57 @@ def run_simulate(args) -> int:
         print(format_comparison(comparison, result))
         if args.out:
             print(f"wrote {args.out}/result.json, timeline-baseline.svg, timeline-tlt.svg")
+    return 0
+
+
+def run_calibrate(args) -> int:
+    """`tlt simulate MANIFEST --calibrate RUN_DIR --costs FILE`: measured vs simulated rollout per step."""
+    from tlt.api.errors import SpecError
+    from tlt.api.load import load_jobs
+    from tlt.cli import CommandError
+    from tlt.sim.calibrate import CalibrationError, calibrate_run, format_calibration
+
+    run_dir = Path(args.calibrate)
+    fix = f"`tlt simulate JOB.yaml --calibrate {run_dir} --costs COSTS.json`"
+    if not args.manifest:
+        # The run folder keeps metrics and checkpoints, not the manifest it ran.
+        raise CommandError(f"--calibrate needs the job manifest the run was started with (the run folder does "
+                           f"not keep it): {fix}")
+    if not args.costs:
+        raise CommandError(f"--calibrate needs --costs FILE, a cost table measured on the machine of the run "
+                           f"(`tlt bench costs --json costs.json`): {fix}")
+    ignored = [flag for flag, value in (("--gpus", args.gpus), ("--profile", args.profile),
+                                         ("--lengths", args.lengths), ("--steps", args.steps),
+                                         ("--max-tokens", args.max_tokens), ("--prompts-per-step",
+                                                                             args.prompts_per_step),
+                                         ("--out", args.out)) if value]
+    if ignored or args.consolidate or args.drafter_tokens or args.exact:
+        raise CommandError(f"{', '.join(ignored) or 'that option'} does not apply to --calibrate: the run's own "
+                           "lengths, shards and acceptance are replayed")
+    if args.prompt_tokens is not None and args.prompt_tokens < 0:
+        raise CommandError("--prompt-tokens must be >= 0")
+    if args.batch_threshold is not None and args.batch_threshold < 1:
+        raise CommandError("--batch-threshold must be >= 1")
+    try:
+        jobs = load_jobs(args.manifest)
+    except SpecError as err:
+        raise CommandError("; ".join(str(e) for e in err.errors) + " (check it with `tlt validate`)") from None
+    except OSError as err:
+        raise CommandError(f"cannot read manifest {args.manifest}: {err.strerror or err}") from None
+    if len(jobs) != 1:
+        raise CommandError(f"{args.manifest} holds {len(jobs)} jobs; pass a file with exactly one")
+    profile = _profile(args, CommandError)
+    try:
+        result = calibrate_run(jobs[0].spec, profile, run_dir, prompt_tokens=args.prompt_tokens,
+                               batch_threshold=args.batch_threshold, seed=args.seed)
+    except CalibrationError as err:
+        raise CommandError(str(err)) from None
+    result.setting["job"] = jobs[0].metadata.name
+    result.setting["costs"] = args.costs
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(format_calibration(result))
     return 0
 
 

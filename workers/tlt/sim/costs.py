@@ -21,8 +21,19 @@ table is optional (defaults below, throughputs derived from the table):
     acceptance: {alpha_initial: 0.35, alpha_max: 0.75, tokens_scale: 1.0e8, drift: 0.05,
                  lengths: {"4_1_4": {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.1}}}
 
-`tlt bench costs --json FILE` output is read too (its `target_seconds` were measured
-with a KV cache of `context_len` tokens, so the KV term stays 0 unless given). More
+Engine terms, all optional and measured by `tlt bench costs` on the machine (see
+`tlt.engine.costs`): `step_overhead_seconds: {batch: s}` added to every plain decode
+iteration and `round_overhead_seconds: {batch: s}` to every speculative round (the
+engine's sampling, tree building, acceptance, bookkeeping on top of the forwards);
+`attention_reads: sum | longest` (how the KV term counts context: each sequence's own,
+as paged attention reads it, or every row up to the longest context in the batch, as
+the torch engine pads it); `prefill_fixed_seconds` per admission of queued sequences.
+
+`tlt bench costs --json FILE` output is read too. Its `target_seconds` were measured
+with a KV cache of `context_len` tokens per sequence: without a measured
+`kv_seconds_per_token` the KV term stays 0 (the table's context stands for all);
+with one, the table is moved to an empty cache (kv x batch x context_len less) and
+the KV term counts the context actually held. More
 generally the forward table may sit under `forward_seconds`, `target_seconds`,
 `target_forward_seconds`, `costs`, `forward` or `target`, as a
 nested mapping batch -> width -> seconds or as a list of records with batch, width
@@ -55,12 +66,17 @@ class CostTable:
     forward: dict[int, dict[int, float]]  # batch -> width -> seconds of one target forward
     drafter_ratio: float = 0.1
     kv_seconds_per_token: float = 0.0
+    step_overhead: dict[int, float] = field(default_factory=dict)  # batch -> seconds per plain iteration
+    round_overhead: dict[int, float] = field(default_factory=dict)  # batch -> seconds per speculative round
+    attention_reads: str = "sum"  # "sum": each sequence's own context; "longest": padded to the longest
 
     def __post_init__(self):
         if not self.forward or any(not row for row in self.forward.values()):
             raise CostTableError("the cost table has no forward times; give forward_seconds: {batch: {width: seconds}}")
         if any(1 not in row for row in self.forward.values()):
             raise CostTableError("every batch size of the cost table needs the plain-decoding width 1")
+        if self.attention_reads not in ("sum", "longest"):
+            raise CostTableError(f"attention_reads must be sum or longest, got {self.attention_reads!r}")
         object.__setattr__(self, "_memo", {})
 
     def forward_seconds(self, batch: int, width: int) -> float:
@@ -72,15 +88,16 @@ class CostTable:
         return max(0.0, at_lo + (at_hi - at_lo) * frac)
 
     def iteration_seconds(self, batch: int, strategy: Strategy | None) -> float:
-        """One decode iteration without the KV term: a plain forward, or draft + verify."""
+        """One decode iteration without the KV term: a plain forward, or draft + verify, plus
+        the engine's measured overhead per iteration or round (0 unless measured)."""
         key = (batch, strategy)
         if key not in self._memo:
             if strategy is None:
-                self._memo[key] = self.forward_seconds(batch, 1)
+                self._memo[key] = self.forward_seconds(batch, 1) + _overhead(self.step_overhead, batch)
             else:
                 verify = self.forward_seconds(batch, strategy.verify_tokens + 1)
                 draft = strategy.steps * self.drafter_ratio * self.forward_seconds(batch, strategy.topk)
-                self._memo[key] = verify + draft
+                self._memo[key] = verify + draft + _overhead(self.round_overhead, batch)
         return self._memo[key]
 
     def as_adaptive_costs(self) -> dict[int, dict[int, float]]:
@@ -108,6 +125,7 @@ class Profile:
     pod_start_seconds: float = 0.0
     role_switch_seconds: float = 0.0
     prompt_tokens: int = 0
+    prefill_fixed_seconds: float = 0.0  # per admission of queued sequences (one padded prefill)
     source: str = ""
 
     def __post_init__(self):
@@ -229,15 +247,26 @@ def load_profile(path: str | Path) -> Profile:
 def profile_from_dict(body: dict, default_name: str = "custom", source: str = "") -> Profile:
     forward = _find_forward(body)
     ratio = next((float(body[k]) for k in RATIO_KEYS if body.get(k) is not None), 0.1)
-    kv = float(body.get("kv_seconds_per_token", 0.0))
-    costs = CostTable(forward=forward, drafter_ratio=ratio, kv_seconds_per_token=kv)
+    try:
+        kv = float(body.get("kv_seconds_per_token") or 0.0)
+        step_overhead = _batch_map(body.get("step_overhead_seconds") or {})
+        round_overhead = _batch_map(body.get("round_overhead_seconds") or {})
+        context = int(body.get("context_len") or 0)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CostTableError(f"engine terms of the cost table: {err}; give numbers (and {{batch: seconds}} maps)")
+    if kv > 0 and context > 0 and "target_seconds" in body and "forward_seconds" not in body:
+        # `tlt bench costs` output: every forward held `context_len` tokens per sequence.
+        # Move the table to an empty cache; the KV term then counts the context really held.
+        forward = {b: {w: max(0.1 * t, t - kv * b * context) for w, t in row.items()} for b, row in forward.items()}
+    costs = CostTable(forward=forward, drafter_ratio=ratio, kv_seconds_per_token=kv, step_overhead=step_overhead,
+                      round_overhead=round_overhead, attention_reads=str(body.get("attention_reads") or "sum"))
     acceptance = AcceptanceModel.from_dict(body.get("acceptance") or {})
     numbers = {
         name: float(body[name])
         for name in (
             "prefill_tokens_per_second", "drafter_train_tokens_per_second", "train_tokens_per_second",
             "train_fixed_seconds", "weight_sync_seconds", "reward_seconds", "pod_start_seconds",
-            "role_switch_seconds",
+            "role_switch_seconds", "prefill_fixed_seconds",
         )
         if body.get(name) is not None
     }
@@ -284,6 +313,23 @@ def _parse_forward(value, key: str) -> dict[int, dict[int, float]]:
     return table
 
 
+def _batch_map(value) -> dict[int, float]:
+    return {int(b): float(x) for b, x in dict(value).items()}
+
+
+def _overhead(per_batch: dict[int, float], batch: int) -> float:
+    """An engine overhead at `batch`: linear between measured batch sizes, the nearest end beyond."""
+    if not per_batch:
+        return 0.0
+    batches = sorted(per_batch)
+    if batch <= batches[0]:
+        return per_batch[batches[0]]
+    if batch >= batches[-1]:
+        return per_batch[batches[-1]]
+    lo, hi, frac = _bracket(batches, batch)
+    return per_batch[lo] + (per_batch[hi] - per_batch[lo]) * frac
+
+
 def _bracket(points: list[int], x: float) -> tuple[int, int, float]:
     """Neighbours of x among sorted points and x's fraction between them (beyond the ends: extrapolate)."""
     if len(points) == 1:
@@ -311,7 +357,11 @@ def describe(profile: Profile) -> dict:
         "forward_ms_batch64": round(c.forward_seconds(64, 1) * 1e3, 3),
         "drafter_ratio": c.drafter_ratio,
         "kv_seconds_per_token": c.kv_seconds_per_token,
+        "attention_reads": c.attention_reads,
+        "step_overhead_ms_batch1": round(_overhead(c.step_overhead, 1) * 1e3, 3),
+        "round_overhead_ms_batch1": round(_overhead(c.round_overhead, 1) * 1e3, 3),
         "prefill_tokens_per_second": profile.prefill_tokens_per_second,
+        "prefill_fixed_seconds": profile.prefill_fixed_seconds,
         "drafter_train_tokens_per_second": profile.drafter_train_tokens_per_second,
         "train_tokens_per_second": profile.train_tokens_per_second,
         "weight_sync_seconds": profile.weight_sync_seconds,

@@ -108,12 +108,16 @@ def compare(spec: ReasoningRLJobSpec, profile: Profile, lengths: list[np.ndarray
 
 
 def predict_rollout_seconds(profile: Profile, lengths, spec: ReasoningRLJobSpec, mode: str = "tlt", seed: int = 0,
-                            control_interval_s: float = 1.0) -> float:
+                            control_interval_s: float = 1.0, batch_threshold: int | None = None,
+                            poll_seconds: float = 0.0) -> float:
     """Predicted rollout time of one step whose responses have `lengths` (in order, as measured).
 
     For calibration against a real run: give the cost table `tlt bench costs` measured on the
     machine, the response lengths of one measured step, and the job's spec; compare with the
     measured rollout time of that step. `mode="baseline"` predicts the run without speculation.
+    Groups of `groupSize` consecutive lengths go to shard n mod replicas, as the runners deal
+    them. `batch_threshold` resolves `auto` as the run did; `poll_seconds`: the coordinator
+    notices the end at its next poll (`tlt.sim.calibrate` replays a whole run this way).
     """
     lengths = np.clip(np.asarray(list(lengths), dtype=np.int64), 1, None)
     count = spec.algorithm.prompts_per_step * spec.algorithm.group_size
@@ -121,7 +125,8 @@ def predict_rollout_seconds(profile: Profile, lengths, spec: ReasoningRLJobSpec,
         spec = spec.model_copy(update={"algorithm": spec.algorithm.model_copy(update={
             "prompts_per_step": max(1, math.ceil(len(lengths) / spec.algorithm.group_size))})})
     run_spec = baseline_spec(spec) if mode == "baseline" else spec
-    options = SimOptions(steps=1, seed=seed, control_interval_s=control_interval_s, timeline_workers=0)
+    options = SimOptions(steps=1, seed=seed, control_interval_s=control_interval_s, timeline_workers=0,
+                         batch_threshold=batch_threshold, poll_seconds=poll_seconds)
     profile = profile.with_changes(pod_start_seconds=0.0)
     result = ClusterSimulator(run_spec, profile, [lengths], options, mode=mode).run()
     return result.steps[0].rollout_seconds

@@ -22,8 +22,12 @@ the simulator jumps over it in one event instead of one per token:
   cut exactly; a speculative one is redrawn for the rounds that fit the elapsed time
   (its first draw was never observed, so the redraw has the right distribution).
 
-Iteration time is the cost table's forward time plus the KV term times the context
-held; within a speculative chunk each sequence's context grows at its own even pace.
+Iteration time is the cost table's forward time (plus the engine's measured overhead
+per iteration or round) plus the KV term times the context held: the sum of every
+sequence's own context, or batch x the longest one when the engine pads attention to
+it (`attention_reads: longest`, the torch engine); within a speculative chunk each
+sequence's context grows at its own even pace. Admitting queued sequences costs the
+profile's fixed prefill time plus their prompt tokens at the prefill throughput.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ class ShardDecoder:
         plain arm (held like a strategy), not the switch being off. The chunk stays
         `pending` until `commit`.
         """
-        prefill_tokens = self._admit()
+        admitted, prefill_tokens = self._admit()
         batch = self.running
         strategy = decide(batch)
         if strategy is None and chose_plain is not None and chose_plain():
@@ -143,7 +147,10 @@ class ShardDecoder:
             floor = batch - 1 if holds_above is None or self.waiting else min(batch - 1, holds_above(batch))
             cap = rounds_cap(batch, strategy) if rounds_cap else self.max_chunk_iterations
             chunk = self._speculative(batch, strategy, self._acceptance, floor=floor, cap=cap)
-        chunk.prefill_seconds = prefill_tokens / self.profile.prefill_tokens_per_second if prefill_tokens else 0.0
+        chunk.prefill_seconds = 0.0
+        if admitted:
+            chunk.prefill_seconds = (self.profile.prefill_fixed_seconds
+                                     + prefill_tokens / self.profile.prefill_tokens_per_second)
         self.pending = chunk
         return chunk
 
@@ -174,8 +181,9 @@ class ShardDecoder:
         if not leaving.any():  # the batch holds for the whole chunk: one segment
             costs = self.profile.costs
             kv = costs.kv_seconds_per_token
-            per = costs.iteration_seconds(batch, strategy) + kv * float(self.context.sum())
-            growth = kv * float(draws.sum()) / max(1, rounds)
+            at_start, at_end = self._kv_load(self.context, self.context + draws)
+            per = costs.iteration_seconds(batch, strategy) + kv * at_start
+            growth = kv * (at_end - at_start) / max(1, rounds)
             seconds = rounds * per + growth * rounds * (rounds - 1) / 2.0
             return Chunk(seconds=seconds, prefill_seconds=0.0, tokens=draws, iterations=rounds, strategy=strategy,
                          batch=batch, segments=[(seconds, rounds, per, growth)])
@@ -202,12 +210,20 @@ class ShardDecoder:
         seconds, done, alive, start = 0.0, 0, batch, 0
         segments, finishes = [], []
         limit = rounds if rounds is not None else int(fin[-1])
+        longest = costs.attention_reads == "longest"
+        if longest:
+            ctx0, pace = self.context[order].astype(float), rates[order].astype(float)
         while alive > 0 and done < limit:
             end = min(int(fin[start]), limit)
             n = end - done
-            per = costs.iteration_seconds(alive, strategy) + kv * context
-            seconds += n * per + kv * growth * n * (n - 1) / 2.0
-            segments.append((seconds, end, per, kv * growth))
+            if longest:  # every row reads up to the longest live context
+                load = alive * float((ctx0[start:] + pace[start:] * done).max())
+                step_growth = (alive * float((ctx0[start:] + pace[start:] * end).max()) - load) / max(1, n)
+            else:
+                load, step_growth = context, growth
+            per = costs.iteration_seconds(alive, strategy) + kv * load
+            seconds += n * per + kv * step_growth * n * (n - 1) / 2.0
+            segments.append((seconds, end, per, kv * step_growth))
             context += growth * n
             stop = start
             while stop < batch and fin[stop] <= end and leaves[order[stop]]:
@@ -272,16 +288,23 @@ class ShardDecoder:
             self._keep(~done)
         return chunk
 
-    def _admit(self) -> int:
+    def _admit(self) -> tuple[int, int]:
+        """Queued sequences into free slots: (how many, their context tokens to prefill)."""
         free = self.max_batch - self.running
         if free <= 0 or not self.waiting:
-            return 0
+            return 0, 0
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         rem, ctx, gen = (np.array(col, dtype=np.int64) for col in zip(*admitted))
         self.remaining = np.concatenate([self.remaining, rem])
         self.context = np.concatenate([self.context, ctx])
         self.generated_of = np.concatenate([self.generated_of, gen])
-        return int(ctx.sum())
+        return len(admitted), int(ctx.sum())
+
+    def _kv_load(self, start: np.ndarray, end: np.ndarray) -> tuple[float, float]:
+        """Context tokens one forward reads at the start and at the end of a chunk."""
+        if self.profile.costs.attention_reads == "longest" and len(start):
+            return len(start) * float(start.max()), len(end) * float(end.max())
+        return float(start.sum()), float(end.sum())
 
     def _keep(self, mask: np.ndarray) -> None:
         self.remaining = self.remaining[mask]
