@@ -16,6 +16,7 @@ import tlt
 COMMAND_MODULES = [
     "tlt.api.commands",
     "tlt.coordinator.commands",
+    "tlt.worker.commands",
     "tlt_operator.commands",
     "tlt.dev.commands",
     "tlt.tasks.commands",

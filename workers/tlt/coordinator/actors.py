@@ -1,13 +1,16 @@
 """The job's workers as Ray actors, and the coordinator's handle on them.
 
 In embedded mode each rollout shard is a Ray actor bound to its own CPU core(s);
-the trainer is one more actor. `WorkerPool` is the only place that talks to Ray,
-so the loop reads as plain calls.
+the trainer is one more actor. On a cluster (`PodNodes`) every pod runs one Ray
+node offering the resource `tlt.pod.<role>-<index>`, and each actor is pinned to
+its pod's node and named after it, so the pod's role watcher can find it.
+`WorkerPool` is the only place that talks to Ray, so the loop reads as plain calls.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -15,22 +18,46 @@ import torch
 
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.coordinator.shard import RolloutShard, bind_threads
+from tlt.drafter import Sample
 from tlt.drafter.averaging import weighted_average
 from tlt.engine.types import Request, Result
 
 TRAINER_STATE = "trainer"
 DRAFTER_STATE = "drafter.pt"
+NODE_RESOURCE = "tlt.pod.{}"  # each pod's Ray node offers one unit of its own resource
+
+
+def pinned(node: str | None) -> dict:
+    """Ray options placing an actor on the Ray node of pod `node` ("rollout-3"); nothing embedded."""
+    return {"resources": {NODE_RESOURCE.format(node): 0.01}} if node else {}
+
+
+@dataclass(frozen=True)
+class PodNodes:
+    """Where the actors go on a cluster: one Ray node per pod, named `<role>-<index>`."""
+
+    head: str  # the trainer runs here ("trainer-0", or "worker-0" colocated)
+    drafter_hosts: tuple[str, ...] = ()  # pods that only train the drafter while lent (dedicated drafters, trainers)
+
+
+def _model_dir(spec: ReasoningRLJobSpec, model_dir: str | None) -> str:
+    """On a cluster each pod resolves the model itself (a head pod's path means nothing elsewhere)."""
+    if model_dir:
+        return model_dir
+    from tlt.coordinator.loop import resolve_model
+
+    return str(resolve_model(spec, progress=False, download=True))
 
 
 class TrainerWorker:
     """The policy trainer (torch or DeepSpeed) inside its own process."""
 
-    def __init__(self, spec: ReasoningRLJobSpec, model_dir: str, cores: list[int] | None, checkpoint: str | None):
+    def __init__(self, spec: ReasoningRLJobSpec, model_dir: str | None, cores: list[int] | None, checkpoint: str | None):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         bind_threads(cores)
         from tlt.trainer.policy import PolicyTrainer
 
-        self.trainer = PolicyTrainer.from_spec(spec, model_dir)
+        self.trainer = PolicyTrainer.from_spec(spec, _model_dir(spec, model_dir))
         if checkpoint:
             self.trainer.load_checkpoint(Path(checkpoint) / TRAINER_STATE)
 
@@ -50,7 +77,37 @@ class TrainerWorker:
 
 
 class ShardWorker(RolloutShard):
-    """A rollout shard with the methods the coordinator calls remotely."""
+    """A rollout shard with the methods the coordinator (and, on a cluster, its pod) calls remotely."""
+
+    def __init__(self, name: str, model_dir: str | None, spec: ReasoningRLJobSpec, **options):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        super().__init__(name, _model_dir(spec, model_dir), spec, **options)
+
+    def set_role(self, role: str) -> bool:
+        """The pod's assigned role (its role watcher calls this): drafter lends, any other reclaims."""
+        if role == "drafter":
+            return self.lend()
+        self.reclaim()
+        return True
+
+    def begin_step(self, step: int) -> None:
+        """A drafter host keeps the same per-step buffer window as the shards."""
+        self.buffer.start_step(step)
+
+    def feed(self, results: list[Result]) -> None:
+        """Rollouts to train on (drafter hosts get every shard's); a lent host picks them up."""
+        for r in results:
+            self.buffer.add(Sample.of(r.prompt, r.tokens, self.policy_version))
+        if self.role == "drafter" and (self._train_thread is None or not self._train_thread.is_alive()):
+            self.lend()
+
+    def metrics_text(self) -> str:
+        """This process's engine metrics, for the pod's /metrics endpoint."""
+        from prometheus_client import generate_latest
+
+        from tlt.engine.metrics import REGISTRY
+
+        return generate_latest(REGISTRY).decode()
 
     def generate(self, requests: list[Request]) -> list[Result]:
         self.reclaim()
@@ -80,14 +137,16 @@ def _cores(index: int, count: int) -> list[int]:
 
 
 class WorkerPool:
-    def __init__(self, spec: ReasoningRLJobSpec, model_dir: str, checkpoint: Path | None = None):
+    def __init__(self, spec: ReasoningRLJobSpec, model_dir: str, checkpoint: Path | None = None, nodes: PodNodes | None = None):
         from transformers import AutoTokenizer
 
         self.spec = spec
         self.model_dir = model_dir
         self.checkpoint = checkpoint
+        self.nodes = nodes
+        self.actor_model_dir = None if nodes else model_dir  # pods resolve their own copy
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if not ray.is_initialized():
+        if nodes is None and not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
@@ -95,15 +154,28 @@ class WorkerPool:
         prefix = "worker" if spec.placement == "colocated" else "rollout"
         self.shard_names = [f"{prefix}-{i}" for i in range(spec.rollout.replicas)]
         self.trainer_name = "trainer-0"
-        trainer_cls = ray.remote(num_cpus=0)(TrainerWorker)
-        self.trainer = trainer_cls.remote(spec, model_dir, _cores(0, 0), str(checkpoint) if checkpoint else None)
+        trainer_cls = ray.remote(num_cpus=0)(TrainerWorker).options(**pinned(nodes.head if nodes else None))
+        self.trainer = trainer_cls.remote(spec, self.actor_model_dir, None if nodes else _cores(0, 0),
+                                          str(checkpoint) if checkpoint else None)
         self.shards: dict = {}
+        self.hosts: dict = {}  # drafter hosts (cluster only)
         self._lent: set[str] = set()
+
+    def _cores(self, index: int) -> list[int] | None:
+        return None if self.nodes else _cores(index, 1)  # a pod's worker has the pod's cores
+
+    def _placed(self, name: str) -> dict:
+        return {"name": name, **pinned(name)} if self.nodes else {}
+
+    def _everyone(self) -> list:
+        return [*self.shards.values(), *self.hosts.values()]
 
     # ---- start-up ----
     def calibrate_threshold(self) -> int:
         """`batchThreshold: auto`: measure where speculation pays on this machine."""
-        probe = ray.remote(num_cpus=0)(ShardWorker).remote("probe", self.model_dir, self.spec, cores=_cores(0, 1))
+        node = self.shard_names[0] if self.nodes else None
+        probe = ray.remote(num_cpus=0)(ShardWorker).options(**pinned(node)).remote(
+            "probe", self.actor_model_dir, self.spec, cores=self._cores(0))
         try:
             return max(1, int(ray.get(probe.measure_threshold.remote())))
         finally:
@@ -115,22 +187,35 @@ class WorkerPool:
             drafter_state = torch.load(self.checkpoint / DRAFTER_STATE, map_location="cpu")
         shard_cls = ray.remote(num_cpus=0, max_concurrency=4)(ShardWorker)
         for i, name in enumerate(self.shard_names):
-            self.shards[name] = shard_cls.remote(name, self.model_dir, self.spec, cores=_cores(i, 1),
-                                                 batch_threshold=threshold, drafter_state=drafter_state)
-        if self.checkpoint:
+            self.shards[name] = shard_cls.options(**self._placed(name)).remote(
+                name, self.actor_model_dir, self.spec, cores=self._cores(i), batch_threshold=threshold,
+                drafter_state=drafter_state)
+        for name in self.nodes.drafter_hosts if self.nodes else ():
+            self.hosts[name] = shard_cls.options(**self._placed(name)).remote(
+                name, None, self.spec, batch_threshold=threshold, drafter_state=drafter_state, max_slots=1)
+        # Every worker starts from the trainer's weights: a checkpoint's, or on a cluster the one
+        # built-in model each pod bootstrapped for itself.
+        if self.checkpoint or (self.nodes and self.spec.model.builtin):
             weights = ray.get(self.trainer.weights.remote())
-            ray.get([s.set_policy.remote(0, weights) for s in self.shards.values()])
+            ray.get([s.set_policy.remote(0, weights) for s in self._everyone()])
 
     # ---- rollout ----
     def start_rollout(self, step: int, assignment: dict[str, list[Request]]) -> None:
         self._lent.clear()
+        ray.get([h.begin_step.remote(step) for h in self.hosts.values()])
         ray.get([self.shards[name].start_rollout.remote(step, reqs) for name, reqs in assignment.items()])
 
     def poll(self) -> tuple[dict, list[Result]]:
         names = list(self.shards)
         progress = ray.get([self.shards[n].progress.remote() for n in names])
-        finished = ray.get([self.shards[n].take_results.remote() for n in names])
-        return dict(zip(names, progress)), [r for batch in finished for r in batch]
+        finished = [r for batch in ray.get([self.shards[n].take_results.remote() for n in names]) for r in batch]
+        if self.nodes:
+            # On a cluster the pods switch roles themselves (operator -> annotation -> role watcher).
+            self._lent = {n for n, p in zip(names, progress) if p.role == "drafter"}
+            if finished:
+                for host in self.hosts.values():
+                    host.feed.remote(finished)
+        return dict(zip(names, progress)), finished
 
     def lent(self, name: str) -> bool:
         return name in self._lent
@@ -167,18 +252,18 @@ class WorkerPool:
     def train(self, prompts, responses, advantages, old_logprobs, policy_version: int) -> dict:
         metrics = ray.get(self.trainer.train.remote(prompts, responses, advantages, old_logprobs))
         weights = ray.get(self.trainer.weights.remote())
-        ray.get([s.set_policy.remote(policy_version, weights) for s in self.shards.values()])
+        ray.get([s.set_policy.remote(policy_version, weights) for s in self._everyone()])
         self._lent.clear()
         return metrics
 
     def sync_drafters(self, version: int) -> int:
         """Average the replicas trained in this version (weighted by steps) into version+1."""
-        reports = ray.get([s.drafter_report.remote() for s in self.shards.values()])
+        reports = ray.get([s.drafter_report.remote() for s in self._everyone()])
         trained = [(steps, state) for _, steps, state in reports if state is not None and steps > 0]
         if not trained:
             return version
         merged = weighted_average([s for _, s in trained], [float(n) for n, _ in trained])
-        ray.get([s.set_drafter.remote(version + 1, merged) for s in self.shards.values()])
+        ray.get([s.set_drafter.remote(version + 1, merged) for s in self._everyone()])
         self._lent.clear()
         return version + 1
 
@@ -192,9 +277,10 @@ class WorkerPool:
             ray.get(self.shards[self.shard_names[0]].export_drafter.remote(str(drafter_dir)))
 
     def shutdown(self) -> None:
-        for actor in [*self.shards.values(), self.trainer]:
+        for actor in [*self._everyone(), self.trainer]:
             try:
                 ray.kill(actor)
             except Exception:
                 pass
         self.shards.clear()
+        self.hosts.clear()

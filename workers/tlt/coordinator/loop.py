@@ -43,8 +43,12 @@ def request_seed(seed: int, step: int, group: int, sample: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 62) - 1)
 
 
-def resolve_model(spec: ReasoningRLJobSpec, progress: bool = True) -> Path:
-    """The policy's Hugging Face folder (the built-in model is bootstrapped once and cached)."""
+def resolve_model(spec: ReasoningRLJobSpec, progress: bool = True, download: bool = False) -> Path:
+    """The policy's Hugging Face folder (the built-in model is bootstrapped once and cached).
+
+    `download`: fetch `spec.model.hubId` into the Hugging Face cache (cluster pods do;
+    the token comes from the pod's HF_TOKEN, a Secret reference, never from the spec).
+    """
     model = spec.model
     if model.builtin:
         from tlt.tasks.bootstrap import ensure_base_model
@@ -55,6 +59,10 @@ def resolve_model(spec: ReasoningRLJobSpec, progress: bool = True) -> Path:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"spec.model.path: {folder} holds no config.json; point it at a Hugging Face model folder")
         return folder
+    if model.hub_id and download:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model.hub_id, revision=model.revision, token=os.environ.get("HF_TOKEN")))
     raise ValueError(
         "spec.model.hubId: the embedded runner reads models from disk; download the model and set spec.model.path"
     )
@@ -95,6 +103,7 @@ class EmbeddedRun:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.metrics = coordinator_metrics()
         self.roles: dict[str, str] = {}
+        self.download_models = False  # embedded runs read models from disk only
 
     # ---- helpers ----
     def _say(self, text: str) -> None:
@@ -119,7 +128,7 @@ class EmbeddedRun:
         spec = self.spec
         from transformers import AutoTokenizer
 
-        model_dir = resolve_model(spec, progress=self.progress)
+        model_dir = resolve_model(spec, progress=self.progress, download=self.download_models)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         prompts = PromptSource(spec, tokenizer)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -129,7 +138,7 @@ class EmbeddedRun:
                        total_steps=spec.algorithm.steps)
         if ckpt:
             self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
-        self.pool = WorkerPool(spec, str(model_dir), checkpoint=ckpt.folder if ckpt else None)
+        self.pool = self._make_pool(model_dir, ckpt)
         try:
             threshold = self._threshold()
             self.pool.start_shards(threshold)
@@ -155,6 +164,17 @@ class EmbeddedRun:
         summary = summarize(self.log_records())
         write_report(self.run_dir, f"tlt run: {self.job.metadata.name}")
         return summary
+
+    # ---- what a cluster run overrides (tlt.coordinator.cluster) ----
+    def _make_pool(self, model_dir: Path, ckpt: Checkpoint | None) -> WorkerPool:
+        return WorkerPool(self.spec, str(model_dir), checkpoint=ckpt.folder if ckpt else None)
+
+    def _control(self, step: int, progress: dict) -> None:
+        """One control tick during rollout: embedded, this process runs the elastic policy itself."""
+        self._apply(plan(self.spec, self._workers(progress), Progress(step=step, phase="rollout")), progress)
+
+    def _step_done(self, step: int, record: dict) -> None:
+        """After a step is logged (a cluster run reports it in the job's status)."""
 
     def log_records(self):
         from tlt.report import read_records
@@ -247,6 +267,7 @@ class EmbeddedRun:
                        groups=[[len(r.tokens) for r in results] for _, results in groups],
                        time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
         self.metrics.record_step(record)
+        self._step_done(step, record)
         if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):
             self._evaluate(prompts, step, eos)
         if step % spec.run_policy.checkpoint.every_steps == 0 or step == spec.algorithm.steps:
@@ -340,7 +361,7 @@ class EmbeddedRun:
                             lent=sum(1 for s in shards if self.pool.lent(s)))
             if len(results) == len(requests):
                 break
-            self._apply(plan(self.spec, self._workers(progress), Progress(step=step, phase="rollout")), progress)
+            self._control(step, progress)
             time.sleep(POLL_SECONDS)
         bar.close()
         return results, {"lent_seconds": lent_seconds, "acceptance_length": acceptance}

@@ -89,7 +89,8 @@ class _Rollout:
 
 class RolloutShard:
     def __init__(self, name: str, model_dir: str, spec: ReasoningRLJobSpec, *, cores: list[int] | None = None,
-                 batch_threshold: int = 4, drafter_state: dict | None = None, max_model_len: int | None = None):
+                 batch_threshold: int = 4, drafter_state: dict | None = None, max_model_len: int | None = None,
+                 max_slots: int | None = None):
         bind_threads(cores)
         self.name = name
         self.spec = spec
@@ -113,7 +114,7 @@ class RolloutShard:
                 drafter = NgramDrafter()
         self.engine = TorchEngine(
             self.model,
-            num_slots=spec.rollout.max_batch_size,
+            num_slots=max_slots or spec.rollout.max_batch_size,
             max_model_len=self.max_model_len,
             drafter=drafter,
             speculation=speculation_controller(spec, batch_threshold) if drafter is not None else None,

@@ -5,7 +5,8 @@ that pod sees it through a watch restricted to its own pod (field selector
 `metadata.name=$POD_NAME`, which the job's Role allows), calls `set_role(role)`
 (the same call the embedded control loop makes), and then sets its own label
 `tlt.dev/active-role`, so `kubectl get pods -L tlt.dev/active-role` shows what each
-worker does. The label is only written once `set_role` has returned.
+worker does. The label is only written once `set_role` has returned (and not
+returned False, which means the worker refused the switch for now).
 """
 
 from __future__ import annotations
@@ -65,9 +66,8 @@ class RoleWatcher:
             return  # the field selector already picks this pod; a lax server may not
         role = wanted_role(pod_metadata)
         labels = pod_metadata.get("labels") or {}
-        if role and role != self.active:
-            self.set_role(role)
-            self.active = role
+        if role and role != self.active and self.set_role(role) is not False:
+            self.active = role  # a refusal (a lend while work remains) is retried on the next change
         if self.active and labels.get(LABEL_ACTIVE_ROLE) != self.active:
             self.core.patch_namespaced_pod(self.pod_name, self.namespace, {"metadata": {"labels": {LABEL_ACTIVE_ROLE: self.active}}})
         request = (pod_metadata.get("annotations") or {}).get(ANNOTATION_CONSOLIDATE)

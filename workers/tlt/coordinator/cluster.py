@@ -1,0 +1,116 @@
+"""The coordinator on a cluster: the embedded loop, with the job's pods as its workers.
+
+It runs in the head pod (`tlt worker --head`: trainer-0, or worker-0 colocated). What
+differs from `tlt run`:
+- every actor is pinned to its own pod's Ray node (`PodNodes`);
+- the elastic policy runs in the operator, not here: this loop reports per-shard
+  progress into `status.progress`, and carries out the tail consolidations the
+  operator requests on the head pod; lends and returns happen in the pods
+  themselves (operator -> `tlt.dev/assigned-role` -> role watcher -> `set_role`);
+- each completed step goes to `status.step` and `status.drafter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from pathlib import Path
+
+from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec, ShardProgress
+from tlt.coordinator.actors import PodNodes, WorkerPool
+from tlt.coordinator.loop import Checkpoint, EmbeddedRun
+from tlt.elastic import dedicated_drafters, lending_enabled
+from tlt.worker.status import JobStatusWriter
+
+
+log = logging.getLogger("tlt.coordinator")
+
+
+def pod_nodes(spec: ReasoningRLJobSpec) -> PodNodes:
+    """Which pod runs what (the operator's `pod_slots` creates exactly these pods)."""
+    if spec.placement == "disaggregated":
+        head = "trainer-0"
+        hosts = [f"trainer-{i}" for i in range(spec.trainer.replicas)] if lending_enabled(spec) else []
+    else:
+        head, hosts = "worker-0", []
+    hosts += [f"drafter-{i}" for i in range(dedicated_drafters(spec))]
+    return PodNodes(head=head, drafter_hosts=tuple(hosts))
+
+
+def node_names(spec: ReasoningRLJobSpec) -> list[str]:
+    """Every pod's Ray node name, `<role>-<index>`, the head first."""
+    nodes = pod_nodes(spec)
+    prefix = "worker" if spec.placement == "colocated" else "rollout"
+    names = [nodes.head]
+    if spec.placement == "disaggregated":
+        names += [f"trainer-{i}" for i in range(1, spec.trainer.replicas)]
+    names += [f"{prefix}-{i}" for i in range(spec.rollout.replicas)]
+    names += [h for h in nodes.drafter_hosts if h.startswith("drafter-")]
+    return list(dict.fromkeys(names))
+
+
+def shard_progress(progress: dict) -> list[ShardProgress]:
+    """The shards' reports as `status.progress.shards` (index from the worker name `<role>-<index>`)."""
+    return [
+        ShardProgress(shard=int(name.rsplit("-", 1)[1]), running=p.running, waiting=p.waiting, finished=p.finished,
+                      generated_tokens=p.generated_tokens, speculating=p.speculating, role=p.role)
+        for name, p in progress.items()
+    ]
+
+
+class ClusterRun(EmbeddedRun):
+    def __init__(self, job: ReasoningRLJob, *, status: JobStatusWriter, run_dir: str | Path | None = None,
+                 progress: bool = True):
+        super().__init__(job, run_dir=run_dir, progress=progress)
+        self.status = status
+        self.download_models = True
+        self._consolidation_requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._last_progress: dict = {}
+
+    def _say(self, text: str) -> None:
+        log.info("%s", text)  # a pod's log, not a terminal: lines, no progress bars
+
+    # ---- called from the head pod's role watcher (another thread) ----
+    def request_consolidation(self, request: dict) -> None:
+        self._consolidation_requests.put(request)
+
+    # ---- the hooks of the embedded loop ----
+    def _make_pool(self, model_dir: Path, ckpt: Checkpoint | None) -> WorkerPool:
+        return WorkerPool(self.spec, str(model_dir), checkpoint=ckpt.folder if ckpt else None, nodes=pod_nodes(self.spec))
+
+    def _control(self, step: int, progress: dict) -> None:
+        self._last_progress = progress
+        self.status.progress(step, "rollout", shard_progress(progress))
+        self._consolidate(step)
+
+    def _phase_roles(self, step: int, phase: str) -> None:
+        # The operator returns lent pods when it sees the phase; shards also reclaim on their own
+        # as soon as new weights or work arrive, so nothing waits for it here.
+        self.status.progress(step, phase, shard_progress(self._last_progress))
+        if phase == "train":
+            self._set_role(self.pool.trainer_name, "trainer")
+
+    def _step_done(self, step: int, record: dict) -> None:
+        self.status.step_completed(step, record["drafter_version"], record["acceptance_length"])
+
+    # ---- tail consolidation, as the operator asked ----
+    def _consolidate(self, step: int) -> None:
+        prefix = f"{self.job.metadata.name}-"
+        while True:
+            try:
+                request = self._consolidation_requests.get_nowait()
+            except queue.Empty:
+                return
+            if request.get("step") != step:
+                continue  # a request of an earlier step (or a restarted run): its shards have moved on
+            for move in request.get("moves") or []:
+                target = str(move.get("target", "")).removeprefix(prefix)
+                sources = [str(s).removeprefix(prefix) for s in move.get("sources") or []]
+                counts = [int(n) for n in move.get("sequences") or []]
+                known = set(self.pool.shard_names)
+                if target not in known or not set(sources) <= known or len(counts) != len(sources):
+                    self._say(f"ignoring a malformed consolidation request: {move}")
+                    continue
+                moved = self.pool.consolidate(target, sources, counts)
+                if moved:
+                    self.log.write("consolidate", target=target, sources=sources, moved=moved)

@@ -1,0 +1,224 @@
+"""Run a job's pods as local processes: kwok fakes the kubelet's nodes, this fakes its containers.
+
+On the dev control plane (`tlt dev cluster up`) pods are scheduled onto kwok nodes
+and reported Running, but nothing runs. `LocalPods` runs each pod's container
+command (`tlt worker ...`) on this machine, the way a kubelet would:
+- the environment of the pod spec, with `fieldRef`s resolved and the ConfigMap
+  volume at /etc/tlt written to a local folder;
+- logged in as the job's ServiceAccount (a TokenRequest token), so the job's RBAC
+  is what the worker really has;
+- the Ray head address rewritten to loopback, a free metrics port per pod;
+- a pod deleted (or being deleted) gets SIGTERM; a process that exits has its
+  pod's status written as a kubelet would (phase, container exit code), so the
+  operator sees real exit codes; a replacement pod is started when it appears.
+This is how the test suite runs whole jobs through the operator without Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = "/etc/tlt"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_account_kubeconfig(admin_kubeconfig: Path, namespace: str, account: str, path: Path, kubectl: str = "kubectl") -> Path:
+    """A kubeconfig that logs in as `account`, with a one-hour TokenRequest token."""
+    token = subprocess.run([kubectl, "--kubeconfig", str(admin_kubeconfig), "create", "token", account, "-n", namespace,
+                            "--duration=1h"], check=True, capture_output=True, text=True).stdout.strip()
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    body = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account, "namespace": namespace}}],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(body))
+    path.chmod(0o600)
+    return path
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class LocalPod:
+    name: str
+    uid: str
+    process: subprocess.Popen
+    log_path: Path
+    metrics_port: int
+    started_at: str = field(default_factory=_now)
+    reported: bool = False
+
+
+class LocalPods:
+    """Keeps local processes in step with one job's pods (call `sync()`, or `start()` a thread)."""
+
+    def __init__(self, api_client, namespace: str, job: str, *, pod_kubeconfig: Path, workdir: Path,
+                 env: dict[str, str] | None = None, log=print):
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.job = job
+        self.pod_kubeconfig = Path(pod_kubeconfig)
+        self.workdir = Path(workdir)
+        self.extra_env = env or {}
+        self.say = log
+        self.ray_port = free_port()
+        self.pods: dict[str, LocalPod] = {}
+        self.exits: dict[str, int] = {}  # pod name (of the last process run for it) -> exit code
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- one pass ----
+    def sync(self) -> None:
+        with self._lock:
+            listed = self.core.list_namespaced_pod(self.namespace, label_selector=f"tlt.dev/job={self.job}").items
+            by_name = {p.metadata.name: p for p in listed}
+            for name, local in list(self.pods.items()):
+                pod = by_name.get(name)
+                gone = pod is None or pod.metadata.uid != local.uid or pod.metadata.deletion_timestamp is not None
+                code = local.process.poll()
+                if gone and code is None:
+                    self.say(f"[pods] {name}: deleted, SIGTERM")
+                    local.process.send_signal(signal.SIGTERM)
+                elif code is not None and not local.reported:
+                    local.reported = True
+                    self.exits[name] = code
+                    self.say(f"[pods] {name}: exited with {code}")
+                    if not gone:
+                        self._report_exit(name, local, code)
+                if gone and code is not None:
+                    del self.pods[name]
+            for name, pod in by_name.items():
+                if name in self.pods or pod.metadata.deletion_timestamp is not None:
+                    continue
+                if not pod.spec.node_name or (pod.status.phase not in ("Pending", "Running")):
+                    continue
+                self.pods[name] = self._start(pod)
+
+    # ---- starting a container ----
+    def _start(self, pod) -> LocalPod:
+        name = pod.metadata.name
+        folder = self.workdir / name
+        (folder / "config").mkdir(parents=True, exist_ok=True)
+        self._write_config_volumes(pod, folder / "config")
+        container = pod.spec.containers[0]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        env.update(self._container_env(pod, container))
+        metrics_port = free_port()
+        env.update({
+            "KUBECONFIG": str(self.pod_kubeconfig),
+            "TLT_RAY_HEAD": f"127.0.0.1:{self.ray_port}",
+            "TLT_METRICS_PORT": str(metrics_port),
+            "TLT_CONFIG": str(folder / "config" / "job.yaml"),
+            **self.extra_env,
+        })
+        command = [str(folder / "config") + a[len(CONFIG_DIR):] if a.startswith(CONFIG_DIR + "/") else a for a in container.command]
+        if command and command[0] == "tlt":
+            command = [sys.executable, "-m", "tlt.cli", *command[1:]]
+        log_path = folder / "container.log"
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(command, env=env, cwd=str(folder), stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        self.say(f"[pods] {name}: started `{' '.join(container.command)}` (pid {process.pid}, log {log_path})")
+        return LocalPod(name, pod.metadata.uid, process, log_path, metrics_port)
+
+    def _write_config_volumes(self, pod, folder: Path) -> None:
+        mounts = {m.name: m.mount_path for m in pod.spec.containers[0].volume_mounts or []}
+        for volume in pod.spec.volumes or []:
+            if volume.config_map is not None and mounts.get(volume.name) == CONFIG_DIR:
+                data = self.core.read_namespaced_config_map(volume.config_map.name, self.namespace).data or {}
+                for key, text in data.items():
+                    (folder / key).write_text(text)
+
+    @staticmethod
+    def _container_env(pod, container) -> dict[str, str]:
+        env = {}
+        fields = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
+                  "status.podIP": pod.status.pod_ip or "127.0.0.1"}
+        for var in container.env or []:
+            if var.value is not None:
+                env[var.name] = var.value
+            elif var.value_from is not None and var.value_from.field_ref is not None:
+                env[var.name] = fields.get(var.value_from.field_ref.field_path, "")
+        return env
+
+    # ---- what a kubelet reports ----
+    def _report_exit(self, name: str, local: LocalPod, code: int) -> None:
+        status = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+            "containerStatuses": [{
+                "name": "tlt", "ready": False, "restartCount": 0, "image": "local", "imageID": "",
+                "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                         "startedAt": local.started_at, "finishedAt": _now()}},
+            }],
+        }
+        try:
+            self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
+        except Exception as err:  # deleted meanwhile
+            self.say(f"[pods] {name}: could not report the exit: {err}")
+
+    # ---- background ----
+    def start(self, interval: float = 0.5) -> "LocalPods":
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    self.sync()
+                except Exception as err:
+                    self.say(f"[pods] sync failed: {err}")
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=loop, name="local-pods", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop syncing and terminate every process (SIGTERM, then SIGKILL of its session)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for local in self.pods.values():
+            if local.process.poll() is None:
+                local.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for local in self.pods.values():
+            try:
+                local.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(local.process.pid, signal.SIGKILL)  # Ray's raylet and workers live in the session
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def logs(self, name: str, tail: int = 4000) -> str:
+        local = self.pods.get(name)
+        path = local.log_path if local else self.workdir / name / "container.log"
+        try:
+            return path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""

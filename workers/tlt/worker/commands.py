@@ -1,0 +1,205 @@
+"""`tlt worker`: the program of every pod of a ReasoningRLJob (the operator starts it).
+
+    tlt worker --config /etc/tlt/job.yaml --role R --index N [--head]
+
+The head pod runs the Ray head and the coordinator (`tlt.coordinator.cluster`);
+the other pods join and host their actor. See `tlt.worker.pod` for what a pod does
+and its exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+log = logging.getLogger("tlt.worker")
+
+EXIT_RETRY = 1
+EXIT_CONFIG = 2
+EXIT_TERMINATED = 143
+ROLES = ("trainer", "rollout", "worker", "drafter")
+
+
+def register(subparsers) -> None:
+    worker = subparsers.add_parser(
+        "worker",
+        help="run one pod of a ReasoningRLJob on a cluster (the operator starts this in each pod)",
+        description="Run one pod of a ReasoningRLJob: the head pod (--head) starts the Ray head and the coordinator, "
+        "which reports progress into the job's status; the other pods join the Ray cluster and host their rollout, "
+        "trainer or drafter worker, switching roles as the operator assigns them. Serves /metrics and /healthz. "
+        "Exit codes: 0 done, 1 retriable failure, 2 bad configuration.",
+    )
+    worker.add_argument("--config", default=os.environ.get("TLT_CONFIG", "/etc/tlt/job.yaml"),
+                        help="the rendered job (the operator mounts it from the job's ConfigMap)")
+    worker.add_argument("--role", required=True, choices=ROLES, help="the role this pod was created for")
+    worker.add_argument("--index", required=True, type=int, help="the pod's index within its role")
+    worker.add_argument("--head", action="store_true", help="run the Ray head and the coordinator here")
+    worker.add_argument("--run-dir", help="checkpoints, metrics and the report (default: spec.output.path)")
+    worker.add_argument("--metrics-port", type=int, default=int(os.environ.get("TLT_METRICS_PORT", "8080")),
+                        help="port of /metrics and /healthz (0: none)")
+    worker.set_defaults(func=run_worker)
+
+
+def placement_error(spec, role: str, index: int, head: bool) -> str | None:
+    """Why this pod's role and index are not a pod of the job, or None."""
+    from tlt.coordinator.cluster import node_names, pod_nodes
+
+    node = f"{role}-{index}"
+    if node not in node_names(spec):
+        return (f"--role {role} --index {index}: the job has no such pod (placement {spec.placement}; "
+                f"its pods are {', '.join(node_names(spec))})")
+    if head != (node == pod_nodes(spec).head):
+        return f"--head: the job's head pod is {pod_nodes(spec).head}, not {node}"
+    return None
+
+
+def run_worker(args) -> int:
+    from tlt.api.load import load_jobs
+    from tlt.api.errors import SpecError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        jobs = load_jobs(args.config)
+    except SpecError as err:
+        log.error("%s is not a valid ReasoningRLJob:\n  %s", args.config, "\n  ".join(map(str, err.errors)))
+        return EXIT_CONFIG
+    except OSError as err:
+        log.error("cannot read the job config %s: %s (the operator mounts it at /etc/tlt/job.yaml)", args.config, err)
+        return EXIT_CONFIG
+    if len(jobs) != 1:
+        log.error("%s holds %d jobs; a pod runs exactly one", args.config, len(jobs))
+        return EXIT_CONFIG
+    job = jobs[0]
+    problem = placement_error(job.spec, args.role, args.index, args.head)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_CONFIG
+
+    from tlt.worker.pod import PodIdentity, install_sigterm, kube_api_client
+
+    pod = PodIdentity.from_env(job.metadata.name, job.metadata.namespace or "default", args.role, args.index, args.head)
+    try:
+        api = kube_api_client()
+    except Exception as err:
+        log.error("no access to the Kubernetes API (%s): run in the job's pod, or set KUBECONFIG", err)
+        return EXIT_CONFIG
+    install_sigterm()
+    return (run_head if args.head else run_member)(job, pod, api, args)
+
+
+def _actor_lookup(pod):
+    """This pod's actor, looked up lazily (the coordinator creates it after the pods joined)."""
+    import ray
+
+    found = {}
+
+    def get():
+        if "actor" not in found:
+            try:
+                found["actor"] = ray.get_actor(pod.node, namespace=pod.ray_namespace)
+            except ValueError:
+                return None
+        return found["actor"]
+
+    return get
+
+
+def _set_role_of(pod, actor):
+    import ray
+
+    def set_role(role: str) -> bool:
+        handle = actor()
+        if handle is None:
+            return role == pod.role  # not created yet: it will start in its own role
+        return bool(ray.get(handle.set_role.remote(role)))
+
+    return set_role
+
+
+def _metrics(port: int, actor) -> None:
+    if not port:
+        return
+    import ray
+
+    from tlt.engine.metrics import REGISTRY
+    from tlt.worker.pod import PodMetrics, serve_metrics
+
+    def actor_text() -> str:
+        handle = actor()
+        return ray.get(handle.metrics_text.remote(), timeout=2) if handle is not None else ""
+
+    serve_metrics(PodMetrics(REGISTRY, actor_text), port)
+
+
+def run_head(job, pod, api, args) -> int:
+    from tlt.coordinator.cluster import ClusterRun, node_names
+    from tlt.worker.pod import RayNode, Terminated, install_sigterm, wait_for_nodes
+    from tlt.worker.role_watcher import RoleWatcher
+    from tlt.worker.status import JobStatusWriter
+
+    node = RayNode(pod)
+    status = JobStatusWriter.for_job(pod.namespace, pod.job, api).start()
+    watcher = None
+    try:
+        node.start()
+        install_sigterm()  # again: connecting to Ray replaces the handler
+        actor = _actor_lookup(pod)
+        _metrics(args.metrics_port, actor)
+        run = ClusterRun(job, status=status, run_dir=args.run_dir, progress=False)
+        watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api,
+                              on_consolidate=run.request_consolidation).start()
+        wait_for_nodes(node_names(job.spec))
+        summary = run.run()
+        log.info("job %s finished: %s", pod.job, summary)
+        return 0
+    except Terminated:
+        log.info("terminated (the pod is being deleted)")
+        return EXIT_TERMINATED
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return EXIT_CONFIG
+    except Exception:
+        log.exception("the coordinator failed; the operator restarts the job from its last checkpoint")
+        return EXIT_RETRY
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        status.close()
+        node.stop()
+
+
+def run_member(job, pod, api, args) -> int:
+    from tlt.worker.pod import RayNode, Terminated, find_actor, install_sigterm, job_finished
+    from tlt.worker.role_watcher import RoleWatcher
+
+    node = RayNode(pod)
+    watcher = None
+    try:
+        node.start()
+        install_sigterm()  # again: connecting to Ray replaces the handler
+        actor = _actor_lookup(pod)
+        _metrics(args.metrics_port, actor)
+        if find_actor(pod, alive=node.alive) is None:
+            log.error("the Ray cluster went away before this pod's worker was created")
+            return EXIT_RETRY
+        watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api).start()
+        while node.alive():
+            time.sleep(2.0)
+        if job_finished(api, pod):
+            log.info("the job finished; waiting to be deleted")
+            while True:
+                signal.pause()
+        log.error("lost the Ray cluster before the job finished")
+        return EXIT_RETRY
+    except Terminated:
+        log.info("terminated (the pod is being deleted)")
+        return 0
+    except Exception:
+        log.exception("the pod's worker failed")
+        return EXIT_RETRY
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        node.stop()

@@ -1,0 +1,325 @@
+"""What `tlt worker` does in a job's pod: join the job's Ray cluster, serve metrics, follow roles.
+
+Every pod runs one Ray node that offers the resource `tlt.pod.<role>-<index>`, so
+the coordinator pins each actor to its own pod. The head pod (trainer-0, or
+worker-0 colocated) starts the Ray head and runs the coordinator; the others join
+it and host their actor. In every pod a role watcher follows the operator's
+`tlt.dev/assigned-role` annotation and switches the pod's actor (found by name).
+Port 8080 serves `/metrics` (the pod's actor's engine metrics, plus the
+coordinator's in the head pod) and `/healthz`.
+
+Exit codes: 0 done, 1 retriable failure (the operator replaces the pod), 2 bad
+configuration (permanent: a retry cannot fix it).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlt.coordinator.actors import NODE_RESOURCE
+
+log = logging.getLogger("tlt.worker")
+
+RAY_PORT = 6379
+METRICS_PORT = 8080
+JOIN_TIMEOUT = 900.0  # seconds a pod waits for the head (image pulls, model downloads)
+HEAD_LOST_SECONDS = 30.0  # a member whose head stops answering this long restarts
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    job: str
+    namespace: str
+    role: str
+    index: int
+    head: bool
+    pod_name: str
+    ray_head: str  # host:port of the Ray head
+
+    @property
+    def node(self) -> str:
+        """This pod's Ray node and actor name."""
+        return f"{self.role}-{self.index}"
+
+    @property
+    def ray_namespace(self) -> str:
+        return f"tlt-{self.job}"
+
+    @classmethod
+    def from_env(cls, job: str, namespace: str, role: str, index: int, head: bool, env=os.environ) -> "PodIdentity":
+        pod_name = env.get("POD_NAME") or f"{job}-{role}-{index}"
+        ray_head = env.get("TLT_RAY_HEAD") or f"{job}-{role}-0.{job}-workers.{namespace}.svc:{RAY_PORT}"
+        if head and not env.get("TLT_RAY_HEAD"):
+            ray_head = f"127.0.0.1:{RAY_PORT}"
+        return cls(job, env.get("POD_NAMESPACE") or namespace, role, index, head, pod_name, ray_head)
+
+
+# ---------------------------------------------------------------------------------
+# Ray
+
+
+def ray_start_command(pod: PodIdentity, env=os.environ) -> list[str]:
+    """`ray start --block` for this pod's node (a child process: its exit tells the pod it lost the cluster)."""
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
+               "--resources", json.dumps({NODE_RESOURCE.format(pod.node): 1})]
+    if pod.head:
+        command += ["--head", "--port", pod.ray_head.rsplit(":", 1)[1], "--include-dashboard", "false"]
+    else:
+        command += ["--address", pod.ray_head]
+    if env.get("TLT_RAY_OBJECT_STORE_BYTES"):
+        command += ["--object-store-memory", env["TLT_RAY_OBJECT_STORE_BYTES"]]
+    return command
+
+
+def ray_env(env=os.environ) -> dict:
+    out = dict(env)
+    out.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    out.setdefault("RAY_AUTH_MODE", "disabled")
+    out.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return out
+
+
+class RayNode:
+    """This pod's Ray node, and this process's connection to the job's Ray cluster."""
+
+    def __init__(self, pod: PodIdentity, join_timeout: float = JOIN_TIMEOUT):
+        self.pod = pod
+        self.join_timeout = join_timeout
+        self.process: subprocess.Popen | None = None
+        self._head_lost_at: float | None = None
+        self.log_path = Path(tempfile.gettempdir()) / f"tlt-ray-{pod.job}-{pod.node}.log"
+
+    def start(self) -> None:
+        """Start (or join) the cluster, retrying while the head is not up yet; then connect."""
+        import ray
+
+        deadline = time.monotonic() + self.join_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            with open(self.log_path, "w") as out:  # a file, not a pipe: nobody drains a pipe for days
+                self.process = subprocess.Popen(ray_start_command(self.pod), env=ray_env(), stdout=out,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+            if self._node_up(timeout=60):
+                break
+            err = self._stop_process()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not join the Ray cluster at {self.pod.ray_head} after {attempt} tries: {err}")
+            log.info("waiting for the Ray head at %s (try %d): %s", self.pod.ray_head, attempt, err.strip()[-300:])
+            time.sleep(min(10.0, 1.0 * attempt))
+        log.info("%s joined the Ray cluster at %s", self.pod.node, self.pod.ray_head)
+
+    def _node_up(self, timeout: float) -> bool:
+        """True once this pod's node is in the cluster (and this process connected to it);
+        False if `ray start` gave up or the node never showed."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        resource = NODE_RESOURCE.format(self.pod.node)
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if not ray.is_initialized():
+                    os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})
+                    ray.init(address=self.pod.ray_head, namespace=self.pod.ray_namespace, log_to_driver=False,
+                             configure_logging=False, include_dashboard=False)
+                if resource in ray.cluster_resources():
+                    return True
+            except Exception as err:  # the GCS is not up yet
+                log.debug("connecting to %s: %s", self.pod.ray_head, err)
+            time.sleep(1.0)
+        if ray.is_initialized():
+            ray.shutdown()
+        return False
+
+    def _stop_process(self) -> str:
+        if self.process is None:
+            return ""
+        # `ray start` runs the GCS, raylet and workers in its own session: stop all of them.
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        self._signal_group(signal.SIGKILL)
+        self.process.wait()
+        try:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            tail = ""
+        return tail or f"exit code {self.process.returncode}"
+
+    def _signal_group(self, sig) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def alive(self) -> bool:
+        """This pod's node runs, and the head answers (a member whose head is gone must restart)."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        if self.pod.head:
+            return True
+        host, port = self.pod.ray_head.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                self._head_lost_at = None
+        except OSError:
+            self._head_lost_at = self._head_lost_at or time.monotonic()
+            return time.monotonic() - self._head_lost_at < HEAD_LOST_SECONDS
+        return True
+
+    def stop(self) -> None:
+        import ray
+
+        # Disconnecting can hang when the head is already gone: give it a few seconds only.
+        done = threading.Thread(target=lambda: ray.shutdown() if ray.is_initialized() else None, daemon=True)
+        done.start()
+        done.join(timeout=10)
+        self._stop_process()
+
+
+def wait_for_nodes(names: list[str], timeout: float = JOIN_TIMEOUT, say=log.info) -> None:
+    """Block until every pod's Ray node has joined (progress said every 10 s)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    last = 0.0
+    while True:
+        present = ray.cluster_resources()
+        missing = [n for n in names if NODE_RESOURCE.format(n) not in present]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pods never joined the Ray cluster: {', '.join(missing)}")
+        if time.monotonic() - last > 10:
+            say(f"waiting for pods to join the Ray cluster: {len(names) - len(missing)}/{len(names)} (missing {', '.join(missing)})")
+            last = time.monotonic()
+        time.sleep(1.0)
+
+
+def find_actor(pod: PodIdentity, alive=lambda: True, timeout: float = JOIN_TIMEOUT):
+    """This pod's actor, once the coordinator has created it (None if the cluster went away first)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            return ray.get_actor(pod.node, namespace=pod.ray_namespace)
+        except ValueError:
+            time.sleep(1.0)
+    return None
+
+
+# ---------------------------------------------------------------------------------
+# Metrics
+
+
+class PodMetrics:
+    """A Prometheus collector: this process's registry, then the pod actor's engine families."""
+
+    def __init__(self, registry, actor_text=lambda: ""):
+        self.registry = registry
+        self.actor_text = actor_text
+
+    def collect(self):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        seen = set()
+        for family in self.registry.collect():
+            seen.add(family.name)
+            yield family
+        try:
+            text = self.actor_text() or ""
+        except Exception:  # the actor is busy starting or gone: its metrics are missing from this scrape
+            text = ""
+        for family in text_string_to_metric_families(text):
+            if family.name not in seen:
+                yield family
+
+
+def serve_metrics(collector: PodMetrics, port: int) -> http.server.ThreadingHTTPServer:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path.startswith("/metrics"):
+                body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
+            elif self.path.startswith("/healthz"):
+                body, kind = b"ok\n", "text/plain"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # scrapes every few seconds would flood the pod's log
+            pass
+
+    server = http.server.ThreadingHTTPServer(("", port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def actor_metrics(actor):
+    import ray
+
+    return lambda: ray.get(actor.metrics_text.remote(), timeout=2) if actor is not None else ""
+
+
+# ---------------------------------------------------------------------------------
+# Kubernetes
+
+
+def kube_api_client():
+    """In a pod its ServiceAccount; elsewhere (local runs, tests) the kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def job_finished(api_client, pod: PodIdentity) -> bool:
+    """Whether the job's status counts every step done (a member pod then waits to be deleted)."""
+    from kubernetes import client
+
+    from tlt.api.model import API_GROUP, API_VERSION, PLURAL
+
+    body = client.CustomObjectsApi(api_client).get_namespaced_custom_object(API_GROUP, API_VERSION, pod.namespace, PLURAL, pod.job)
+    status, spec = body.get("status") or {}, body.get("spec") or {}
+    return int(status.get("step") or 0) >= int((spec.get("algorithm") or {}).get("steps") or 1)
+
+
+class Terminated(Exception):
+    """SIGTERM: the pod is being deleted (job finished, suspended or replaced)."""
+
+
+def install_sigterm() -> None:
+    """The first SIGTERM raises `Terminated` (clean shutdown follows); later ones are ignored,
+    so a kubelet or supervisor repeating the signal does not cut the shutdown short."""
+    def on_sigterm(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)

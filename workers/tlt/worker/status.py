@@ -1,0 +1,113 @@
+"""The coordinator's writes to its job's status: progress (rate-limited), step and drafter.
+
+Status ownership: the coordinator writes `status.progress`, `status.step` and
+`status.drafter`; the operator writes everything else. Progress goes out at most
+once per `interval` seconds (the operator plans on it; more often would only load
+the API server); the latest report always gets out, from a background thread, so
+a phase change during a long blocking call (training) is not lost. A failed write
+is logged and retried with the next one: the run never stops for the API server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from tlt.api.model import API_GROUP, API_VERSION, PLURAL, DrafterStatus, ProgressStatus, ShardProgress
+
+log = logging.getLogger("tlt.worker.status")
+
+PROGRESS_INTERVAL = 2.0
+
+
+def progress_body(step: int, phase: str, shards: list[ShardProgress], now: datetime | None = None) -> dict:
+    """`status.progress` as the operator reads it (camelCase, shards by index)."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ProgressStatus(step=step, phase=phase, shards=sorted(shards, key=lambda s: s.shard), updated_at=stamp).to_manifest()
+
+
+class JobStatusWriter:
+    """Patches one job's status subresource; `patch(body)` is the only I/O (tests pass their own)."""
+
+    def __init__(self, patch: Callable[[dict], None], interval: float = PROGRESS_INTERVAL, clock=time.monotonic):
+        self._patch = patch
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict | None = None
+        self._last_write = float("-inf")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.writes = 0
+
+    @classmethod
+    def for_job(cls, namespace: str, name: str, api_client=None, **options) -> "JobStatusWriter":
+        from kubernetes import client
+
+        custom = client.CustomObjectsApi(api_client)
+
+        def patch(body: dict) -> None:
+            custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": body})
+
+        return cls(patch, **options)
+
+    # ---- what the coordinator calls ----
+    def progress(self, step: int, phase: str, shards: list[ShardProgress]) -> None:
+        """Report live progress; written now if the interval has passed, else as soon as it has."""
+        with self._lock:
+            self._pending = {**(self._pending or {}), "progress": progress_body(step, phase, shards)}
+        self._wake.set()
+        self.flush(force=False)
+
+    def step_completed(self, step: int, drafter_version: int, acceptance_length: float) -> None:
+        """A completed step is written at once (with any pending progress)."""
+        drafter = DrafterStatus(version=drafter_version, acceptance_length=max(0.0, acceptance_length)).to_manifest()
+        with self._lock:
+            self._pending = {**(self._pending or {}), "step": step, "drafter": drafter}
+        self.flush(force=True)
+
+    def flush(self, force: bool = True) -> bool:
+        """Write what is pending (respecting the interval unless `force`); True when written."""
+        with self._lock:
+            if self._pending is None:
+                return False
+            if not force and self._clock() - self._last_write < self.interval:
+                return False
+            body, self._pending = self._pending, None
+            self._last_write = self._clock()
+        try:
+            self._patch(body)
+        except Exception as err:  # the API server may be briefly away: keep the report for the next try
+            log.warning("writing the job status failed (retrying): %s", getattr(err, "reason", None) or err)
+            with self._lock:
+                self._pending = {**body, **(self._pending or {})}
+            return False
+        self.writes += 1
+        return True
+
+    # ---- background delivery of the latest report ----
+    def start(self) -> "JobStatusWriter":
+        self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            wait = self.interval - (self._clock() - self._last_write)
+            if wait > 0 and self._stop.wait(wait):
+                break
+            self.flush(force=False)
+
+    def close(self) -> None:
+        """Stop the thread and write what is still pending."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush(force=True)
