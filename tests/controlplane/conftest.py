@@ -11,6 +11,9 @@ Fixtures:
 - `kube_api`: a kubernetes.client.ApiClient logged in as admin (cluster-admin).
 - `kubectl`: a function running kubectl against it (`kubectl("get", "nodes").stdout`).
 - `namespace`: a fresh namespace for one test, deleted afterwards.
+- `crd`, `operator`, `api` (per module): the CRD installed; one operator process
+  (`python -m tlt_operator`, real kopf) watching every namespace with a short backoff;
+  (CoreV1Api, CustomObjectsApi) as admin.
 
 Every test in this folder is marked `controlplane` (select with `-m controlplane`,
 leave out with `-m "not controlplane"`).
@@ -24,11 +27,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
+from jobs import CRD_NAME, wait_for
 from tlt.dev.cluster import ClusterError, DevCluster, default_pools
 from tlt.dev.tools import ToolMissing, kubectl_path
+from tlt_operator.local import OperatorProcess
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -104,3 +111,28 @@ def namespace(controlplane, request) -> str:
     controlplane.kubectl("delete", "reasoningrljobs.tlt.dev", "--all", "-n", name, "--wait=false",
                          "--ignore-not-found", check=False)
     controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# The operator tier: the CRD installed and one operator process per test module.
+
+@pytest.fixture(scope="module")
+def crd(kubectl):
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    # `kubectl wait` errors out (instead of waiting) while the new CRD has no status yet.
+    wait_for(lambda: kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=10s", check=False).returncode == 0,
+             what="the CRD Established")
+    wait_for(lambda: kubectl("get", "rlj", "-A", check=False).returncode == 0, what="rlj in discovery")
+    return CRD_NAME
+
+
+@pytest.fixture(scope="module")
+def operator(crd, kubeconfig, tmp_path_factory):
+    env = {"TLT_BACKOFF_SECONDS": "0.5", "TLT_RESYNC_SECONDS": "2"}
+    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def api(kube_api):
+    return client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)

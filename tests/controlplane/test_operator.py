@@ -7,25 +7,17 @@ fake GPU nodes become Running and Ready, no container runs.
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import threading
 import time
-from pathlib import Path
 
-import pytest
 import yaml
 from kubernetes import client, watch
 
-import waiting
+from jobs import GROUP, PLURAL, VERSION, Job, wait_for
 from specs import manifest, with_fields
 from tlt.worker.role_watcher import RoleWatcher
-from tlt_operator.local import OperatorProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_NAME = "reasoningrljobs.tlt.dev"
-GROUP, VERSION, PLURAL = "tlt.dev", "v1alpha1", "reasoningrljobs"
 
 JOB = manifest("demo", {
     "algorithm": {"groupSize": 4, "steps": 3},
@@ -36,87 +28,6 @@ JOB = manifest("demo", {
     "elasticity": {"consolidateTail": {"threshold": 4}},
     "runPolicy": {"backoffLimit": 1},
 })
-
-
-# The API server may answer errors while objects come and go: they count as "not yet".
-wait_for = functools.partial(waiting.wait_for, interval=0.3, retry_on=(client.ApiException,))
-
-
-@pytest.fixture(scope="module")
-def crd(kubectl):
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    # `kubectl wait` errors out (instead of waiting) while the new CRD has no status yet.
-    wait_for(lambda: kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=10s", check=False).returncode == 0,
-             what="the CRD Established")
-    wait_for(lambda: kubectl("get", "rlj", "-A", check=False).returncode == 0, what="rlj in discovery")
-    return CRD_NAME
-
-
-@pytest.fixture(scope="module")
-def operator(crd, kubeconfig, tmp_path_factory):
-    env = {"TLT_BACKOFF_SECONDS": "0.5", "TLT_RESYNC_SECONDS": "2"}
-    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def api(kube_api):
-    return client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
-
-
-class Job:
-    """One job in a test namespace, with the reads the tests need."""
-
-    def __init__(self, api, kubectl, namespace, body):
-        self.core, self.custom = api
-        self.kubectl = kubectl
-        self.namespace = namespace
-        self.name = body["metadata"]["name"]
-        body = copy.deepcopy(body)
-        body["metadata"]["namespace"] = namespace
-        kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
-
-    def get(self) -> dict:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
-
-    def status(self) -> dict:
-        return self.get().get("status") or {}
-
-    def patch(self, patch: dict) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, patch)
-
-    def report(self, status: dict) -> None:
-        """What the coordinator does: merge-patch the status subresource."""
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
-
-    def pods(self) -> dict[str, client.V1Pod]:
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"tlt.dev/job={self.name}").items
-        return {p.metadata.name: p for p in pods if not p.metadata.deletion_timestamp}
-
-    def running_pods(self, count: int) -> dict[str, client.V1Pod]:
-        def ready():
-            pods = self.pods()
-            ok = len(pods) == count and all(
-                p.status.phase == "Running" and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-                for p in pods.values()
-            )
-            return ok and pods
-        return wait_for(ready, what=f"{count} running pods of {self.name}")
-
-    def events(self, reason: str | None = None) -> list[dict]:
-        items = json.loads(self.kubectl("get", "events", "-n", self.namespace, "-o", "json").stdout)["items"]
-        return [
-            e for e in items
-            if e["involvedObject"].get("name") == self.name and e["involvedObject"].get("kind") == "ReasoningRLJob"
-            and (reason is None or e["reason"] == reason)
-        ]
-
-    def phase(self) -> str | None:
-        return self.status().get("phase")
-
-    def annotation(self, pod: str, key: str = "tlt.dev/assigned-role") -> str | None:
-        return (self.pods()[pod].metadata.annotations or {}).get(key)
 
 
 def named(name: str, **spec_changes) -> dict:

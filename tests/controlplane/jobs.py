@@ -1,0 +1,72 @@
+"""A ReasoningRLJob in a test namespace, as the control-plane tests drive and read it."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import yaml
+from kubernetes import client
+
+import waiting
+
+CRD_NAME = "reasoningrljobs.tlt.dev"
+GROUP, VERSION, PLURAL = "tlt.dev", "v1alpha1", "reasoningrljobs"
+
+# The API server may answer errors while objects come and go: they count as "not yet".
+wait_for = functools.partial(waiting.wait_for, interval=0.3, retry_on=(client.ApiException,))
+
+
+class Job:
+    """One job in a test namespace, with the reads the tests need."""
+
+    def __init__(self, api, kubectl, namespace, body):
+        self.core, self.custom = api
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.name = body["metadata"]["name"]
+        body = copy.deepcopy(body)
+        body["metadata"]["namespace"] = namespace
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+
+    def get(self) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+
+    def status(self) -> dict:
+        return self.get().get("status") or {}
+
+    def patch(self, patch: dict) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, patch)
+
+    def report(self, status: dict) -> None:
+        """What the coordinator does: merge-patch the status subresource."""
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+
+    def pods(self) -> dict[str, client.V1Pod]:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"tlt.dev/job={self.name}").items
+        return {p.metadata.name: p for p in pods if not p.metadata.deletion_timestamp}
+
+    def running_pods(self, count: int) -> dict[str, client.V1Pod]:
+        def ready():
+            pods = self.pods()
+            ok = len(pods) == count and all(
+                p.status.phase == "Running" and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+                for p in pods.values()
+            )
+            return ok and pods
+        return wait_for(ready, what=f"{count} running pods of {self.name}")
+
+    def events(self, reason: str | None = None) -> list[dict]:
+        items = json.loads(self.kubectl("get", "events", "-n", self.namespace, "-o", "json").stdout)["items"]
+        return [
+            e for e in items
+            if e["involvedObject"].get("name") == self.name and e["involvedObject"].get("kind") == "ReasoningRLJob"
+            and (reason is None or e["reason"] == reason)
+        ]
+
+    def phase(self) -> str | None:
+        return self.status().get("phase")
+
+    def annotation(self, pod: str, key: str = "tlt.dev/assigned-role") -> str | None:
+        return (self.pods()[pod].metadata.annotations or {}).get(key)
