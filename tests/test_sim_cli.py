@@ -210,6 +210,22 @@ def test_calibrate_without_poll_rounding_is_the_shards_decode_time(tmp_path):
     assert result.steps[0].simulated_seconds == pytest.approx(0.05 + 5 * (0.1 + 0.02))
 
 
+def test_calibrate_uses_the_prompt_length_and_threshold_the_run_logged(tmp_path, capsys):
+    records = [
+        {"kind": "step", "step": 1, "acceptance_length": 0.0, "time_rollout": 1.0},
+        {"kind": "lengths", "step": 1, "shards": 2, "groups": [[3, 3], [5, 5]], "time_rollout": 1.0,
+         "sampling_rounds": 1, "prompt_tokens": 15.4, "batch_threshold": 3},
+    ]
+    run, job, costs = calibration_inputs(tmp_path, records)
+    assert main(["simulate", str(job), "--calibrate", str(run), "--costs", str(costs), "--json"]) == 0
+    setting = json.loads(capsys.readouterr().out)["setting"]
+    assert setting["prompt_tokens"] == 15 and setting["batch_threshold"] == 3
+    assert main(["simulate", str(job), "--calibrate", str(run), "--costs", str(costs), "--json",
+                 "--prompt-tokens", "7", "--batch-threshold", "2"]) == 0
+    setting = json.loads(capsys.readouterr().out)["setting"]
+    assert setting["prompt_tokens"] == 7 and setting["batch_threshold"] == 2, "the options override the log"
+
+
 @pytest.mark.parametrize("case, message", [
     ("no-dir", "does not exist"),
     ("no-metrics", "holds no metrics.jsonl"),

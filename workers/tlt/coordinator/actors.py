@@ -127,7 +127,7 @@ class ShardWorker(RolloutShard):
         from tlt.speculative.adaptive import Strategy
 
         table = measure_costs(self.model, self.eagle, batch_sizes=(1, 2, 4, 8, 16, 32), widths=(1, 4, 8),
-                              context_len=128, repeats=3, progress=False)
+                              context_len=128, repeats=3, progress=False, engine_terms=False)
         return table.auto_threshold(Strategy.parse(self.spec.speculative.strategies[0]))
 
 

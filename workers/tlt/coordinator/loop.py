@@ -104,6 +104,7 @@ class EmbeddedRun:
         self.metrics = coordinator_metrics()
         self.roles: dict[str, str] = {}
         self.download_models = False  # embedded runs read models from disk only
+        self.threshold: int | None = None  # speculation's batch threshold, once resolved
 
     # ---- helpers ----
     def _say(self, text: str) -> None:
@@ -140,7 +141,7 @@ class EmbeddedRun:
             self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
         self.pool = self._make_pool(model_dir, ckpt)
         try:
-            threshold = self._threshold()
+            threshold = self.threshold = self._threshold()
             self.pool.start_shards(threshold)
             for w in self.pool.shard_names:
                 self._set_role(w, "rollout")
@@ -265,7 +266,8 @@ class EmbeddedRun:
         # replaying this step's rollout in the simulator (`tlt simulate --calibrate`).
         self.log.write("lengths", step=step, shards=len(self.pool.shard_names),
                        groups=[[len(r.tokens) for r in results] for _, results in groups],
-                       time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
+                       prompt_tokens=round(sum(len(item.ids) for item, _ in groups) / max(1, len(groups)), 1),
+                       batch_threshold=self.threshold, time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
         self.metrics.record_step(record)
         self._step_done(step, record)
         if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):

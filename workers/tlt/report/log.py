@@ -5,7 +5,8 @@ Record kinds (field `kind`):
 - `step`: one completed RL step (rewards, step time split, acceptance, lent fraction).
 - `eval`: held-out evaluation (accuracy, response lengths).
 - `role`: a worker switched role at time `t` (seconds since the run's first start).
-- `lengths`: one step's per-sequence response lengths by group, and its rollout time.
+- `lengths`: one step's per-sequence response lengths by group, the mean prompt length, the
+  resolved speculation threshold and the rollout time (replayed by `tlt simulate --calibrate`).
 The report is rendered from this file alone, so it can be rebuilt at any time
 (`tlt report RUN_DIR`).
 """

@@ -208,6 +208,13 @@ def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Pat
               batch_threshold: int | None = None, poll_seconds: float = POLL_SECONDS, seed: int = 0) -> Calibration:
     """Each logged step's rollout replayed in the simulator next to its measured time."""
     records, step_records = read_run(run_dir)
+    # Runs log their prompt length and resolved threshold; the options override (older runs lack them).
+    logged_prompts = [float(r["prompt_tokens"]) for r in records if isinstance(r.get("prompt_tokens"), (int, float))]
+    if prompt_tokens is None and logged_prompts:
+        prompt_tokens = round(sum(logged_prompts) / len(logged_prompts))
+    logged_threshold = next((int(r["batch_threshold"]) for r in records if isinstance(r.get("batch_threshold"), int)), None)
+    if batch_threshold is None:
+        batch_threshold = logged_threshold
     if prompt_tokens is not None:
         profile = profile.with_changes(prompt_tokens=prompt_tokens)
     # No pod starts, role switches or rewards inside a replayed rollout; the drafter does

@@ -48,11 +48,11 @@ def register(subparsers) -> None:
     c.add_argument("--calibrate", metavar="RUN_DIR",
                    help="the run folder `tlt run` wrote; give its manifest as MANIFEST and --costs from "
                    "`tlt bench costs --json` on the same machine")
-    c.add_argument("--prompt-tokens", type=int, help="calibration: prompt tokens per sequence (default: the cost "
-                   "file's prompt_tokens, else 0)")
+    c.add_argument("--prompt-tokens", type=int, help="calibration: prompt tokens per sequence (default: what the "
+                   "run logged, else the cost file's prompt_tokens, else 0)")
     c.add_argument("--batch-threshold", type=int,
-                   help="calibration: the `auto` threshold the run used (default: the embedded runner's rule "
-                   "on the cost table)")
+                   help="calibration: the `auto` threshold the run used (default: what the run logged, else the "
+                   "embedded runner's rule on the cost table)")
     p.set_defaults(func=run_simulate)
 
 
