@@ -574,7 +574,7 @@ class ReasoningRLJobSpec(SpecModel):
 
 
 class Condition(SpecModel):
-    """A condition, as in Kubernetes (Created, Running, Suspended, Succeeded, Failed, Invalid, Degraded)."""
+    """A condition, as in Kubernetes (Created, Running, Updating, Suspended, Succeeded, Failed, Invalid, Degraded)."""
 
     type: str = Field(description="Condition type.")
     status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
