@@ -95,22 +95,34 @@ class ClusterRun(EmbeddedRun):
 
     # ---- tail consolidation, as the operator asked ----
     def _consolidate(self, step: int) -> None:
-        prefix = f"{self.job.metadata.name}-"
         while True:
             try:
                 request = self._consolidation_requests.get_nowait()
             except queue.Empty:
                 return
-            if request.get("step") != step:
+            if not isinstance(request, dict) or request.get("step") != step:
                 continue  # a request of an earlier step (or a restarted run): its shards have moved on
-            for move in request.get("moves") or []:
-                target = str(move.get("target", "")).removeprefix(prefix)
-                sources = [str(s).removeprefix(prefix) for s in move.get("sources") or []]
-                counts = [int(n) for n in move.get("sequences") or []]
-                known = set(self.pool.shard_names)
-                if target not in known or not set(sources) <= known or len(counts) != len(sources):
+            moves = request.get("moves")
+            for move in moves if isinstance(moves, list) else []:
+                parsed = self._parse_move(move)
+                if parsed is None:
                     self._say(f"ignoring a malformed consolidation request: {move}")
                     continue
+                target, sources, counts = parsed
                 moved = self.pool.consolidate(target, sources, counts)
                 if moved:
                     self.log.write("consolidate", target=target, sources=sources, moved=moved)
+
+    def _parse_move(self, move) -> tuple[str, list[str], list[int]] | None:
+        """(target, sources, counts) of one requested move, by shard name; None when it names no shards of this run."""
+        if not isinstance(move, dict) or not isinstance(move.get("sources"), list) or not isinstance(move.get("sequences"), list):
+            return None
+        prefix = f"{self.job.metadata.name}-"
+        target = str(move.get("target", "")).removeprefix(prefix)
+        sources = [str(s).removeprefix(prefix) for s in move["sources"]]
+        counts = move["sequences"]
+        known = set(self.pool.shard_names)
+        if (target not in known or not set(sources) <= known or target in sources or len(counts) != len(sources)
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)):
+            return None
+        return target, sources, counts

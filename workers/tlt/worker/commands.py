@@ -50,8 +50,11 @@ def placement_error(spec, role: str, index: int, head: bool) -> str | None:
     if node not in node_names(spec):
         return (f"--role {role} --index {index}: the job has no such pod (placement {spec.placement}; "
                 f"its pods are {', '.join(node_names(spec))})")
-    if head != (node == pod_nodes(spec).head):
-        return f"--head: the job's head pod is {pod_nodes(spec).head}, not {node}"
+    head_node = pod_nodes(spec).head
+    if head and node != head_node:
+        return f"--head: the job's head pod is {head_node}, not {node}"
+    if not head and node == head_node:
+        return f"{node} is the job's head pod: it runs with --head"
     return None
 
 
@@ -60,6 +63,9 @@ def run_worker(args) -> int:
     from tlt.api.errors import SpecError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not os.path.isfile(args.config):
+        log.error("cannot read the job config %s: no such file (the operator mounts it at /etc/tlt/job.yaml)", args.config)
+        return EXIT_CONFIG
     try:
         jobs = load_jobs(args.config)
     except SpecError as err:
@@ -77,9 +83,11 @@ def run_worker(args) -> int:
         log.error("%s", problem)
         return EXIT_CONFIG
 
+    from tlt.coordinator.cluster import pod_nodes
     from tlt.worker.pod import PodIdentity, install_sigterm, kube_api_client
 
-    pod = PodIdentity.from_env(job.metadata.name, job.metadata.namespace or "default", args.role, args.index, args.head)
+    pod = PodIdentity.from_env(job.metadata.name, job.metadata.namespace or "default", args.role, args.index, args.head,
+                               head_node=pod_nodes(job.spec).head)
     try:
         api = kube_api_client()
     except Exception as err:

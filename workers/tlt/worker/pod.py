@@ -58,12 +58,17 @@ class PodIdentity:
         return f"tlt-{self.job}"
 
     @classmethod
-    def from_env(cls, job: str, namespace: str, role: str, index: int, head: bool, env=os.environ) -> "PodIdentity":
+    def from_env(cls, job: str, namespace: str, role: str, index: int, head: bool, env=os.environ,
+                 head_node: str | None = None) -> "PodIdentity":
+        """`head_node` (`<role>-<index>`, default the trainer's or worker's first pod) names the
+        head pod when TLT_RAY_HEAD (which the operator always sets) is missing."""
+        namespace = env.get("POD_NAMESPACE") or namespace
         pod_name = env.get("POD_NAME") or f"{job}-{role}-{index}"
-        ray_head = env.get("TLT_RAY_HEAD") or f"{job}-{role}-0.{job}-workers.{namespace}.svc:{RAY_PORT}"
+        head_node = head_node or ("worker-0" if role == "worker" else "trainer-0")
+        ray_head = env.get("TLT_RAY_HEAD") or f"{job}-{head_node}.{job}-workers.{namespace}.svc:{RAY_PORT}"
         if head and not env.get("TLT_RAY_HEAD"):
             ray_head = f"127.0.0.1:{RAY_PORT}"
-        return cls(job, env.get("POD_NAMESPACE") or namespace, role, index, head, pod_name, ray_head)
+        return cls(job, namespace, role, index, head, pod_name, ray_head)
 
 
 # ---------------------------------------------------------------------------------
@@ -237,16 +242,26 @@ class PodMetrics:
     def collect(self):
         from prometheus_client.parser import text_string_to_metric_families
 
+        # Names already exposed: families, and their samples' names, since the text parser reads
+        # a counter's or histogram's `_created` line back as a family of its own.
         seen = set()
         for family in self.registry.collect():
             seen.add(family.name)
+            seen.update(sample.name for sample in family.samples)
             yield family
         try:
             text = self.actor_text() or ""
         except Exception:  # the actor is busy starting or gone: its metrics are missing from this scrape
             text = ""
-        for family in text_string_to_metric_families(text):
-            if family.name not in seen:
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:  # garbled text must not cost the scrape this process's own families
+            log.warning("ignoring unparsable metrics from this pod's worker")
+            families = []
+        for family in families:
+            if family.name not in seen and not any(sample.name in seen for sample in family.samples):
+                seen.add(family.name)
+                seen.update(sample.name for sample in family.samples)
                 yield family
 
 

@@ -37,6 +37,7 @@ class JobStatusWriter:
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
+        self._io = threading.Lock()  # one write at a time, so an older report never lands after a newer one
         self._pending: dict | None = None
         self._last_write = float("-inf")
         self._stop = threading.Event()
@@ -71,23 +72,31 @@ class JobStatusWriter:
         self.flush(force=True)
 
     def flush(self, force: bool = True) -> bool:
-        """Write what is pending (respecting the interval unless `force`); True when written."""
-        with self._lock:
-            if self._pending is None:
-                return False
-            if not force and self._clock() - self._last_write < self.interval:
-                return False
-            body, self._pending = self._pending, None
-            self._last_write = self._clock()
-        try:
-            self._patch(body)
-        except Exception as err:  # the API server may be briefly away: keep the report for the next try
-            log.warning("writing the job status failed (retrying): %s", getattr(err, "reason", None) or err)
-            with self._lock:
-                self._pending = {**body, **(self._pending or {})}
+        """Write what is pending (respecting the interval unless `force`); True when written.
+
+        Writes go out one at a time: a forced flush waits for a write under way; an unforced
+        one leaves its report pending for the background thread."""
+        if not self._io.acquire(blocking=force):
             return False
-        self.writes += 1
-        return True
+        try:
+            with self._lock:
+                if self._pending is None:
+                    return False
+                if not force and self._clock() - self._last_write < self.interval:
+                    return False
+                body, self._pending = self._pending, None
+                self._last_write = self._clock()
+            try:
+                self._patch(body)
+            except Exception as err:  # the API server may be briefly away: keep the report for the next try
+                log.warning("writing the job status failed (retrying): %s", getattr(err, "reason", None) or err)
+                with self._lock:
+                    self._pending = {**body, **(self._pending or {})}
+                return False
+            self.writes += 1
+            return True
+        finally:
+            self._io.release()
 
     # ---- background delivery of the latest report ----
     def start(self) -> "JobStatusWriter":
