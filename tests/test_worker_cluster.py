@@ -7,7 +7,7 @@ import pytest
 
 from specs import manifest, with_fields
 from tlt.api.load import parse_job
-from tlt.coordinator.cluster import ClusterRun, node_names, pod_nodes, shard_progress
+from tlt.coordinator.cluster import ClusterRun, actor_nodes, node_names, pod_nodes, shard_progress
 from tlt.coordinator.shard import ShardProgressReport
 from tlt.report import read_records
 from tlt_operator.builders import pod_slots
@@ -52,6 +52,14 @@ def test_disaggregated_head_is_trainer_0_and_trainers_host_drafters_only_when_le
                                      "drafter.dedicatedReplicas": {"min": 0, "max": 1}}).spec)
     assert no_lending.head == "trainer-0"
     assert no_lending.drafter_hosts == ("drafter-0",), "without lending only dedicated drafters train the drafter"
+
+
+def test_pods_with_a_switchable_actor_are_the_shards_and_drafter_hosts_only():
+    lending = job_of(**{"trainer.replicas": 2}).spec
+    assert actor_nodes(lending) == {"rollout-0", "rollout-1", "rollout-2", "trainer-0", "trainer-1"}
+    no_lending = job_of(**{"trainer.replicas": 2, "elasticity.lendIdle": False}).spec
+    assert "trainer-1" in node_names(no_lending) and "trainer-1" not in actor_nodes(no_lending), \
+        "a second trainer pod without lending only runs a Ray node; it must not wait for an actor"
 
 
 def test_colocated_head_is_worker_0_and_only_dedicated_drafters_host_drafters():

@@ -459,6 +459,28 @@ def test_a_refused_role_switch_keeps_the_old_role_and_label_and_is_applied_on_th
     assert core.patches[-1][:2] == ("j-rollout-0", "ns")
 
 
+def test_a_refused_role_switch_is_asked_again_without_a_new_event(monkeypatch):
+    import tlt.worker.role_watcher as role_watcher
+
+    monkeypatch.setattr(role_watcher, "RETRY_SECONDS", 0.05)
+    asked, accept = [], {"drafter": False}
+
+    def set_role(role):
+        asked.append(role)
+        return accept.get(role, True)
+
+    watcher = RoleWatcher(set_role, pod_name="j-rollout-0", namespace="ns")
+    watcher.core = core = FakeCore()
+    watcher.handle(pod_metadata(assigned="drafter", active="rollout"))
+    assert watcher.active is None and active_labels(core) == []
+    accept["drafter"] = True  # the shard drained meanwhile; no pod event follows
+    deadline = time.monotonic() + 5
+    while watcher.active != "drafter" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert watcher.active == "drafter" and active_labels(core) == ["drafter"]
+    watcher.stop()
+
+
 def test_an_accepted_role_is_not_asked_for_again():
     asked = []
     watcher = RoleWatcher(lambda role: asked.append(role), pod_name="j-rollout-0", namespace="ns")

@@ -149,7 +149,9 @@ class WorkerPool:
         if nodes is None and not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+            # address="local": an embedded run starts its own Ray, never joins one already on this
+            # machine (a cluster job's pods running locally, another user's Ray).
+            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                      object_store_memory=256 * 1024 * 1024, configure_logging=False)
         prefix = "worker" if spec.placement == "colocated" else "rollout"
         self.shard_names = [f"{prefix}-{i}" for i in range(spec.rollout.replicas)]

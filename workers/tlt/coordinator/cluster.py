@@ -37,6 +37,13 @@ def pod_nodes(spec: ReasoningRLJobSpec) -> PodNodes:
     return PodNodes(head=head, drafter_hosts=tuple(hosts))
 
 
+def actor_nodes(spec: ReasoningRLJobSpec) -> set[str]:
+    """The pods whose Ray node hosts a named actor the pod's role watcher switches."""
+    nodes = pod_nodes(spec)
+    prefix = "worker" if spec.placement == "colocated" else "rollout"
+    return {*(f"{prefix}-{i}" for i in range(spec.rollout.replicas)), *nodes.drafter_hosts}
+
+
 def node_names(spec: ReasoningRLJobSpec) -> list[str]:
     """Every pod's Ray node name, `<role>-<index>`, the head first."""
     nodes = pod_nodes(spec)

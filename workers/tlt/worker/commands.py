@@ -179,6 +179,7 @@ def run_head(job, pod, api, args) -> int:
 
 
 def run_member(job, pod, api, args) -> int:
+    from tlt.coordinator.cluster import actor_nodes
     from tlt.worker.pod import RayNode, Terminated, find_actor, install_sigterm, job_finished
     from tlt.worker.role_watcher import RoleWatcher
 
@@ -189,10 +190,15 @@ def run_member(job, pod, api, args) -> int:
         install_sigterm()  # again: connecting to Ray replaces the handler
         actor = _actor_lookup(pod)
         _metrics(args.metrics_port, actor)
-        if find_actor(pod, alive=node.alive) is None:
+        if pod.node not in actor_nodes(job.spec):
+            # Only a Ray node here (e.g. a second trainer pod while lending is off): it keeps its role.
+            set_role = lambda role: role == pod.role  # noqa: E731
+        elif find_actor(pod, alive=node.alive) is None:
             log.error("the Ray cluster went away before this pod's worker was created")
             return EXIT_RETRY
-        watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api).start()
+        else:
+            set_role = _set_role_of(pod, actor)
+        watcher = RoleWatcher(set_role, pod.pod_name, pod.namespace, api).start()
         while node.alive():
             time.sleep(2.0)
         if job_finished(api, pod):

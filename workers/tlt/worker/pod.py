@@ -108,8 +108,6 @@ class RayNode:
 
     def start(self) -> None:
         """Start (or join) the cluster, retrying while the head is not up yet; then connect."""
-        import ray
-
         deadline = time.monotonic() + self.join_timeout
         attempt = 0
         while True:

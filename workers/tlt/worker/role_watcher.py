@@ -26,6 +26,7 @@ LABEL_ROLE = "tlt.dev/role"
 LABEL_ACTIVE_ROLE = "tlt.dev/active-role"
 
 log = logging.getLogger("tlt.worker.role_watcher")
+RETRY_SECONDS = 2.0  # a refused switch is asked again after this long, if nothing newer came
 
 
 def wanted_role(pod_metadata: dict) -> str | None:
@@ -57,17 +58,28 @@ class RoleWatcher:
         self.core = client.CoreV1Api(api_client)
         self.active: str | None = None
         self._consolidation: str | None = None
+        self._latest: dict | None = None  # the pod's newest observed metadata
+        self._retry: threading.Timer | None = None
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def handle(self, pod_metadata: dict) -> None:
-        """React to one observed state of the pod (idempotent)."""
+        """React to one observed state of the pod (idempotent; the watch and a retry may both call it)."""
+        with self._lock:
+            self._handle(pod_metadata)
+
+    def _handle(self, pod_metadata: dict) -> None:
         if pod_metadata.get("name") != self.pod_name:
             return  # the field selector already picks this pod; a lax server may not
         role = wanted_role(pod_metadata)
         labels = pod_metadata.get("labels") or {}
-        if role and role != self.active and self.set_role(role) is not False:
-            self.active = role  # a refusal (a lend while work remains) is retried on the next change
+        self._latest = pod_metadata
+        if role and role != self.active:
+            if self.set_role(role) is False:
+                self._retry_later()  # refused for now (a lend while work remains): ask again soon
+            else:
+                self.active = role
         if self.active and labels.get(LABEL_ACTIVE_ROLE) != self.active:
             self.core.patch_namespaced_pod(self.pod_name, self.namespace, {"metadata": {"labels": {LABEL_ACTIVE_ROLE: self.active}}})
         request = (pod_metadata.get("annotations") or {}).get(ANNOTATION_CONSOLIDATE)
@@ -77,6 +89,16 @@ class RoleWatcher:
                 self.on_consolidate(json.loads(request))
             except ValueError:
                 log.warning("ignoring a malformed %s annotation", ANNOTATION_CONSOLIDATE)
+
+    def _retry_later(self) -> None:
+        if self._retry is not None and self._retry.is_alive():
+            return
+        def again():
+            if not self._stop.is_set() and self._latest is not None:
+                self.handle(self._latest)
+        self._retry = threading.Timer(RETRY_SECONDS, again)
+        self._retry.daemon = True
+        self._retry.start()
 
     def run(self) -> None:
         """Watch until `stop()`; reconnects after timeouts and errors."""
