@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tlt.dev.tools import ToolMissing, helm_path
+from tlt.dev import pods as dev_pods
+from tlt.dev.tools import ToolMissing, helm_path, kubectl_path
 from tlt_operator.local import OperatorProcess
 from waiting import wait_for
 
@@ -83,21 +84,7 @@ def kube(controlplane, helm) -> Kube:
 
 def service_account_kubeconfig(kube: Kube, namespace: str, sa: str, path: Path) -> Path:
     """A kubeconfig that logs in as the ServiceAccount, with a TokenRequest token."""
-    token = kube.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
-    assert token.count(".") == 2, "not a JWT"
-    admin = yaml.safe_load(Path(kube.cluster.kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": cluster["server"],
-                                                  "certificate-authority-data": cluster["certificate-authority-data"]}}],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": sa}}],
-        "current-context": "test",
-    }
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return path
+    return dev_pods.service_account_kubeconfig(kube.cluster.kubeconfig, namespace, sa, path, kubectl=str(kubectl_path()))
 
 
 def start_operator(kubeconfig: Path, namespaces: list[str], log_path: Path) -> OperatorProcess:
