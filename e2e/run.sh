@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end on a real cluster: build the images, install the chart, run the CPU
-# quickstart job to Succeeded, and check pods, role labels, events and status.
+# quickstart job to Succeeded (its pods run `tlt worker`), and check pods, active-role
+# labels, events, status and the head pod's metrics on 8080.
 #
 #   e2e/run.sh                 create a kind cluster "tlt-e2e", run, delete it
 #   E2E_KEEP=1 e2e/run.sh      keep the cluster and the release afterwards
@@ -136,10 +137,20 @@ owner="$(kubectl -n "$JOB_NS" get pod "$JOB-trainer-0" -o jsonpath='{.metadata.o
 log "waiting for phase Succeeded (up to ${TIMEOUT}s)"
 deadline=$(( $(date +%s) + TIMEOUT ))
 last=""
+roles_seen=""
+metrics=""
 while :; do
     phase="$(kubectl -n "$JOB_NS" get rlj "$JOB" -o jsonpath='{.status.phase}')"
     step="$(kubectl -n "$JOB_NS" get rlj "$JOB" -o jsonpath='{.status.stepText}')"
     [[ "$phase $step" != "$last" ]] && log "phase=$phase step=$step" && last="$phase $step"
+    # The role each worker labels itself with (member pods are deleted when the job ends).
+    roles_seen="$(printf '%s\n%s' "$roles_seen" "$(kubectl -n "$JOB_NS" get pods -l tlt.dev/job="$JOB" \
+        -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.labels.tlt\.dev/active-role}{"\n"}{end}' 2>/dev/null \
+        | grep -v '=$' || true)" | sort -u)"
+    # The head pod's /metrics on 8080, through the API server's pod proxy.
+    if [[ "$phase" == Running && "$metrics" != *tlt_coordinator_steps_total* ]]; then
+        metrics="$(kubectl get --raw "/api/v1/namespaces/$JOB_NS/pods/$JOB-trainer-0:8080/proxy/metrics" 2>/dev/null || true)"
+    fi
     [[ "$phase" == Succeeded ]] && break
     [[ "$phase" == Failed || "$phase" == Invalid ]] && die "the job ended $phase"
     (( $(date +%s) < deadline )) || die "the job did not finish in ${TIMEOUT}s"
@@ -154,9 +165,20 @@ completion="$(kubectl -n "$JOB_NS" get rlj "$JOB" -o jsonpath='{.status.completi
 [[ -n "$completion" ]] || die "no status.completionTime"
 reasons="$(kubectl -n "$JOB_NS" get events --field-selector involvedObject.kind=ReasoningRLJob,involvedObject.name="$JOB" -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | sort -u | xargs)"
 log "event reasons: $reasons"
-[[ -n "$reasons" ]] || die "the operator posted no events for the job"
+for reason in Created StepCompleted Succeeded; do
+    [[ " $reasons " == *" $reason "* ]] || die "no $reason event on the job (got: $reasons)"
+done
+drafter="$(kubectl -n "$JOB_NS" get rlj "$JOB" -o jsonpath='{.status.drafter.version}')"
+[[ -n "$drafter" ]] || die "the coordinator wrote no status.drafter"
+exit_code="$(kubectl -n "$JOB_NS" get pod "$JOB-trainer-0" -o jsonpath='{.status.containerStatuses[0].state.terminated.exitCode}')"
+[[ "$exit_code" == 0 ]] || die "the head pod's tlt worker exited with '$exit_code', expected 0"
 # Role labels the workers set themselves (tlt.dev/active-role) next to the fixed ones.
+log "active roles seen: $(echo $roles_seen)"
+for pod in trainer-0 rollout-0 rollout-1; do
+    grep -q "^$JOB-$pod=" <<<"$roles_seen" || die "pod $JOB-$pod never labelled its tlt.dev/active-role"
+done
 kubectl -n "$JOB_NS" get pods -l tlt.dev/job="$JOB" -L tlt.dev/role,tlt.dev/active-role
+[[ "$metrics" == *tlt_coordinator_steps_total* ]] || die "no coordinator metrics on $JOB-trainer-0:8080/metrics"
 if kubectl -n "$RELEASE_NS" logs deployment/"$RELEASE"-tlt-operator | grep -Eqi 'forbidden|cannot (create|patch|list|watch)'; then
     die "the operator logged RBAC denials"
 fi

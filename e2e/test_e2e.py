@@ -2,8 +2,11 @@
 
 The same path as e2e/run.sh: images built from this checkout, `helm install`, the job
 applied, and checks along the way: the operator's pod is up and locked down, the job's
-pods carry their role labels and owner, the workers label their active role, events
-explain the operator's decisions, the status counts every step, and uninstalling
+pods carry their role labels and owner, the pods run `tlt worker` (the head pod to exit
+code 0), the workers label their active role, the head pod serves /metrics and /healthz
+on 8080, events explain the operator's decisions (Created, StepCompleted, Succeeded),
+the coordinator writes status.progress and status.drafter, the status counts every
+step, and uninstalling
 leaves no operator behind. Skips (with the reason) without Docker, kind or a cluster.
 """
 
@@ -61,7 +64,7 @@ def test_quickstart_job_runs_to_succeeded(cluster, release):
     cluster.k("apply", "-f", str(MANIFEST))
 
     # Children: 1 trainer + 2 rollout pods with fixed role labels, owned by the job.
-    pods = wait_for(lambda: (p := job_pods(cluster)) if len(p) >= 3 else None, 300, what="the job's pods")
+    pods = wait_for(lambda: p if len(p := job_pods(cluster)) >= 3 else None, 300, what="the job's pods")
     roles = sorted(p["metadata"]["labels"]["tlt.dev/role"] for p in pods)
     assert roles == ["rollout", "rollout", "trainer"], roles
     for pod in pods:
@@ -73,12 +76,26 @@ def test_quickstart_job_runs_to_succeeded(cluster, release):
         items = cluster.kj("-n", JOB_NS, "get", kind, "-l", f"tlt.dev/job={JOB}")["items"]
         assert items, f"no {kind} for the job"
 
-    # Running, with progress, then Succeeded with every step counted.
-    seen_phases = set()
+    # Running, with progress, then Succeeded with every step counted. Along the way: the
+    # role each worker labels itself with (tlt.dev/active-role; member pods are deleted at
+    # the end), the coordinator's progress, and the head pod's /metrics on port 8080.
+    seen_phases, active_roles, progress_phases, scraped = set(), {}, set(), {}
+    head = f"{JOB}-trainer-0"
 
     def finished():
         status = job(cluster).get("status") or {}
         seen_phases.add(status.get("phase"))
+        if (status.get("progress") or {}).get("phase"):
+            progress_phases.add(status["progress"]["phase"])
+        for pod in job_pods(cluster):
+            role = pod["metadata"]["labels"].get("tlt.dev/active-role")
+            if role:
+                active_roles.setdefault(pod["metadata"]["name"], set()).add(role)
+        if "metrics" not in scraped and status.get("phase") == "Running":
+            for path in ("healthz", "metrics"):
+                got = cluster.k("get", "--raw", f"/api/v1/namespaces/{JOB_NS}/pods/{head}:8080/proxy/{path}", check=False)
+                if got.returncode == 0:
+                    scraped[path] = got.stdout
         if status.get("phase") in ("Failed", "Invalid"):
             raise AssertionError(f"the job ended {status['phase']}: {status.get('conditions')}")
         return status if status.get("phase") == "Succeeded" else None
@@ -90,16 +107,30 @@ def test_quickstart_job_runs_to_succeeded(cluster, release):
     assert status.get("completionTime") and status.get("startTime")
     conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
     assert conditions.get("Succeeded") == "True", conditions
+    # Written by the coordinator in the head pod: the drafter it pushed, and its phases.
+    assert "version" in (status.get("drafter") or {}), status.get("drafter")
+    assert progress_phases, "the coordinator never reported status.progress"
 
-    # Workers labelled the role they ran (tlt.dev/active-role) next to the fixed one.
-    active = {p["metadata"]["name"]: p["metadata"]["labels"].get("tlt.dev/active-role") for p in job_pods(cluster)}
-    assert any(active.values()), active
+    # The head pod ran `tlt worker --head` to exit code 0 (and is kept for its logs).
+    pod = cluster.kj("-n", JOB_NS, "get", "pod", head)
+    assert pod["spec"]["containers"][0]["command"][:2] == ["tlt", "worker"] and "--head" in pod["spec"]["containers"][0]["command"]
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0, terminated
 
-    # Every operator decision is an Event on the job.
+    # Every worker labelled the role it ran (tlt.dev/active-role) next to the fixed one.
+    assert set(active_roles) >= {f"{JOB}-trainer-0", f"{JOB}-rollout-0", f"{JOB}-rollout-1"}, active_roles
+    assert all(roles <= {"trainer", "rollout", "drafter"} for roles in active_roles.values()), active_roles
+
+    # /healthz and /metrics on 8080 (engine and coordinator metrics in the head pod).
+    assert scraped.get("healthz", "").strip() == "ok", scraped
+    assert "tlt_coordinator_steps_total" in scraped.get("metrics", ""), scraped.get("metrics", "")[:2000]
+
+    # Every operator decision is an Event on the job, each completed step too.
     events = cluster.kj("-n", JOB_NS, "get", "events", "--field-selector",
                         f"involvedObject.kind=ReasoningRLJob,involvedObject.name={JOB}")["items"]
     reasons = {e["reason"] for e in events}
-    assert reasons, "the operator posted no events"
+    assert {"Created", "StepCompleted", "Succeeded"} <= reasons, reasons
     for event in events:
         assert "token" not in event.get("message", "").lower()
 

@@ -30,7 +30,9 @@ COPY pyproject.toml README.md /src/
 COPY workers /src/workers
 COPY operator /src/operator
 RUN /opt/venv/bin/pip install "/src[gpu]" "torch==${TORCH_VERSION}" "vllm==${VLLM_VERSION}" "deepspeed==${DEEPSPEED_VERSION}" \
-    && /opt/venv/bin/tlt --version
+    && /opt/venv/bin/tlt --version \
+    && /opt/venv/bin/tlt worker --help >/dev/null \
+    && /opt/venv/bin/python -c "import ray, ray.scripts.scripts, prometheus_client, kubernetes"
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION}
 LABEL org.opencontainers.image.title="tlt-worker-cuda" \
@@ -49,6 +51,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/tlt \
     HF_HOME=/home/tlt/.cache/huggingface \
     RAY_USAGE_STATS_ENABLED=0 \
     TOKENIZERS_PARALLELISM=false \
@@ -56,6 +59,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 1000:1000
 WORKDIR /home/tlt
+# `tlt worker` (the pods' command): Ray's GCS on 6379 in the head pod, /metrics and
+# /healthz on 8080 in every pod (the ports the operator's pods and Service declare).
+# Ray writes its session to /tmp/ray and the built-in model is cached in ~/.cache/tlt.
+EXPOSE 6379 8080
 # No HEALTHCHECK: job pods are batch workers whose liveness the operator and Ray track.
 HEALTHCHECK NONE
 CMD ["tlt", "--help"]

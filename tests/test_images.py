@@ -286,6 +286,51 @@ def test_worker_images_run_as_the_uid_of_job_pods_and_have_tlt():
         assert "tlt --version" in text
 
 
+def test_worker_images_can_run_what_the_operators_pods_run():
+    """The pods' command is `tlt worker ...` (no image entrypoint in front of it); the worker
+    starts Ray (`python -m ray.scripts.scripts start`) and serves /metrics, as a non-root
+    user whose HOME (model cache) must be writable; Ray's GCS and the metrics port are
+    the ports the pods and the job's Service declare."""
+    import tomllib
+
+    from tlt.api.load import load_jobs
+    from tlt_operator import builders
+
+    (job,) = load_jobs(str(ROOT / "e2e" / "manifests" / "quickstart-cpu.yaml"))
+    pods = [o for o in builders.build_children(job) if o["kind"] == "Pod"]
+    head = [p for p in pods if "--head" in p["spec"]["containers"][0]["command"]]
+    assert len(head) == 1
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert container["command"][:2] == ["tlt", "worker"]
+        assert "args" not in container
+    ports = {p["name"]: p["containerPort"] for p in head[0]["spec"]["containers"][0]["ports"]}
+    assert ports == {"metrics": builders.METRICS_PORT, "ray": builders.RAY_PORT}
+    from tlt.worker.pod import METRICS_PORT, RAY_PORT
+
+    assert (METRICS_PORT, RAY_PORT) == (builders.METRICS_PORT, builders.RAY_PORT)
+    # Ray comes with tlt's own dependencies (the worker images install tlt with them).
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"ray\b", d) for d in deps) and any(re.match(r"prometheus-client\b", d) for d in deps)
+
+    for name in ("worker-cpu.Dockerfile", "worker-cuda.Dockerfile"):
+        text = (IMAGES / name).read_text()
+        ins = parse_dockerfile(text)
+        _, _, final = stages(ins)[-1]
+        assert not [i for i in final if i.cmd == "ENTRYPOINT"], f"{name}: an ENTRYPOINT would wrap the pods' command"
+        install = [i.args for i in stages(ins)[0][2] if i.cmd == "RUN" and "/src" in i.args][-1]
+        assert "tlt worker --help" in install and "import ray, ray.scripts.scripts" in install, name
+        assert "--no-deps" not in install, f"{name}: tlt's dependencies (Ray) must be installed"
+        env = " ".join(i.args for i in final if i.cmd == "ENV")
+        home = re.search(r"useradd[^&]*--home-dir (\S+)", text).group(1)
+        assert "--create-home" in text and f"HOME={home}" in env, f"{name}: HOME must be the user's (writable) home"
+        assert [i.args for i in final if i.cmd == "WORKDIR"][-1] == home
+        exposed = {p for i in final if i.cmd == "EXPOSE" for p in i.args.split()}
+        assert {str(builders.RAY_PORT), str(builders.METRICS_PORT)} <= exposed, name
+        # Job outputs default to spec.output.path = /tlt/output: owned by the pods' user.
+        assert re.search(rf"mkdir -p /tlt/output && chown -R {builders.NON_ROOT_UID}:{builders.NON_ROOT_UID} /tlt", text)
+
+
 def test_worker_cuda_image_installs_the_gpu_extra_and_vllms_torch():
     text = (IMAGES / "worker-cuda.Dockerfile").read_text()
     ins = parse_dockerfile(text)
