@@ -87,7 +87,7 @@ def test_leftover_processes_of_the_local_pods_are_found_and_stopped(tmp_path):
     import subprocess
     import sys
 
-    from tlt.dev.commands import leftover_pids, stop_leftovers
+    from tlt.dev.pods import leftover_pids, stop_leftovers
 
     workdir = tmp_path / "pods"
     env = {**os.environ, "TLT_CONFIG": str(workdir / "job-rollout-0" / "config" / "job.yaml")}
@@ -107,17 +107,3 @@ def test_leftover_processes_of_the_local_pods_are_found_and_stopped(tmp_path):
             if process.poll() is None:
                 process.kill()
                 process.wait()
-
-
-def test_pod_lines_say_a_deleted_pods_sigterm_once():
-    from tlt.dev.commands import pod_lines
-
-    said = []
-    log = pod_lines(said.append)
-    for line in ["[pods] j-rollout-0: started `tlt worker` (pid 1)", *["[pods] j-rollout-0: deleted, SIGTERM"] * 5,
-                 "[pods] j-rollout-1: deleted, SIGTERM", "[pods] j-rollout-0: exited with 0",
-                 "[pods] j-rollout-0: started `tlt worker` (pid 2)", "[pods] j-rollout-0: deleted, SIGTERM"]:
-        log(line)
-    assert said == ["j-rollout-0: started `tlt worker` (pid 1)", "j-rollout-0: deleted, SIGTERM",
-                    "j-rollout-1: deleted, SIGTERM", "j-rollout-0: exited with 0",
-                    "j-rollout-0: started `tlt worker` (pid 2)", "j-rollout-0: deleted, SIGTERM"]

@@ -247,6 +247,24 @@ def test_head_failure_restarts_every_pod_from_the_checkpoint():
     assert len(world.pods) == 4
 
 
+def test_a_restarted_job_is_not_lent_on_the_previous_coordinators_progress():
+    world = running_world()
+    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)])
+    world.body["status"]["progress"]["updatedAt"] = "2026-01-01T00:00:00Z"
+    world.finish_pod("demo-trainer-0", exit_code=1)
+    world.reconcile()
+    world.reconcile(advance=10)
+    world.start_pods()
+    for pod in world.pods.values():  # the API server stamps the new pods
+        pod["metadata"]["creationTimestamp"] = "2026-01-01T00:05:00Z"
+    world.events.clear()
+    world.reconcile()
+    assert "GPULent" not in world.reasons(), "the old report is the previous coordinator's"
+    world.body["status"]["progress"]["updatedAt"] = "2026-01-01T00:06:00Z"  # the new coordinator reports
+    world.reconcile()
+    assert world.annotation("demo-rollout-0", "tlt.dev/assigned-role") == "drafter"
+
+
 def test_active_deadline_fails_the_job():
     body = copy.deepcopy(BODY)
     body["spec"]["runPolicy"]["activeDeadlineSeconds"] = 100

@@ -535,3 +535,13 @@ def test_the_first_sigterm_starts_a_clean_shutdown_that_a_second_one_does_not_cu
             child.wait()
     assert child.returncode == 0, err
     assert out.strip() == "shut down"
+
+
+def test_the_pods_cpu_limit_bounds_torch_threads(tmp_path):
+    from tlt.worker.pod import cpu_limit
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cpu_limit(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_limit(tmp_path) is None
+    assert cpu_limit(tmp_path / "nowhere") is None

@@ -609,10 +609,22 @@ def progress_of(status: dict) -> Progress | None:
     return Progress(step=int(progress.get("step") or 0), phase=phase)
 
 
+def _progress_predates_head(ctx: _Context, pods: dict[str, dict]) -> bool:
+    """A report written before the head pod was created is the previous coordinator's (a
+    restarted or resumed job): planning on it would lend the new pods at once."""
+    try:
+        written = parse_time((ctx.status.get("progress") or {}).get("updatedAt"))
+    except ValueError:
+        return False  # not a coordinator's timestamp: nothing to compare
+    head = pods.get(pod_name(ctx.job.metadata.name, head_role(ctx.job), 0))
+    created = parse_time(head["metadata"].get("creationTimestamp")) if head else None
+    return written is not None and created is not None and written < created
+
+
 def _elastic_actions(ctx: _Context, pods: dict[str, dict]) -> list:
     """The elastic plan's lends, returns and consolidations (nothing before the coordinator's first report)."""
     progress = progress_of(ctx.status)
-    if progress is None:
+    if progress is None or _progress_predates_head(ctx, pods):
         return []
     live = {n: p for n, p in pods.items() if pod_phase(p) in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")}
     return [a for a in plan(ctx.job.spec, workers_from(live, ctx.status.get("progress")), progress) if not isinstance(a, ScaleDrafters)]

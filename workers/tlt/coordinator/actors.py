@@ -113,14 +113,22 @@ class ShardWorker(RolloutShard):
         self.reclaim()
         return self.engine.generate(requests)
 
-    def save_drafter(self, path: str) -> None:
-        if self.eagle is not None:
-            torch.save({k: v.detach().cpu() for k, v in self.eagle.state_dict().items()}, path)
-
-    def export_drafter(self, folder: str) -> str | None:
+    # The coordinator writes checkpoints and exports: on a cluster this shard's pod does not
+    # have the head pod's run folder, so files travel as values.
+    def drafter_state(self) -> dict | None:
         if self.eagle is None:
             return None
-        return str(self.eagle.save(folder))
+        return {k: v.detach().cpu() for k, v in self.eagle.state_dict().items()}
+
+    def drafter_files(self) -> dict[str, bytes] | None:
+        """The exported drafter folder (config and weights), file name -> bytes."""
+        if self.eagle is None:
+            return None
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(self.eagle.save(tmp))
+            return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
     def measure_threshold(self) -> int:
         from tlt.engine.costs import measure_costs
@@ -271,12 +279,17 @@ class WorkerPool:
 
     def save(self, folder: Path) -> None:
         ray.get(self.trainer.save.remote(str(folder)))
-        ray.get(self.shards[self.shard_names[0]].save_drafter.remote(str(folder / DRAFTER_STATE)))
+        state = ray.get(self.shards[self.shard_names[0]].drafter_state.remote())
+        if state is not None:
+            torch.save(state, folder / DRAFTER_STATE)
 
     def export(self, policy_dir: Path, drafter_dir: Path | None) -> None:
         ray.get(self.trainer.export.remote(str(policy_dir)))
-        if drafter_dir is not None:
-            ray.get(self.shards[self.shard_names[0]].export_drafter.remote(str(drafter_dir)))
+        files = ray.get(self.shards[self.shard_names[0]].drafter_files.remote()) if drafter_dir is not None else None
+        if files:
+            drafter_dir.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (drafter_dir / name).write_bytes(data)
 
     def shutdown(self) -> None:
         for actor in [*self._everyone(), self.trainer]:

@@ -93,7 +93,7 @@ class EmbeddedRun:
                  progress: bool = True, max_steps: int | None = None, batch_threshold: int | None = None):
         self.job = job
         self.spec = job.spec
-        self.run_dir = Path(run_dir or self.spec.output.path)
+        self.run_dir = Path(run_dir or self.spec.output.path).absolute()
         if fresh and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def _up(args) -> int:
     except (ClusterError, ToolMissing) as err:
         raise _err(str(err)) from None
     print(cluster.env())
-    print(f"# stop with: tlt dev cluster down" + (f" --state-dir {args.state_dir}" if args.state_dir else ""),
+    print("# stop with: tlt dev cluster down" + (f" --state-dir {args.state_dir}" if args.state_dir else ""),
           file=sys.stderr)
     return 0
 
@@ -167,25 +167,6 @@ def progress_line(job: dict, pods: list) -> str:
         phase = "Terminating" if pod.metadata.deletion_timestamp else (pod.status.phase or "?")
         described.append(f"{pod.metadata.name.removeprefix(prefix)}={role}/{phase}")
     return " | ".join([", ".join(parts), " ".join(described) or "no pods"])
-
-
-def pod_lines(say):
-    """LocalPods' log lines for `say`: without their "[pods] " prefix, and a deleted pod's
-    SIGTERM said once (LocalPods repeats it on every pass until the process exits)."""
-    signalled: set[str] = set()
-
-    def log(text: str) -> None:
-        text = text.removeprefix("[pods] ")
-        pod, _, what = text.partition(": ")
-        if what == "deleted, SIGTERM":
-            if pod in signalled:
-                return
-            signalled.add(pod)
-        elif what.startswith(("started", "exited")):
-            signalled.discard(pod)
-        say(text)
-
-    return log
 
 
 def _pods(args) -> int:
@@ -270,7 +251,7 @@ def _pods(args) -> int:
 
     threads = str(max(1, args.threads))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    local = LocalPods(api, ns, name, pod_kubeconfig=pod_kubeconfig, workdir=workdir, env=env, log=pod_lines(say))
+    local = LocalPods(api, ns, name, pod_kubeconfig=pod_kubeconfig, workdir=workdir, env=env, log=lambda text: say(text.removeprefix("[pods] ")))
     say(f"running the pods of {ns}/{name} as local processes; their folders and logs are in {workdir}")
     code = 1
     try:
@@ -301,63 +282,8 @@ def _pods(args) -> int:
         say("interrupted: stopping the local pods (the job and its pods stay; run again to go on)")
         code = 130
     finally:
-        local.stop()
-        left = stop_leftovers(workdir)
+        left = local.stop()
         if left:
             say(f"killed {len(left)} leftover processes of the local pods (Ray nodes): pids {', '.join(map(str, left))}")
         say(f"stopped every local pod; logs: {workdir}/<pod>/container.log")
     return code
-
-
-def leftover_pids(workdir: Path) -> list[int]:
-    """Processes started for the local pods in `workdir` that still run.
-
-    A pod's Ray node (`ray start --block`, its raylet, agents and workers) runs in a
-    session of its own, so stopping the pod's process group misses it when the pod
-    process died without stopping it (killed, or a signal it did not handle). Every
-    one of them inherited the pod's environment, whose TLT_CONFIG lies in `workdir`.
-    """
-    import os
-
-    marker = f"TLT_CONFIG={workdir.resolve()}/".encode()
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # not Linux: nothing to look at
-        return []
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[-1].split()[0]
-        except OSError:  # gone, or not ours to read
-            continue
-        if state != b"Z" and any(var.startswith(marker) for var in environ.split(b"\0")):
-            found.append(int(entry))
-    return sorted(found)
-
-
-def stop_leftovers(workdir: Path, grace: float = 5.0) -> list[int]:
-    """SIGTERM what `leftover_pids` finds, SIGKILL what is still there after `grace` seconds."""
-    import os
-    import signal
-    import time
-
-    pids = leftover_pids(workdir)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + grace
-    while pids and time.monotonic() < deadline and set(leftover_pids(workdir)) & set(pids):
-        time.sleep(0.2)
-    for pid in set(leftover_pids(workdir)) & set(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return pids

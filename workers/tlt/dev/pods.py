@@ -39,9 +39,9 @@ def free_port() -> int:
 
 
 def service_account_kubeconfig(admin_kubeconfig: Path, namespace: str, account: str, path: Path, kubectl: str = "kubectl") -> Path:
-    """A kubeconfig that logs in as `account`, with a one-hour TokenRequest token."""
+    """A kubeconfig that logs in as `account`, with a one-day TokenRequest token."""
     token = subprocess.run([kubectl, "--kubeconfig", str(admin_kubeconfig), "create", "token", account, "-n", namespace,
-                            "--duration=1h"], check=True, capture_output=True, text=True).stdout.strip()
+                            "--duration=24h"], check=True, capture_output=True, text=True).stdout.strip()
     admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
     cluster = admin["clusters"][0]
     body = {
@@ -69,6 +69,7 @@ class LocalPod:
     metrics_port: int
     started_at: str = field(default_factory=_now)
     reported: bool = False
+    terminating_since: float | None = None
 
 
 class LocalPods:
@@ -85,6 +86,7 @@ class LocalPods:
         self.workdir = Path(workdir)
         self.extra_env = env or {}
         self.say = log
+        self.grace_seconds = 30.0  # the pod default terminationGracePeriodSeconds
         self.ray_port = free_port()
         self.pods: dict[str, LocalPod] = {}
         self.exits: dict[str, int] = {}  # pod name (of the last process run for it) -> exit code
@@ -102,8 +104,14 @@ class LocalPods:
                 gone = pod is None or pod.metadata.uid != local.uid or pod.metadata.deletion_timestamp is not None
                 code = local.process.poll()
                 if gone and code is None:
-                    self.say(f"[pods] {name}: deleted, SIGTERM")
-                    local.process.send_signal(signal.SIGTERM)
+                    # As a kubelet: SIGTERM once, SIGKILL after the grace period.
+                    if local.terminating_since is None:
+                        local.terminating_since = time.monotonic()
+                        self.say(f"[pods] {name}: deleted, SIGTERM")
+                        local.process.send_signal(signal.SIGTERM)
+                    elif time.monotonic() - local.terminating_since > self.grace_seconds:
+                        self.say(f"[pods] {name}: still running after {self.grace_seconds:.0f}s, SIGKILL")
+                        os.killpg(local.process.pid, signal.SIGKILL)
                 elif code is not None and not local.reported:
                     local.reported = True
                     self.exits[name] = code
@@ -196,8 +204,9 @@ class LocalPods:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 30) -> None:
-        """Stop syncing and terminate every process (SIGTERM, then SIGKILL of its session)."""
+    def stop(self, timeout: float = 30) -> list[int]:
+        """Stop syncing and terminate every process (SIGTERM, then SIGKILL of its session), then
+        whatever the pods left running (their Ray nodes): the pids of those leftovers."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -211,9 +220,10 @@ class LocalPods:
             except subprocess.TimeoutExpired:
                 pass
             try:
-                os.killpg(local.process.pid, signal.SIGKILL)  # Ray's raylet and workers live in the session
+                os.killpg(local.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        return stop_leftovers(self.workdir)
 
     def logs(self, name: str, tail: int = 4000) -> str:
         local = self.pods.get(name)
@@ -222,3 +232,51 @@ class LocalPods:
             return path.read_text(errors="replace")[-tail:]
         except OSError:
             return ""
+
+
+def leftover_pids(workdir: Path) -> list[int]:
+    """Processes started for the local pods in `workdir` that still run.
+
+    A pod's Ray node (`ray start --block`, its raylet, agents and workers) runs in a
+    session of its own, so stopping the pod's process group misses it when the pod
+    process died without stopping it (killed, or a signal it did not handle). Every
+    one of them inherited the pod's environment, whose TLT_CONFIG lies in `workdir`.
+    """
+    marker = f"TLT_CONFIG={workdir.resolve()}/".encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # not Linux: nothing to look at
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[-1].split()[0]
+        except OSError:  # gone, or not ours to read
+            continue
+        if state != b"Z" and any(var.startswith(marker) for var in environ.split(b"\0")):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def stop_leftovers(workdir: Path, grace: float = 5.0) -> list[int]:
+    """SIGTERM what `leftover_pids` finds, SIGKILL what is still there after `grace` seconds."""
+    pids = leftover_pids(workdir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline and set(leftover_pids(workdir)) & set(pids):
+        time.sleep(0.2)
+    for pid in set(leftover_pids(workdir)) & set(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return pids

@@ -88,8 +88,23 @@ def ray_start_command(pod: PodIdentity, env=os.environ) -> list[str]:
     return command
 
 
+def cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The container's CPU limit in whole cores (cgroup v2 `cpu.max`), or None without one."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, int(int(quota) // int(period)))
+
+
 def ray_env(env=os.environ) -> dict:
     out = dict(env)
+    limit = cpu_limit()
+    if limit is not None:
+        # torch would otherwise start a thread per core of the node, not of the pod.
+        out.setdefault("OMP_NUM_THREADS", str(limit))
     out.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     out.setdefault("RAY_AUTH_MODE", "disabled")
     out.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -66,7 +66,7 @@ class JobStatusWriter:
 
     def step_completed(self, step: int, drafter_version: int, acceptance_length: float) -> None:
         """A completed step is written at once (with any pending progress)."""
-        drafter = DrafterStatus(version=drafter_version, acceptance_length=max(0.0, acceptance_length)).to_manifest()
+        drafter = DrafterStatus(version=drafter_version, acceptance_length=round(max(0.0, acceptance_length), 2)).to_manifest()
         with self._lock:
             self._pending = {**(self._pending or {}), "step": step, "drafter": drafter}
         self.flush(force=True)
