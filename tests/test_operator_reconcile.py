@@ -265,6 +265,15 @@ def test_a_restarted_job_is_not_lent_on_the_previous_coordinators_progress():
     assert world.annotation("demo-rollout-0", "tlt.dev/assigned-role") == "drafter"
 
 
+def test_steps_completed_between_two_reconciles_each_get_an_event():
+    world = running_world()
+    world.report(1, "rollout", [(8, 0), (8, 0), (8, 0)], completed=0)
+    world.reconcile()
+    world.report(3, "rollout", [(8, 0), (8, 0), (8, 0)], completed=2)
+    world.reconcile()
+    assert [m for r, m in world.events if r == "StepCompleted"] == ["step 1/3 completed", "step 2/3 completed"]
+
+
 def test_active_deadline_fails_the_job():
     body = copy.deepcopy(BODY)
     body["spec"]["runPolicy"]["activeDeadlineSeconds"] = 100

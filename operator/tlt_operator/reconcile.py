@@ -268,7 +268,11 @@ def _finish_status(ctx: _Context, desired: dict, phase: str, conditions: dict) -
         desired["stepText"] = f"{step}/{job.spec.algorithm.steps}"
         previous_step = _step_of(status.get("stepText"))
         if step > previous_step and status.get("stepText"):
-            ctx.out.events.append(Event("StepCompleted", f"step {step}/{job.spec.algorithm.steps} completed"))
+            # Steps may complete faster than reconciles run: one event per step, or one for a long run of them.
+            total = job.spec.algorithm.steps
+            done = range(previous_step + 1, step + 1)
+            texts = [f"step {n}/{total} completed" for n in done] if len(done) <= 10 else [f"steps {done[0]}-{step}/{total} completed"]
+            ctx.out.events += [Event("StepCompleted", text) for text in texts]
     ctx.out.status = _status_patch(status, desired)
     return ctx.out
 
