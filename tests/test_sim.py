@@ -1,13 +1,11 @@
 """The cluster simulator against hand-computed schedules, and its use of the real policy and manager."""
 
-import copy
-
 import numpy as np
 import pytest
 
 import tlt.elastic
 import tlt.sim.cluster
-from tlt.api.load import parse_job
+from specs import spec_of
 from tlt.sim import (
     AcceptanceModel,
     ClusterSimulator,
@@ -42,14 +40,7 @@ BASE = {
 
 
 def make_spec(**changes):
-    body = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        node = body["spec"]
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return parse_job(body).spec
+    return spec_of(BASE, **changes)
 
 
 def make_profile(forward, drafter_ratio=0.0, kv=0.0, **changes):

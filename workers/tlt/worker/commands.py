@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from contextlib import contextmanager
 
 log = logging.getLogger("tlt.worker")
 
@@ -141,27 +142,40 @@ def _metrics(port: int, actor) -> None:
     serve_metrics(PodMetrics(REGISTRY, actor_text), port)
 
 
-def run_head(job, pod, api, args) -> int:
-    from tlt.coordinator.cluster import ClusterRun, node_names
-    from tlt.worker.pod import RayNode, Terminated, install_sigterm, wait_for_nodes
-    from tlt.worker.role_watcher import RoleWatcher
-    from tlt.worker.status import JobStatusWriter
+@contextmanager
+def _joined(pod, args):
+    """This pod's Ray node started (or joined) and its metrics served; the node stopped on the way out.
+    Yields a lazy lookup of the pod's actor."""
+    from tlt.worker.pod import RayNode, install_sigterm
 
     node = RayNode(pod)
-    status = JobStatusWriter.for_job(pod.namespace, pod.job, api).start()
-    watcher = None
     try:
         node.start()
         install_sigterm()  # again: connecting to Ray replaces the handler
         actor = _actor_lookup(pod)
         _metrics(args.metrics_port, actor)
-        run = ClusterRun(job, status=status, run_dir=args.run_dir, progress=False)
-        watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api,
-                              on_consolidate=run.request_consolidation).start()
-        wait_for_nodes(node_names(job.spec))
-        summary = run.run()
-        log.info("job %s finished: %s", pod.job, summary)
-        return 0
+        yield node, actor
+    finally:
+        node.stop()
+
+
+def run_head(job, pod, api, args) -> int:
+    from tlt.coordinator.cluster import ClusterRun, node_names
+    from tlt.worker.pod import Terminated, wait_for_nodes
+    from tlt.worker.role_watcher import RoleWatcher
+    from tlt.worker.status import JobStatusWriter
+
+    status = JobStatusWriter.for_job(pod.namespace, pod.job, api).start()
+    watcher = None
+    try:
+        with _joined(pod, args) as (_, actor):
+            run = ClusterRun(job, status=status, run_dir=args.run_dir, progress=False)
+            watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api,
+                                  on_consolidate=run.request_consolidation).start()
+            wait_for_nodes(node_names(job.spec))
+            summary = run.run()
+            log.info("job %s finished: %s", pod.job, summary)
+            return 0
     except Terminated:
         log.info("terminated (the pod is being deleted)")
         return EXIT_TERMINATED
@@ -175,38 +189,33 @@ def run_head(job, pod, api, args) -> int:
         if watcher is not None:
             watcher.stop()
         status.close()
-        node.stop()
 
 
 def run_member(job, pod, api, args) -> int:
     from tlt.coordinator.cluster import actor_nodes
-    from tlt.worker.pod import RayNode, Terminated, find_actor, install_sigterm, job_finished
+    from tlt.worker.pod import Terminated, find_actor, job_finished
     from tlt.worker.role_watcher import RoleWatcher
 
-    node = RayNode(pod)
     watcher = None
     try:
-        node.start()
-        install_sigterm()  # again: connecting to Ray replaces the handler
-        actor = _actor_lookup(pod)
-        _metrics(args.metrics_port, actor)
-        if pod.node not in actor_nodes(job.spec):
-            # Only a Ray node here (e.g. a second trainer pod while lending is off): it keeps its role.
-            set_role = lambda role: role == pod.role  # noqa: E731
-        elif find_actor(pod, alive=node.alive) is None:
-            log.error("the Ray cluster went away before this pod's worker was created")
+        with _joined(pod, args) as (node, actor):
+            if pod.node not in actor_nodes(job.spec):
+                # Only a Ray node here (e.g. a second trainer pod while lending is off): it keeps its role.
+                set_role = lambda role: role == pod.role  # noqa: E731
+            elif find_actor(pod, alive=node.alive) is None:
+                log.error("the Ray cluster went away before this pod's worker was created")
+                return EXIT_RETRY
+            else:
+                set_role = _set_role_of(pod, actor)
+            watcher = RoleWatcher(set_role, pod.pod_name, pod.namespace, api).start()
+            while node.alive():
+                time.sleep(2.0)
+            if job_finished(api, pod):
+                log.info("the job finished; waiting to be deleted")
+                while True:
+                    signal.pause()
+            log.error("lost the Ray cluster before the job finished")
             return EXIT_RETRY
-        else:
-            set_role = _set_role_of(pod, actor)
-        watcher = RoleWatcher(set_role, pod.pod_name, pod.namespace, api).start()
-        while node.alive():
-            time.sleep(2.0)
-        if job_finished(api, pod):
-            log.info("the job finished; waiting to be deleted")
-            while True:
-                signal.pause()
-        log.error("lost the Ray cluster before the job finished")
-        return EXIT_RETRY
     except Terminated:
         log.info("terminated (the pod is being deleted)")
         return 0
@@ -216,4 +225,3 @@ def run_member(job, pod, api, args) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
-        node.stop()
