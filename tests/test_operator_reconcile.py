@@ -256,7 +256,7 @@ def test_a_restarted_job_is_not_lent_on_the_previous_coordinators_progress():
     world.reconcile(advance=10)
     world.start_pods()
     for pod in world.pods.values():  # the API server stamps the new pods
-        pod["metadata"]["creationTimestamp"] = "2026-01-01T00:05:00Z"
+        pod["metadata"]["creationTimestamp"] = "2026-01-01T00:05:00+00:00"  # as kopf hands it over
     world.events.clear()
     world.reconcile()
     assert "GPULent" not in world.reasons(), "the old report is the previous coordinator's"

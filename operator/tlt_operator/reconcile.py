@@ -616,13 +616,21 @@ def progress_of(status: dict) -> Progress | None:
 def _progress_predates_head(ctx: _Context, pods: dict[str, dict]) -> bool:
     """A report written before the head pod was created is the previous coordinator's (a
     restarted or resumed job): planning on it would lend the new pods at once."""
-    try:
-        written = parse_time((ctx.status.get("progress") or {}).get("updatedAt"))
-    except ValueError:
-        return False  # not a coordinator's timestamp: nothing to compare
     head = pods.get(pod_name(ctx.job.metadata.name, head_role(ctx.job), 0))
-    created = parse_time(head["metadata"].get("creationTimestamp")) if head else None
+    written = _instant((ctx.status.get("progress") or {}).get("updatedAt"))
+    created = _instant(head["metadata"].get("creationTimestamp")) if head else None
     return written is not None and created is not None and written < created
+
+
+def _instant(value) -> datetime | None:
+    """A timestamp as the API server, the client or kopf spell it (`...Z`, `+00:00`, datetime); None if not one."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed is not None and parsed.tzinfo is None else parsed
 
 
 def _elastic_actions(ctx: _Context, pods: dict[str, dict]) -> list:
