@@ -26,6 +26,14 @@ def test_examples_validate():
     assert result.stdout.count(": ok") == len(examples)
 
 
+
+def test_examples_have_distinct_names_so_applying_the_folder_creates_each():
+    from tlt.api.load import load_jobs
+
+    keys = [(job.metadata.namespace or "default", job.metadata.name)
+            for path in sorted((ROOT / "examples").glob("*.yaml")) for job in load_jobs(path)]
+    assert len(keys) == len(set(keys)), keys
+
 def test_bad_manifests_exit_1_naming_the_field_without_traceback(tmp_path):
     files = {}
     for bad in BAD_MANIFESTS:
