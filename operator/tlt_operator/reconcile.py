@@ -112,10 +112,16 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
+def parse_time(value) -> datetime | None:
+    """A timestamp as the API server (`...Z`) or kopf's client (`+00:00`, datetime) spell it; None if unset.
+    Raises ValueError on text that is not a timestamp."""
+    if not value:
         return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def backoff_seconds(failures: int, base: float, cap: float = 300.0) -> float:
@@ -617,20 +623,12 @@ def _progress_predates_head(ctx: _Context, pods: dict[str, dict]) -> bool:
     """A report written before the head pod was created is the previous coordinator's (a
     restarted or resumed job): planning on it would lend the new pods at once."""
     head = pods.get(pod_name(ctx.job.metadata.name, head_role(ctx.job), 0))
-    written = _instant((ctx.status.get("progress") or {}).get("updatedAt"))
-    created = _instant(head["metadata"].get("creationTimestamp")) if head else None
-    return written is not None and created is not None and written < created
-
-
-def _instant(value) -> datetime | None:
-    """A timestamp as the API server, the client or kopf spell it (`...Z`, `+00:00`, datetime); None if not one."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+        written = parse_time((ctx.status.get("progress") or {}).get("updatedAt"))
+        created = parse_time(head["metadata"].get("creationTimestamp")) if head else None
     except ValueError:
-        return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed is not None and parsed.tzinfo is None else parsed
+        return False  # not a coordinator's timestamp: nothing to compare
+    return written is not None and created is not None and written < created
 
 
 def _elastic_actions(ctx: _Context, pods: dict[str, dict]) -> list:
