@@ -98,23 +98,6 @@ def run_worker(args) -> int:
     return (run_head if args.head else run_member)(job, pod, api, args)
 
 
-def _actor_lookup(pod):
-    """This pod's actor, looked up lazily (the coordinator creates it after the pods joined)."""
-    import ray
-
-    found = {}
-
-    def get():
-        if "actor" not in found:
-            try:
-                found["actor"] = ray.get_actor(pod.node, namespace=pod.ray_namespace)
-            except ValueError:
-                return None
-        return found["actor"]
-
-    return get
-
-
 def _set_role_of(pod, actor):
     import ray
 
@@ -145,14 +128,14 @@ def _metrics(port: int, actor) -> None:
 @contextmanager
 def _joined(pod, args):
     """This pod's Ray node started (or joined) and its metrics served; the node stopped on the way out.
-    Yields a lazy lookup of the pod's actor."""
-    from tlt.worker.pod import RayNode, install_sigterm
+    Yields the node and the pod's `PodActor`."""
+    from tlt.worker.pod import PodActor, RayNode, install_sigterm
 
     node = RayNode(pod)
     try:
         node.start()
         install_sigterm()  # again: connecting to Ray replaces the handler
-        actor = _actor_lookup(pod)
+        actor = PodActor(pod)
         _metrics(args.metrics_port, actor)
         yield node, actor
     finally:
@@ -193,7 +176,7 @@ def run_head(job, pod, api, args) -> int:
 
 def run_member(job, pod, api, args) -> int:
     from tlt.coordinator.cluster import actor_nodes
-    from tlt.worker.pod import Terminated, find_actor, job_finished
+    from tlt.worker.pod import Terminated, job_finished
     from tlt.worker.role_watcher import RoleWatcher
 
     watcher = None
@@ -202,7 +185,7 @@ def run_member(job, pod, api, args) -> int:
             if pod.node not in actor_nodes(job.spec):
                 # Only a Ray node here (e.g. a second trainer pod while lending is off): it keeps its role.
                 set_role = lambda role: role == pod.role  # noqa: E731
-            elif find_actor(pod, alive=node.alive) is None:
+            elif actor.wait(alive=node.alive) is None:
                 log.error("the Ray cluster went away before this pod's worker was created")
                 return EXIT_RETRY
             else:

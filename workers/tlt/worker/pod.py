@@ -228,17 +228,32 @@ def wait_for_nodes(names: list[str], timeout: float = JOIN_TIMEOUT, say=log.info
         time.sleep(1.0)
 
 
-def find_actor(pod: PodIdentity, alive=lambda: True, timeout: float = JOIN_TIMEOUT):
-    """This pod's actor, once the coordinator has created it (None if the cluster went away first)."""
-    import ray
+class PodActor:
+    """This pod's actor, looked up by name when asked (the coordinator creates it after every
+    pod joined); calling it gives the handle, or None while it does not exist yet."""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and alive():
-        try:
-            return ray.get_actor(pod.node, namespace=pod.ray_namespace)
-        except ValueError:
+    def __init__(self, pod: PodIdentity):
+        self.pod = pod
+        self._handle = None
+
+    def __call__(self):
+        if self._handle is None:
+            import ray
+
+            try:
+                self._handle = ray.get_actor(self.pod.node, namespace=self.pod.ray_namespace)
+            except ValueError:
+                return None
+        return self._handle
+
+    def wait(self, alive=lambda: True, timeout: float = JOIN_TIMEOUT):
+        """The handle once the actor exists; None if the cluster went away (or time ran out) first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive():
+            if self() is not None:
+                return self._handle
             time.sleep(1.0)
-    return None
+        return None
 
 
 # ---------------------------------------------------------------------------------
@@ -305,12 +320,6 @@ def serve_metrics(collector: PodMetrics, port: int) -> http.server.ThreadingHTTP
     server = http.server.ThreadingHTTPServer(("", port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
-
-
-def actor_metrics(actor):
-    import ray
-
-    return lambda: ray.get(actor.metrics_text.remote(), timeout=2) if actor is not None else ""
 
 
 # ---------------------------------------------------------------------------------
