@@ -20,11 +20,17 @@ from tlt.api.model import ReasoningRLJobSpec
 from tlt.coordinator.shard import RolloutShard, bind_threads
 from tlt.drafter import Sample
 from tlt.drafter.averaging import weighted_average
+from tlt.elastic import shard_role
 from tlt.engine.types import Request, Result
 
 TRAINER_STATE = "trainer"
 DRAFTER_STATE = "drafter.pt"
 NODE_RESOURCE = "tlt.pod.{}"  # each pod's Ray node offers one unit of its own resource
+
+
+def shard_names(spec: ReasoningRLJobSpec) -> list[str]:
+    """The rollout shards, `<role>-<index>`: the names of their workers, actors and (on a cluster) pods."""
+    return [f"{shard_role(spec)}-{i}" for i in range(spec.rollout.replicas)]
 
 
 def pinned(node: str | None) -> dict:
@@ -161,8 +167,7 @@ class WorkerPool:
             # machine (a cluster job's pods running locally, another user's Ray).
             ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                      object_store_memory=256 * 1024 * 1024, configure_logging=False)
-        prefix = "worker" if spec.placement == "colocated" else "rollout"
-        self.shard_names = [f"{prefix}-{i}" for i in range(spec.rollout.replicas)]
+        self.shard_names = shard_names(spec)
         self.trainer_name = "trainer-0"
         trainer_cls = ray.remote(num_cpus=0)(TrainerWorker).options(**pinned(nodes.head if nodes else None))
         self.trainer = trainer_cls.remote(spec, self.actor_model_dir, None if nodes else _cores(0, 0),

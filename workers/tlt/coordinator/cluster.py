@@ -17,7 +17,7 @@ import queue
 from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec, ShardProgress
-from tlt.coordinator.actors import PodNodes, WorkerPool
+from tlt.coordinator.actors import PodNodes, WorkerPool, shard_names
 from tlt.coordinator.loop import Checkpoint, EmbeddedRun
 from tlt.elastic import dedicated_drafters, lending_enabled
 from tlt.worker.status import JobStatusWriter
@@ -39,19 +39,16 @@ def pod_nodes(spec: ReasoningRLJobSpec) -> PodNodes:
 
 def actor_nodes(spec: ReasoningRLJobSpec) -> set[str]:
     """The pods whose Ray node hosts a named actor the pod's role watcher switches."""
-    nodes = pod_nodes(spec)
-    prefix = "worker" if spec.placement == "colocated" else "rollout"
-    return {*(f"{prefix}-{i}" for i in range(spec.rollout.replicas)), *nodes.drafter_hosts}
+    return {*shard_names(spec), *pod_nodes(spec).drafter_hosts}
 
 
 def node_names(spec: ReasoningRLJobSpec) -> list[str]:
     """Every pod's Ray node name, `<role>-<index>`, the head first."""
     nodes = pod_nodes(spec)
-    prefix = "worker" if spec.placement == "colocated" else "rollout"
     names = [nodes.head]
     if spec.placement == "disaggregated":
         names += [f"trainer-{i}" for i in range(1, spec.trainer.replicas)]
-    names += [f"{prefix}-{i}" for i in range(spec.rollout.replicas)]
+    names += shard_names(spec)
     names += [h for h in nodes.drafter_hosts if h.startswith("drafter-")]
     return list(dict.fromkeys(names))
 

@@ -25,7 +25,7 @@ from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec
 from tlt.coordinator.actors import WorkerPool
 from tlt.coordinator.metrics import coordinator_metrics
 from tlt.coordinator.prompts import PromptSource, reward_name
-from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan
+from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan, shard_role
 from tlt.engine.types import Request
 from tlt.report import MetricsLog, write_report
 from tlt.report.html import summarize
@@ -305,7 +305,7 @@ class EmbeddedRun:
             self._set_role(self.pool.trainer_name, "trainer")
 
     def _workers(self, progress: dict) -> list[Worker]:
-        role = "worker" if self.spec.placement == "colocated" else "rollout"
+        role = shard_role(self.spec)
         out = []
         for i, name in enumerate(self.pool.shard_names):
             p = progress.get(name)

@@ -19,6 +19,7 @@ from tlt.elastic.policy import (
     dedicated_drafters,
     lending_enabled,
     plan,
+    shard_role,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "dedicated_drafters",
     "lending_enabled",
     "plan",
+    "shard_role",
 ]

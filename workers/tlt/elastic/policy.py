@@ -134,6 +134,11 @@ class Replace:
 Action = Union[Replace, Return, Consolidate, Lend, ScaleDrafters]
 
 
+def shard_role(spec: ReasoningRLJobSpec) -> str:
+    """The role of the workers that roll out: `worker` when colocated (they train too), else `rollout`."""
+    return "worker" if spec.placement == "colocated" else "rollout"
+
+
 def lending_enabled(spec: ReasoningRLJobSpec) -> bool:
     """Idle workers train the drafter only when there is a trainable drafter to train."""
     drafter = spec.drafter

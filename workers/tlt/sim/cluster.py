@@ -41,6 +41,7 @@ from tlt.elastic import (
     dedicated_drafters,
     lending_enabled,
     plan,
+    shard_role,
 )
 from tlt.sim.costs import Profile
 from tlt.sim.shard import ShardDecoder
@@ -213,7 +214,7 @@ class ClusterSimulator:
         spec = self.spec
         seeds = np.random.SeedSequence(self.options.seed).spawn(spec.rollout.replicas + 1)
         gpus = max(1, spec.rollout.gpus_per_replica)
-        role = "worker" if spec.placement == "colocated" else "rollout"
+        role = shard_role(spec)
         for i in range(spec.rollout.replicas):
             w = _SimWorker(name=f"{role}-{i}", role=role, index=i, gpus=gpus)
             w.shard = ShardDecoder(spec.rollout.max_batch_size, self.profile, np.random.default_rng(seeds[i]),
