@@ -12,10 +12,12 @@ import threading
 import time
 
 import yaml
-from kubernetes import client, watch
+from kubernetes import config as kube_config, watch
 
 from jobs import GROUP, PLURAL, VERSION, Job, wait_for
 from specs import manifest, with_fields
+from tlt.dev.pods import service_account_kubeconfig
+from tlt.dev.tools import kubectl_path
 from tlt.worker.role_watcher import RoleWatcher
 
 
@@ -187,16 +189,15 @@ def test_job_deletion_garbage_collects_children_without_waiting_for_the_operator
         operator.start()
 
 
-def test_role_watcher_in_a_pod_switches_roles_with_the_job_service_account(operator, api, kubectl, namespace, controlplane):
+def test_role_watcher_in_a_pod_switches_roles_with_the_job_service_account(operator, api, kubectl, namespace, controlplane,
+                                                                          tmp_path):
     job = Job(api, kubectl, namespace, JOB)
     job.running_pods(4)
-    token = kubectl("create", "token", "demo-worker", "-n", namespace).stdout.strip()
-    config = client.Configuration()
-    admin = controlplane.api_client().configuration
-    config.host, config.ssl_ca_cert = admin.host, admin.ssl_ca_cert
-    config.api_key = {"authorization": f"Bearer {token}"}
+    account = service_account_kubeconfig(controlplane.kubeconfig, namespace, "demo-worker", tmp_path / "worker.kubeconfig",
+                                         kubectl=str(kubectl_path()))
     roles: list[str] = []
-    watcher = RoleWatcher(roles.append, pod_name="demo-rollout-0", namespace=namespace, api_client=client.ApiClient(config)).start()
+    watcher = RoleWatcher(roles.append, pod_name="demo-rollout-0", namespace=namespace,
+                          api_client=kube_config.new_client_from_config(str(account))).start()
     try:
         wait_for(lambda: roles == ["rollout"], what="initial role")
         job.report({"progress": {"step": 1, "phase": "rollout", "shards": [
