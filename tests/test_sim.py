@@ -5,7 +5,7 @@ import pytest
 
 import tlt.elastic
 import tlt.sim.cluster
-from specs import spec_of
+from specs import manifest, spec_of
 from tlt.sim import (
     AcceptanceModel,
     ClusterSimulator,
@@ -22,21 +22,14 @@ from tlt.sim import (
 from tlt.sim.costs import qwen7b_h100
 from tlt.speculative.adaptive import Strategy
 
-BASE = {
-    "apiVersion": "tlt.dev/v1alpha1",
-    "kind": "ReasoningRLJob",
-    "metadata": {"name": "sim"},
-    "spec": {
-        "model": {"builtin": "tiny-arith"},
-        "task": {"name": "arith"},
-        "algorithm": {"groupSize": 2, "promptsPerStep": 2, "maxResponseTokens": 1000},
-        "placement": "colocated",
-        "rollout": {"replicas": 1, "engine": "torch", "gpusPerReplica": 1, "maxBatchSize": 8},
-        "speculative": {"mode": "off"},
-        "elasticity": {"lendIdle": False, "consolidateTail": {"enabled": False}},
-        "drafter": {"dedicatedReplicas": {"min": 0, "max": 0}},
-    },
-}
+BASE = manifest("sim", {
+    "algorithm": {"groupSize": 2, "promptsPerStep": 2, "maxResponseTokens": 1000},
+    "placement": "colocated",
+    "rollout": {"replicas": 1, "engine": "torch", "gpusPerReplica": 1, "maxBatchSize": 8},
+    "speculative": {"mode": "off"},
+    "elasticity": {"lendIdle": False, "consolidateTail": {"enabled": False}},
+    "drafter": {"dedicatedReplicas": {"min": 0, "max": 0}},
+})
 
 
 def make_spec(**changes):
