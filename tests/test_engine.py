@@ -21,12 +21,14 @@ STOP = 7
 
 def _near_bigram_target():
     """A float64 target whose next token depends mostly on the current one (attention
-    and MLP outputs scaled down but not off, so the KV cache still matters)."""
+    and MLP outputs scaled down but not off, so the KV cache still matters), with peaked
+    distributions so that sampled text repeats enough for the n-gram drafter too."""
     model = random_model(CFG, seed=11, dtype=torch.float64, init_std=0.3)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.mul_(0.005)
             layer.mlp.down_proj.weight.mul_(0.005)
+        model.lm_head.weight.mul_(6.0)  # peaked next-token distributions, as a trained model's
     return model
 
 
@@ -56,7 +58,7 @@ def _prompts(n=56, seed=0):
 def _requests(prompts, **kw):
     # varied max lengths so some sequences end by length, others at the stop token
     # groups of 4 as in GRPO: the n-gram drafter also searches earlier responses of the group
-    return [Request(prompt=p, max_tokens=20 + (i * 7) % 41, stop_ids=[STOP], id=i, group=i // 4, **kw)
+    return [Request(prompt=p, max_tokens=20 + (i * 7) % 41, stop_ids=[STOP], id=i, group=i // 4, seed=1000 + i, **kw)
             for i, p in enumerate(prompts)]
 
 
@@ -65,19 +67,25 @@ def target():
     return _near_bigram_target()
 
 
+SAMPLING = {"greedy": dict(temperature=0.0), "t1": dict(temperature=1.0), "t0.7-p0.9": dict(temperature=0.7, top_p=0.9)}
+
+
 @pytest.fixture(scope="module")
-def plain_results(target):
-    return TorchEngine(target, num_slots=16, max_model_len=80).generate(
-        _requests(_prompts(), temperature=0.0))
+def plain_by_sampling(target):
+    return {name: TorchEngine(target, num_slots=16, max_model_len=80).generate(_requests(_prompts(), **kw))
+            for name, kw in SAMPLING.items()}
 
 
+@pytest.mark.parametrize("sampling", list(SAMPLING))
 @pytest.mark.parametrize("drafter_kind,strategy", [
     ("eagle", "4_1_4"), ("eagle", "3_2_6"), ("eagle", "4_3_10"), ("ngram", "5_1_5")])
-def test_greedy_outputs_are_token_identical_with_speculation(target, plain_results, drafter_kind, strategy):
+def test_outputs_are_token_identical_with_speculation(target, plain_by_sampling, drafter_kind, strategy, sampling):
+    """Coupled verification: greedy and sampled outputs equal plain decoding's token for token."""
     drafter = _bigram_drafter(target) if drafter_kind == "eagle" else NgramDrafter(max_n=3)
     engine = TorchEngine(target, num_slots=16, max_model_len=80, drafter=drafter,
                          speculation=FixedStrategy(Strategy.parse(strategy)))
-    results = engine.generate(_requests(_prompts(), temperature=0.0))
+    results = engine.generate(_requests(_prompts(), **SAMPLING[sampling]))
+    plain_results = plain_by_sampling[sampling]
     reasons = {r.finish_reason for r in plain_results}
     assert reasons == {"stop", "length"}, "the workload must exercise both finish reasons"
     for plain, spec in zip(plain_results, results):

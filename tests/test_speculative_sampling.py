@@ -1,5 +1,6 @@
-"""Speculative acceptance keeps the target distribution exactly (statistical tests
-against exact enumeration), and the sampling helpers behave."""
+"""The plain sampler draws from the target distribution (statistical test against exact
+enumeration, with a control that must fail), coupled speculative verification emits
+exactly the plain sampler's tokens, and the sampling helpers behave."""
 
 import itertools
 
@@ -50,29 +51,50 @@ def _node_contexts(tree, ctx):
     return prev2, prev1
 
 
-def _run_blocks(n, temperature, top_p, topk, steps, seed, **accept_kw):
-    target, draft = _tables()
+def _plain_blocks(n, temperature, top_p, seed, sampler=None):
+    """`n` continuations of BLOCK tokens after (1, 2), drawn the way plain decoding draws
+    (inverse CDF with the uniform keyed by seed and response position)."""
+    sampler = sampler or (lambda logits, t, tp, u: sample_from(target_probs(logits, t, tp), u))
+    target, _ = _tables()
     ctx = torch.tensor([[1, 2]]).expand(n, 2).clone()
     seeds = torch.arange(n, dtype=torch.int64) + seed * 1_000_003
-    out = torch.zeros(n, 0, dtype=torch.long)
     temp = torch.full((n,), temperature, dtype=torch.float64)
     tp = torch.full((n,), top_p, dtype=torch.float64)
-    # The root is the pending token; sample the first one plainly like the engine does.
+    out = torch.zeros(n, 0, dtype=torch.long)
+    for pos in range(BLOCK):
+        u = uniforms(seeds, torch.full((n, 1), pos, dtype=torch.long), 1)[:, 0, 0]
+        tok = sampler(target[ctx[:, 0], ctx[:, 1]], temp, tp, u)
+        out = torch.cat([out, tok[:, None]], 1)
+        ctx = torch.stack([ctx[:, 1], tok], 1)
+    return out, target
+
+
+def _speculative_blocks(n, temperature, top_p, topk, steps, seed, draft):
+    """The same continuations through draft trees and coupled verification; also the
+    mean number of tokens emitted per round."""
+    target, _ = _tables()
+    ctx = torch.tensor([[1, 2]]).expand(n, 2).clone()
+    seeds = torch.arange(n, dtype=torch.int64) + seed * 1_000_003
+    temp = torch.full((n,), temperature, dtype=torch.float64)
+    tp = torch.full((n,), top_p, dtype=torch.float64)
+    # The root is the pending token; the first one is sampled plainly, as the engine does at prefill.
     u0 = uniforms(seeds, torch.zeros(n, 1, dtype=torch.long), 1)[:, 0, 0]
     first = sample_from(target_probs(target[ctx[:, 0], ctx[:, 1]], temp, tp), u0)
-    out = first[:, None]
+    out = [[t] for t in first.tolist()]
     ctx = torch.stack([ctx[:, 1], first], 1)
-    while out.shape[1] < BLOCK:
+    rounds, emitted = 0, 0
+    while min(len(o) for o in out) < BLOCK:
         tree = _draft_tree(ctx, draft, topk, steps)
         p2, p1 = _node_contexts(tree, ctx)
-        logits = target[p2, p1]
-        pos = out.shape[1] + torch.arange(tree.max_depth + 1)[None].expand(n, -1)
-        u = uniforms(seeds, pos, tree.children.shape[2] + 1)
-        acc = accept(tree, logits, temp, tp, u, **accept_kw)
-        width = int(acc.num_nodes.min())  # rows emit different counts; keep the common prefix
-        out = torch.cat([out, acc.tokens[:, :width]], 1)
-        ctx = out[:, -2:]
-    return out[:, :BLOCK], target
+        pos = torch.tensor([len(o) for o in out])[:, None] + torch.arange(tree.max_depth + 1)[None]
+        u = uniforms(seeds, pos, 1)[..., 0]
+        acc = accept(tree, target[p2, p1], temp, tp, u)
+        rounds += n
+        emitted += int(acc.num_nodes.sum())
+        for b in range(n):
+            out[b] += acc.tokens[b, : int(acc.num_nodes[b])].tolist()
+        ctx = torch.tensor([o[-2:] for o in out])
+    return torch.tensor([o[:BLOCK] for o in out]), emitted / rounds
 
 
 def _exact_block_probs(target, temperature, top_p):
@@ -115,19 +137,48 @@ def _chi_square_pvalue(samples, exact):
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
-@pytest.mark.parametrize("topk,steps", [(1, 3), (2, 2)])
-def test_blocks_from_speculative_sampling_follow_the_target_distribution(temperature, top_p, topk, steps):
-    samples, target = _run_blocks(20_000, temperature, top_p, topk, steps, seed=1)
+def test_plain_sampler_continuations_follow_the_target_distribution(temperature, top_p):
+    samples, target = _plain_blocks(20_000, temperature, top_p, seed=1)
     p = _chi_square_pvalue(samples, _exact_block_probs(target, temperature, top_p))
     assert p > ALPHA, f"chi-square p-value {p:.2e} rejects the target distribution"
 
 
+def _sampler_without_top_p_renormalisation(logits, temperature, top_p, u):
+    """A wrong sampler for the control: draws from the temperature distribution, ignoring
+    the nucleus (or, at top-p 1, with the temperature applied twice)."""
+    probs = target_probs(logits, temperature, torch.ones_like(top_p))
+    if bool((top_p >= 1).all()):
+        probs = target_probs(logits, temperature * temperature * 0.8, top_p)
+    return sample_from(probs, u)
+
+
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
-def test_the_same_test_rejects_a_verifier_that_skips_the_residual(temperature, top_p):
-    samples, target = _run_blocks(20_000, temperature, top_p, topk=2, steps=2, seed=2,
-                                  renormalize_on_reject=False)
+def test_the_same_test_rejects_a_wrong_sampler(temperature, top_p):
+    samples, target = _plain_blocks(20_000, temperature, top_p, seed=2, sampler=_sampler_without_top_p_renormalisation)
     p = _chi_square_pvalue(samples, _exact_block_probs(target, temperature, top_p))
     assert p < ALPHA
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+@pytest.mark.parametrize("topk,steps", [(1, 4), (2, 2), (3, 3)])
+def test_speculative_continuations_are_token_identical_to_plain_sampling(temperature, top_p, topk, steps):
+    target, _ = _tables()
+    # A good but imperfect drafter (the target's logits, perturbed), so rounds accept several tokens.
+    g = torch.Generator().manual_seed(5)
+    draft = target + 0.5 * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    plain, _ = _plain_blocks(2_000, temperature, top_p, seed=3)
+    spec, per_round = _speculative_blocks(2_000, temperature, top_p, topk, steps, seed=3, draft=draft)
+    assert torch.equal(spec, plain), f"{int((spec != plain).any(1).sum())} continuations differ"
+    assert per_round > 1.5, f"acceptance {per_round:.2f}: the drafter must make speculation really run"
+
+
+def test_a_drafter_that_is_always_wrong_still_gives_plain_outputs():
+    target, _ = _tables()
+    draft = -target  # proposes the least likely tokens
+    plain, _ = _plain_blocks(500, 1.0, 1.0, seed=4)
+    spec, per_round = _speculative_blocks(500, 1.0, 1.0, topk=1, steps=3, seed=4, draft=draft)
+    assert torch.equal(spec, plain)
+    assert per_round < 1.3
 
 
 def test_greedy_rows_accept_exactly_the_argmax_path():
@@ -136,7 +187,7 @@ def test_greedy_rows_accept_exactly_the_argmax_path():
     tree = _draft_tree(ctx, draft, topk=2, steps=3)
     p2, p1 = _node_contexts(tree, ctx)
     zero = torch.zeros(3, dtype=torch.float64)
-    u = uniforms(torch.arange(3), torch.zeros(3, tree.max_depth + 1, dtype=torch.long), 3)
+    u = uniforms(torch.arange(3), torch.zeros(3, tree.max_depth + 1, dtype=torch.long), 1)[..., 0]
     acc = accept(tree, target[p2, p1], zero, torch.ones(3, dtype=torch.float64), u)
     for b in range(3):
         c = tuple(ctx[b].tolist())

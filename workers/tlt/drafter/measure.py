@@ -133,9 +133,8 @@ def _run_batch(target, prompts, ids, max_tokens, proposer, temperature, top_p, s
         logits = target.logits(h)
         d = tree.max_depth
         resp_pos = torch.tensor([len(responses[r]) for r in act.tolist()], device=dev)
-        u = uniforms(seeds[act], resp_pos[:, None] + torch.arange(d + 1, device=dev)[None, :],
-                     1 + tree.children.shape[2])
-        acc = accept(tree, logits, temp[act], topp[act], u)
+        u = uniforms(seeds[act], resp_pos[:, None] + torch.arange(d + 1, device=dev)[None, :], 1)[..., 0]
+        acc = accept(tree, logits, temp[act], topp[act], u, max_depth=d)
         cache.keep(act, acc.path, acc.num_nodes)
         counts = acc.num_nodes
         if proposer is not None:

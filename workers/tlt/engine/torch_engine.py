@@ -355,9 +355,8 @@ class TorchEngine:
         h = self.model.hidden(tree.tokens, positions, cache=self.cache, slots=slots, tail_mask=tree.mask)
         logits = self.model.logits(h)
         steps = tree.max_depth + 1
-        u = uniforms(self.seeds[slots], self.gen[slots][:, None] + torch.arange(steps, device=dev),
-                     tree.children.shape[2] + 1)
-        acc = accept(tree, logits, self.temperature[slots], self.top_p[slots], u)
+        u = uniforms(self.seeds[slots], self.gen[slots][:, None] + torch.arange(steps, device=dev), 1)[..., 0]
+        acc = accept(tree, logits, self.temperature[slots], self.top_p[slots], u, max_depth=steps - 1)
         if self.hist is not None:
             width = acc.path.shape[1]
             rows = torch.arange(bsz, device=dev)[:, None]

@@ -4,7 +4,9 @@ Randomness is counter-based: the uniform number for a decision is a hash of
 (request seed, response position, stream), so a request's samples do not depend on
 which other requests share its batch, and every decision draws fresh numbers without
 a per-request generator object (which would force a Python loop over the batch).
-Stream 0 is the final sample of a position; streams 1..k test the k draft candidates.
+Plain decoding and speculative verification both draw a position's token from stream 0
+(`tlt.speculative.verify`), which makes their outputs token-identical; other streams
+are free for other uses.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
-"""Lossless acceptance of a draft tree (pure function, vectorised over the batch).
+"""Lossless, coupled acceptance of a draft tree (pure function, vectorised over the batch).
 
-Multi-draft rule for deterministic candidates: at the current node with target
-distribution p, try its children c_1, c_2, ... in order. Each candidate is a point
-mass, so it is accepted with probability p(c_i) / sum(p) of the current residual; on
-rejection c_i's mass is zeroed (the residual max(p - q, 0) of a point mass q) and the
-rest renormalised. If a candidate is accepted we move to it and repeat; if all are
-rejected (or the node has no children), the token is drawn from the residual. Every
-emitted token is then distributed exactly as the target's p: P(c_1) = p(c_1),
-P(c_2) = (1 - p(c_1)) * p(c_2) / (1 - p(c_1)), and so on. Greedy rows use a point-mass
-p on the argmax, which turns the same rule into "longest path matching the argmax".
+Plain decoding emits, at response position t, the token `sample_from(p_t, u_t)`: the
+inverse-CDF draw from the target's distribution p_t (temperature, top-p) with the
+uniform u_t keyed by (seed, t). Verification computes exactly that draw at every tree
+node, from the target's distribution there, and follows the child whose token equals
+it; at the first node with no such child it emits the draw and ends the round. Every
+emitted token is therefore the token plain decoding would have emitted at that
+position: outputs are token-identical with speculation on or off, whatever the tree,
+the batch or the engine (exactly so when the logits are equal; in float32 a verify
+forward and a decode forward may differ in the last bits, which can flip a draw that
+falls on a CDF boundary).
+
+For deterministic candidates the acceptance probability equals the multi-draft rule's
+(the sum of the candidates' target probabilities), so nothing is lost in speed either.
+Greedy rows (temperature 0) draw the argmax: the rule becomes "longest path matching
+the argmax".
 """
 
 from __future__ import annotations
@@ -25,60 +31,59 @@ from .tree import DraftTree
 class Acceptance:
     path: torch.Tensor  # [B, D+1] node indices root..last accepted node, padded with 0
     num_nodes: torch.Tensor  # [B] nodes on the path incl. root = tokens emitted this round
-    tokens: torch.Tensor  # [B, D+1] emitted tokens (accepted drafts then the final sample), padded
+    tokens: torch.Tensor  # [B, D+1] emitted tokens (accepted drafts then the final draw), padded
     logprobs: torch.Tensor  # [B, D+1] target log-probs of the emitted tokens
 
 
+def draws(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The plain sampler's token for logits [B, N, V] with uniforms u [B, N]: [B, N].
+
+    Greedy rows take the argmax directly (no float64 softmax when the whole batch is greedy).
+    """
+    greedy = temperature <= 0
+    if bool(greedy.all()):
+        return logits.argmax(-1)
+    n = logits.shape[1]
+    probs = target_probs(logits, temperature[:, None].expand(-1, n), top_p[:, None].expand(-1, n))
+    return sample_from(probs, u)
+
+
 def accept(tree: DraftTree, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-           u: torch.Tensor, *, renormalize_on_reject: bool = True) -> Acceptance:
+           u: torch.Tensor, max_depth: int | None = None) -> Acceptance:
     """Accept a prefix of `tree` given the target's logits at every node [B, N, V].
 
-    `u[b, d, s]` are uniforms for decision d (the d-th emitted token of the round):
-    stream 0 for the final sample, stream 1 + j for the j-th candidate test.
-    `renormalize_on_reject=False` is a deliberately wrong rule kept for the tests that
-    must detect it (it samples the fallback from p, not from the residual).
+    `u[b, d]` is the plain sampler's uniform for the d-th token emitted this round
+    (response position of the pending token's successor + d). `max_depth` (the tree's
+    deepest level, known to the caller) avoids a host read.
     """
     bsz, n, _ = logits.shape
     dev = logits.device
-    max_depth = tree.max_depth
-    num_cand = tree.children.shape[2]
+    depth_max = tree.max_depth if max_depth is None else max_depth
+    node_u = u.gather(1, tree.depth)  # a node at depth d draws the (d)-th emitted token
+    drawn = draws(logits, temperature, top_p, node_u)  # [B, N]: what plain decoding emits after node i
+    # A node matches when its token is what its parent's draw emitted; it is accepted when
+    # every node on its path from the root matches.
+    parent_draw = drawn.gather(1, tree.parents)
+    match = tree.valid & (tree.tokens == parent_draw)
+    match[:, 0] = True
+    accepted = ~(tree.mask & ~match[:, None, :]).any(-1)  # [B, N]
+    # The deepest accepted node ends the path (sibling tokens are distinct, so accepted
+    # nodes form one path; ties, if a drafter repeated a sibling, go to the lowest index).
+    idx = torch.arange(n, device=dev)
+    score = torch.where(accepted, tree.depth * (n + 1) + (n - idx), torch.full_like(tree.depth, -1))
+    last = score.argmax(1)  # [B]
     rows = torch.arange(bsz, device=dev)
-    cur = torch.zeros(bsz, dtype=torch.long, device=dev)
-    active = torch.ones(bsz, dtype=torch.bool, device=dev)
-    path = torch.zeros(bsz, max_depth + 1, dtype=torch.long, device=dev)
-    out_tokens = torch.zeros(bsz, max_depth + 1, dtype=torch.long, device=dev)
-    out_lp = torch.zeros(bsz, max_depth + 1, dtype=torch.float32, device=dev)
-    num_nodes = torch.zeros(bsz, dtype=torch.long, device=dev)
-    for d in range(max_depth + 1):
-        node_logits = logits[rows, cur]
-        p = target_probs(node_logits, temperature, top_p)
-        p_original = p
-        chosen = torch.full((bsz,), -1, dtype=torch.long, device=dev)
-        if d < max_depth:
-            for j in range(num_cand):
-                child = tree.children[rows, cur, j]
-                trying = active & (chosen < 0) & (child >= 0)
-                if not bool(trying.any()):
-                    break
-                tok = tree.tokens[rows, child.clamp_min(0)]
-                p_tok = p.gather(1, tok[:, None])[:, 0]
-                ok = trying & (u[:, d, 1 + j] * p.sum(-1) < p_tok)
-                chosen = torch.where(ok, child, chosen)
-                rejected = trying & ~ok
-                if renormalize_on_reject:
-                    p = p.scatter(1, tok[:, None], torch.where(rejected[:, None], 0.0, p_tok[:, None]))
-        accepted = active & (chosen >= 0)
-        finishing = active & ~accepted
-        fallback = sample_from(p if renormalize_on_reject else p_original, u[:, d, 0])
-        tok_acc = tree.tokens[rows, chosen.clamp_min(0)]
-        emitted = torch.where(accepted, tok_acc, fallback)
-        lp = token_logprobs(node_logits, temperature, emitted)
-        out_tokens[:, d] = torch.where(active, emitted, out_tokens[:, d])
-        out_lp[:, d] = torch.where(active, lp, out_lp[:, d])
-        path[:, d] = torch.where(active, cur, path[:, d])
-        num_nodes += active.long()
-        cur = torch.where(accepted, chosen, cur)
-        active = accepted
-        if not bool(active.any()):
-            break
-    return Acceptance(path=path, num_nodes=num_nodes, tokens=out_tokens, logprobs=out_lp)
+    num_nodes = tree.depth[rows, last] + 1
+    on_path = tree.mask[rows, last]  # [B, N]: ancestors-or-self of the last node
+    width = depth_max + 1
+    slot = torch.where(on_path, tree.depth, torch.full_like(tree.depth, width))
+    path = torch.zeros(bsz, width + 1, dtype=torch.long, device=dev)
+    path.scatter_(1, slot, idx.expand(bsz, n).clone())
+    path = path[:, :width]
+    live = torch.arange(width, device=dev)[None, :] < num_nodes[:, None]
+    path = torch.where(live, path, torch.zeros_like(path))
+    tokens = torch.where(live, drawn.gather(1, path), torch.zeros_like(path))
+    path_logits = logits.gather(1, path[:, :, None].expand(-1, -1, logits.shape[-1]))
+    logprobs = token_logprobs(path_logits, temperature[:, None].expand(-1, width), tokens)
+    logprobs = torch.where(live, logprobs, torch.zeros_like(logprobs))
+    return Acceptance(path=path, num_nodes=num_nodes, tokens=tokens, logprobs=logprobs)
