@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -183,3 +184,24 @@ def test_a_drained_shard_lent_to_drafter_training_trains_and_is_reclaimed_at_onc
     shard.set_drafter(version + 1, before)  # the averaged version comes back
     assert shard.drafter_report()[1] == 0
     assert all(torch.equal(before[k], v) for k, v in shard.eagle.state_dict().items())
+
+
+def test_bench_e2e_compares_runs_that_sampled_identical_rollouts(micro_model, tmp_path):
+    """Coupled verification: tlt (speculation, lending, consolidation) samples exactly the
+    baseline's tokens at every step, so both runs train the same policy."""
+    from tlt.coordinator.bench import compare
+
+    doc = manifest(micro_model, tmp_path / "unused", steps=2)
+    doc["spec"]["eval"] = {"everySteps": 0, "numPrompts": 1}
+    result = compare(parse_job(doc), tmp_path / "bench", progress=False)
+
+    assert result["differing_rollouts"] == {1: 0, 2: 0}
+    assert result["identical_rollouts"] and result["rewards_equal"]
+    tlt, base = result["tlt"], result["baseline"]
+    assert tlt["acceptance_length"] > 0, "tlt must have speculated for the check to mean anything"
+    assert base["acceptance_length"] == 0
+    assert result["step_speedup"] > 0 and result["rollout_speedup"] > 0
+    assert 0 < base["rollout_share"] <= 1
+    a, b = _weights(tmp_path / "bench" / "baseline"), _weights(tmp_path / "bench" / "tlt")
+    assert all(torch.equal(a[k], b[k]) for k in a), "same rollouts must give the same trained policy"
+    assert "Step time: baseline vs tlt" in (tmp_path / "bench" / "tlt" / "report.html").read_text()

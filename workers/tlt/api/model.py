@@ -154,7 +154,11 @@ class EvalSpec(SpecModel):
 
     every_steps: int = Field(5, ge=0, description="Evaluate every N steps (and at the start and end); 0 turns it off.")
     num_prompts: int = Field(64, ge=1, description="Held-out prompts per evaluation.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature of evaluation; 0 is greedy.")
+    temperature: float | None = Field(
+        None, ge=0.0, le=2.0,
+        description="Besides greedy accuracy, pass@1 is measured at this temperature (one sample per prompt, "
+        "the rollout's top-p); default: the rollout's temperature; 0: greedy accuracy only.",
+    )
 
 
 # ---------------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """The end-to-end comparison: the plain synchronous baseline (speculation off, elasticity
-off, what a veRL-style run does) and tlt on the same job and seed, in one process."""
+off, what a veRL-style run does) and tlt on the same job and seed, in one process.
+
+Verification is coupled to the plain sampler, so both runs sample the same tokens at
+every step and therefore train the same policy: the comparison is of the same work, and
+it checks that (digests of every sampled sequence, per step, must be equal).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob
 from tlt.coordinator.loop import EmbeddedRun
-from tlt.report import read_records
-from tlt.report.html import latest_per_step
+from tlt.report import read_records, write_report
+from tlt.report.html import COMPARISON_FILE, STEP_PHASES, latest_per_step
 
 
 def baseline_of(job: ReasoningRLJob) -> ReasoningRLJob:
@@ -23,19 +28,67 @@ def baseline_of(job: ReasoningRLJob) -> ReasoningRLJob:
     return ReasoningRLJob.model_validate(doc)
 
 
-def _figures(run_dir: Path) -> dict:
-    records = read_records(run_dir / "metrics.jsonl")
+def _later(values: list[float]) -> list[float]:
+    """The steps after the first (which pays one-time warm-up), unless there is only one."""
+    return values[1:] if len(values) > 1 else values
+
+
+def run_figures(run_dir: Path) -> dict:
+    """Per-step times, sampled digests and headline figures of one run folder."""
+    records = read_records(Path(run_dir) / "metrics.jsonl")
     steps = latest_per_step(records, "step")
     evals = latest_per_step(records, "eval")
+    lengths = {r["step"]: r for r in latest_per_step(records, "lengths")}
     rollout = [s["time_rollout"] for s in steps]
-    whole = [s["time_rollout"] + s["time_reward"] + s["time_train"] + s["time_sync"] for s in steps]
+    whole = [sum(s.get(f"time_{p}", 0.0) for p in STEP_PHASES) for s in steps]
+    generated = [sum(map(sum, lengths[s["step"]]["groups"])) if s["step"] in lengths else 0 for s in steps]
+    trained = [s.get("train_tokens", 0.0) for s in steps]
+    train_time = [s.get("time_train", 0.0) for s in steps]
     return {
-        "rollout_seconds": statistics.median(rollout),
-        "step_seconds": statistics.median(whole),
-        "rollout_share": sum(rollout) / sum(whole),
-        "accuracy": evals[-1]["accuracy"] if evals else None,
+        "steps": [s["step"] for s in steps],
+        "step_seconds_per_step": whole,
+        "rollout_seconds_per_step": rollout,
+        "reward_per_step": [s.get("reward_mean") for s in steps],
+        "digests": {r["step"]: r["digests"] for r in latest_per_step(records, "rollouts")},
+        "step_seconds": statistics.median(_later(whole)),
+        "rollout_seconds": statistics.median(_later(rollout)),
+        "rollout_share": statistics.median([r / w for r, w in zip(rollout, whole) if w > 0]),
+        "rollout_tokens_per_second": sum(_later(generated)) / max(1e-9, sum(_later(rollout))),
+        "train_tokens_per_second": sum(_later(trained)) / max(1e-9, sum(_later(train_time))),
+        "accuracy": {e["step"]: e["accuracy"] for e in evals},
+        "accuracy_sampled": {e["step"]: e["accuracy_sampled"] for e in evals if "accuracy_sampled" in e},
         "acceptance_length": statistics.fmean([s["acceptance_length"] for s in steps]) if steps else 0.0,
+        "acceptance_per_step": [s.get("acceptance_length", 0.0) for s in steps],
         "lent_fraction": statistics.fmean([s.get("lent_fraction", 0.0) for s in steps]) if steps else 0.0,
+    }
+
+
+def compare_runs(base: dict, tlt: dict) -> dict:
+    """Ratios (baseline / tlt, > 1 is faster) of two runs' figures and the sameness checks."""
+    common = [s for s in base["steps"] if s in tlt["steps"]]
+    b_at = {s: i for i, s in enumerate(base["steps"])}
+    t_at = {s: i for i, s in enumerate(tlt["steps"])}
+    step_ratios = [base["step_seconds_per_step"][b_at[s]] / tlt["step_seconds_per_step"][t_at[s]] for s in common]
+    rollout_ratios = [base["rollout_seconds_per_step"][b_at[s]] / tlt["rollout_seconds_per_step"][t_at[s]] for s in common]
+    differing = {}
+    for s in common:
+        a, b = base["digests"].get(s), tlt["digests"].get(s)
+        if a is None or b is None:
+            differing[s] = None  # not recorded: cannot be checked
+        else:
+            differing[s] = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
+    rewards_equal = all(base["reward_per_step"][b_at[s]] == tlt["reward_per_step"][t_at[s]] for s in common)
+    strip = ("digests", "step_seconds_per_step", "rollout_seconds_per_step", "reward_per_step")
+    return {
+        "baseline": {k: v for k, v in base.items() if k not in strip},
+        "tlt": {k: v for k, v in tlt.items() if k not in strip},
+        "step_speedup": statistics.median(_later(step_ratios)) if common else None,
+        "rollout_speedup": statistics.median(_later(rollout_ratios)) if common else None,
+        "step_speedup_per_step": step_ratios,
+        "rollout_speedup_per_step": rollout_ratios,
+        "differing_rollouts": differing,
+        "identical_rollouts": bool(common) and all(v == 0 for v in differing.values()),
+        "rewards_equal": rewards_equal,
     }
 
 
@@ -45,30 +98,39 @@ def compare(job: ReasoningRLJob, out: Path, progress: bool = True) -> dict:
     figures = {}
     for name, variant in runs.items():
         EmbeddedRun(variant, run_dir=out / name, fresh=True, progress=progress).run()
-        figures[name] = _figures(out / name)
-    base, tlt = figures["baseline"], figures["tlt"]
-    result = {
-        "baseline": base,
-        "tlt": tlt,
-        "rollout_speedup": base["rollout_seconds"] / tlt["rollout_seconds"],
-        "step_speedup": base["step_seconds"] / tlt["step_seconds"],
-        "accuracy_gap": None if base["accuracy"] is None else tlt["accuracy"] - base["accuracy"],
-    }
+        figures[name] = run_figures(out / name)
+    result = compare_runs(figures["baseline"], figures["tlt"])
+    # The tlt run's report shows the baseline beside it.
+    (out / "tlt" / COMPARISON_FILE).write_text(json.dumps({"baseline": str((out / "baseline").absolute())}))
+    write_report(out / "tlt", f"tlt run: {job.metadata.name} (against the baseline)")
+    (out / "comparison.json").write_text(json.dumps(result, indent=1, default=float))
     return result
 
 
 def print_comparison(result: dict, file=sys.stdout) -> None:
     b, t = result["baseline"], result["tlt"]
+    last = lambda d: d[max(d)] if d else float("nan")  # noqa: E731
+    first = lambda d: d[min(d)] if d else float("nan")  # noqa: E731
     rows = [
-        ("median rollout seconds / step", b["rollout_seconds"], t["rollout_seconds"]),
-        ("median step seconds", b["step_seconds"], t["step_seconds"]),
+        ("median step seconds (after step 1)", b["step_seconds"], t["step_seconds"]),
+        ("median rollout seconds", b["rollout_seconds"], t["rollout_seconds"]),
         ("rollout share of the step", b["rollout_share"], t["rollout_share"]),
-        ("held-out accuracy (last eval)", b["accuracy"], t["accuracy"]),
+        ("rollout tokens per second", b["rollout_tokens_per_second"], t["rollout_tokens_per_second"]),
+        ("trained tokens per second", b["train_tokens_per_second"], t["train_tokens_per_second"]),
         ("mean acceptance length", b["acceptance_length"], t["acceptance_length"]),
         ("fraction of worker time lent", b["lent_fraction"], t["lent_fraction"]),
+        ("held-out greedy accuracy, first", first(b["accuracy"]), first(t["accuracy"])),
+        ("held-out greedy accuracy, last", last(b["accuracy"]), last(t["accuracy"])),
+        ("held-out pass@1 (sampled), first", first(b["accuracy_sampled"]), first(t["accuracy_sampled"])),
+        ("held-out pass@1 (sampled), last", last(b["accuracy_sampled"]), last(t["accuracy_sampled"])),
     ]
-    print(f"{'':34} {'baseline':>10} {'tlt':>10}", file=file)
+    print(f"{'':38} {'baseline':>10} {'tlt':>10}", file=file)
     for label, x, y in rows:
-        print(f"{label:34} {x if x is not None else float('nan'):10.3f} {y if y is not None else float('nan'):10.3f}", file=file)
-    print(f"rollout speedup {result['rollout_speedup']:.2f}x, whole-step speedup {result['step_speedup']:.2f}x", file=file)
+        print(f"{label:38} {x:10.3f} {y:10.3f}", file=file)
+    diff = result["differing_rollouts"]
+    print("differing rollouts per step: " + ", ".join(f"{s}: {n}" for s, n in diff.items())
+          + ("  (identical)" if result["identical_rollouts"] else "  (NOT identical)"), file=file)
+    print(f"rewards equal at every step: {result['rewards_equal']}", file=file)
+    print(f"whole-step speedup {result['step_speedup']:.2f}x, rollout-phase speedup {result['rollout_speedup']:.2f}x "
+          "(medians over the steps after the first)", file=file)
     print(json.dumps(result, default=float), file=file)

@@ -75,7 +75,12 @@ def run_bench_e2e(args) -> int:
     jobs = load_jobs_or_fail(args.file)
     if len(jobs) != 1:
         raise CommandError(f"{args.file} holds {len(jobs)} jobs; `tlt bench e2e` compares one")
-    print_comparison(compare(jobs[0], Path(args.out), progress=not args.quiet))
+    result = compare(jobs[0], Path(args.out), progress=not args.quiet)
+    print_comparison(result)
+    if not result["identical_rollouts"]:
+        print("error: the baseline and tlt sampled different tokens (see differing rollouts per step): "
+              "the comparison is not of the same work", file=sys.stderr)
+        return 1
     return 0
 
 

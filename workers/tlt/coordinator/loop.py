@@ -68,6 +68,11 @@ def resolve_model(spec: ReasoningRLJobSpec, progress: bool = True, download: boo
     )
 
 
+def rollout_digest(tokens) -> str:
+    """A short fingerprint of one sampled response (its token ids)."""
+    return hashlib.blake2b(",".join(map(str, tokens)).encode(), digest_size=6).hexdigest()
+
+
 @dataclass
 class Checkpoint:
     step: int
@@ -264,6 +269,9 @@ class EmbeddedRun:
         self.log.write("step", **record)
         # Per-sequence response lengths by group (group n ran on shard n mod shards), for
         # replaying this step's rollout in the simulator (`tlt simulate --calibrate`).
+        # What was sampled, one short digest per sequence (group-major): `tlt bench e2e` checks
+        # that the baseline and tlt runs sampled the same tokens at every step.
+        self.log.write("rollouts", step=step, digests=[rollout_digest(r.tokens) for _, results in groups for r in results])
         self.log.write("lengths", step=step, shards=len(self.pool.shard_names),
                        groups=[[len(r.tokens) for r in results] for _, results in groups],
                        prompt_tokens=round(sum(len(item.ids) for item, _ in groups) / max(1, len(groups)), 1),
@@ -369,27 +377,41 @@ class EmbeddedRun:
         return results, {"lent_seconds": lent_seconds, "acceptance_length": acceptance}
 
     def _evaluate(self, prompts: PromptSource, step: int, eos) -> None:
+        """Held-out greedy accuracy, and pass@1 at the evaluation temperature (default: the
+        rollout's), one sample per prompt; every evaluation draws with the same seeds, so
+        two evaluations differ by the policy only."""
         spec = self.spec
         if not prompts.heldout:
             return
-        ev = spec.eval
-        reqs = [
-            Request(prompt=list(item.ids), max_tokens=spec.algorithm.max_response_tokens, stop_ids=eos,
-                    temperature=ev.temperature, top_p=1.0, seed=request_seed(spec.algorithm.seed, -1, i, 0), id=i)
-            for i, item in enumerate(prompts.heldout)
-        ]
-        results = self.pool.evaluate(reqs)
+        a, ev = spec.algorithm, spec.eval
+        sampled_t = a.temperature if ev.temperature is None else ev.temperature
+        modes = {"": (0.0, 1.0)}
+        if sampled_t > 0:
+            modes["_sampled"] = (sampled_t, a.top_p)
         from tlt.rewards import get_reward
 
         reward = get_reward(reward_name(spec))
-        scores = [reward(item.prompt, self.pool.decode(r.tokens), item.answer, **item.meta)
-                  for item, r in zip(prompts.heldout, results)]
-        lengths = sorted(len(r.tokens) for r in results)
-        accuracy = sum(1 for s in scores if s > 0.5) / len(scores)
-        self.metrics.accuracy.set(accuracy)
-        self.log.write("eval", step=step, accuracy=accuracy, len_mean=sum(lengths) / len(lengths),
-                       len_p90=lengths[int(0.9 * (len(lengths) - 1))], len_max=lengths[-1], prompts=len(scores))
-        self._say(f"eval after step {step}: held-out accuracy {accuracy:.3f} on {len(scores)} prompts")
+        figures: dict = {"prompts": len(prompts.heldout)}
+        for suffix, (temperature, top_p) in modes.items():
+            reqs = [
+                Request(prompt=list(item.ids), max_tokens=a.max_response_tokens, stop_ids=eos, temperature=temperature,
+                        top_p=top_p, seed=request_seed(a.seed, -1, i, 0), id=i)
+                for i, item in enumerate(prompts.heldout)
+            ]
+            results = self.pool.evaluate(reqs)
+            scores = [reward(item.prompt, self.pool.decode(r.tokens), item.answer, **item.meta)
+                      for item, r in zip(prompts.heldout, results)]
+            lengths = sorted(len(r.tokens) for r in results)
+            figures[f"accuracy{suffix}"] = sum(1 for s in scores if s > 0.5) / len(scores)
+            figures[f"len_mean{suffix}"] = sum(lengths) / len(lengths)
+            figures[f"len_max{suffix}"] = lengths[-1]
+            if not suffix:
+                figures["len_p90"] = lengths[int(0.9 * (len(lengths) - 1))]
+        self.metrics.accuracy.set(figures["accuracy"])
+        self.log.write("eval", step=step, **figures)
+        sampled = f", pass@1 at t={sampled_t:g} {figures['accuracy_sampled']:.3f}" if "accuracy_sampled" in figures else ""
+        self._say(f"eval after step {step}: held-out greedy accuracy {figures['accuracy']:.3f}{sampled} "
+                  f"on {len(prompts.heldout)} prompts")
 
     def _checkpoint(self, step: int, position: int, drafter_version: int) -> None:
         root = self.run_dir / CHECKPOINTS

@@ -1,15 +1,19 @@
-"""report.html: the story of a run, rendered from metrics.jsonl alone."""
+"""report.html: the story of a run, rendered from metrics.jsonl alone (and, after `tlt bench e2e`,
+the baseline run's metrics.jsonl beside it)."""
 
 from __future__ import annotations
 
 import html
+import json
 import statistics
 from pathlib import Path
 
 from tlt.report.log import read_records
-from tlt.report.svg import line_chart, stacked_bars, timeline
+from tlt.report.svg import grouped_bars, line_chart, stacked_bars, timeline
 
 STEP_PHASES = ("rollout", "reward", "train", "sync")
+# In a run folder, names the baseline run this one is compared with (`tlt bench e2e` writes it).
+COMPARISON_FILE = "baseline.json"
 
 
 def role_spans(records: list[dict], end: float) -> dict[str, list[tuple[float, float, str]]]:
@@ -42,8 +46,11 @@ def summarize(records: list[dict]) -> dict:
     if evals:
         out["accuracy_first"] = evals[0]["accuracy"]
         out["accuracy_last"] = evals[-1]["accuracy"]
+        if "accuracy_sampled" in evals[0] and "accuracy_sampled" in evals[-1]:
+            out["pass_at_1_first"] = evals[0]["accuracy_sampled"]
+            out["pass_at_1_last"] = evals[-1]["accuracy_sampled"]
     if steps:
-        step_times = [sum(s.get(f"time_{p}", 0.0) for p in STEP_PHASES) for s in steps]
+        step_times = [step_seconds(s) for s in steps]
         rollout = sum(s.get("time_rollout", 0.0) for s in steps)
         out["mean_step_seconds"] = statistics.fmean(step_times)
         out["rollout_share"] = rollout / (sum(step_times) or 1.0)
@@ -57,18 +64,38 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def render_report(records: list[dict], title: str = "tlt run") -> str:
+def step_seconds(step: dict) -> float:
+    return sum(step.get(f"time_{p}", 0.0) for p in STEP_PHASES)
+
+
+def comparison_charts(steps: list[dict], baseline: list[dict]) -> list[str]:
+    """This run's step and rollout time beside the baseline's, step by step."""
+    base = {s["step"]: s for s in latest_per_step(baseline, "step")}
+    ids = [s["step"] for s in steps if s["step"] in base]
+    mine = {s["step"]: s for s in steps}
+    return [
+        grouped_bars("Step time: baseline vs tlt (same rollouts)", ids, {
+            "baseline": [step_seconds(base[i]) for i in ids], "tlt": [step_seconds(mine[i]) for i in ids]}),
+        grouped_bars("Rollout time: baseline vs tlt", ids, {
+            "baseline": [base[i]["time_rollout"] for i in ids], "tlt": [mine[i]["time_rollout"] for i in ids]}),
+    ]
+
+
+def render_report(records: list[dict], title: str = "tlt run", baseline: list[dict] | None = None) -> str:
     steps = latest_per_step(records, "step")
     evals = latest_per_step(records, "eval")
     end = max((r.get("t", 0.0) for r in records), default=0.0)
     step_ids = [s["step"] for s in steps]
 
-    charts = [
+    charts = comparison_charts(steps, baseline) if baseline else []
+    charts += [
         line_chart(
             "Reward and held-out accuracy",
             {
                 "train reward (mean)": [(s["step"], s["reward_mean"]) for s in steps if "reward_mean" in s],
-                "held-out accuracy": [(e["step"], e["accuracy"]) for e in evals],
+                "held-out greedy accuracy": [(e["step"], e["accuracy"]) for e in evals],
+                "held-out pass@1 (sampled)": [(e["step"], e["accuracy_sampled"]) for e in evals
+                                              if "accuracy_sampled" in e],
             },
             y_label="fraction",
         ),
@@ -123,8 +150,12 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     """Render run_dir/metrics.jsonl into run_dir/report.html (atomically replaced)."""
     run_dir = Path(run_dir)
     records = read_records(run_dir / "metrics.jsonl")
+    baseline = None
+    if (run_dir / COMPARISON_FILE).is_file():
+        other = Path(json.loads((run_dir / COMPARISON_FILE).read_text())["baseline"])
+        baseline = read_records(other / "metrics.jsonl") or None
     out = run_dir / "report.html"
     tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(render_report(records, title or f"tlt run: {run_dir.name}"))
+    tmp.write_text(render_report(records, title or f"tlt run: {run_dir.name}", baseline))
     tmp.replace(out)
     return out

@@ -5,6 +5,8 @@ Record kinds (field `kind`):
 - `step`: one completed RL step (rewards, step time split, acceptance, lent fraction).
 - `eval`: held-out evaluation (accuracy, response lengths).
 - `role`: a worker switched role at time `t` (seconds since the run's first start).
+- `rollouts`: one step's sampled responses as short digests (group-major), so two runs can
+  be checked to have sampled the same tokens (`tlt bench e2e`).
 - `lengths`: one step's per-sequence response lengths by group, the mean prompt length, the
   resolved speculation threshold and the rollout time (replayed by `tlt simulate --calibrate`).
 The report is rendered from this file alone, so it can be rebuilt at any time

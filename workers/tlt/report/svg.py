@@ -79,8 +79,9 @@ class _Frame:
 
 def _svg(width, height, parts) -> str:
     style = (
-        "<style>.title{font:600 13px sans-serif}.tick{font:10px sans-serif;fill:#555}"
-        ".label{font:11px sans-serif;fill:#333}.tick{font:10px sans-serif;fill:#444}.grid{stroke:#e5e7eb}.legend{font:11px sans-serif}</style>"
+        # Explicit dark fills: an SVG inherits no text colour from the page, and viewers differ.
+        "<style>.title{font:600 14px sans-serif;fill:#111}.tick{font:11px sans-serif;fill:#222}"
+        ".label{font:12px sans-serif;fill:#111}.grid{stroke:#d1d5db}.legend{font:12px sans-serif;fill:#111}</style>"
     )
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">{style}{"".join(parts)}</svg>'
 
@@ -136,14 +137,38 @@ def stacked_bars(title: str, steps: list[int], parts_by_name: dict[str, list[flo
     return _svg(width, height, out)
 
 
+def grouped_bars(title: str, steps: list[int], series: dict[str, list[float]], y_label="seconds", width=560,
+                 height=260) -> str:
+    """Bars side by side per step, one per named series (e.g. baseline and tlt step time)."""
+    if not steps:
+        return line_chart(title, {})
+    top = max((v for values in series.values() for v in values), default=0.0) or 1.0
+    frame = _Frame(width, height, (min(steps) - 0.5, max(steps) + 0.5), (0.0, top))
+    out = frame.axes(title, "step", y_label)
+    group = (frame.x(1) - frame.x(0)) * 0.8 if len(steps) > 1 else 80.0
+    bar = group / max(1, len(series))
+    for i, step in enumerate(steps):
+        for j, (color, (name, values)) in enumerate(zip(PALETTE, series.items())):
+            if i >= len(values):
+                continue
+            x = frame.x(step) - group / 2 + j * bar
+            y = frame.y(values[i])
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{max(0.0, frame.y(0) - y):.1f}" '
+                       f'fill="{color}"><title>step {step} {html.escape(name)}: {values[i]:.2f}</title></rect>')
+    out += _legend(list(series), PALETTE, frame.left, 34)
+    return _svg(width, height, out)
+
+
 def timeline(title: str, spans: dict[str, list[tuple[float, float, str]]], width=1140, row=22) -> str:
-    """Gantt chart: per worker, spans (start, end, role) colored by role."""
+    """Gantt chart: per worker, spans (start, end, role) colored by role; the axis starts at the
+    first span (model loading and start-up before it are not worker time)."""
     workers = sorted(spans)
     if not workers:
         return line_chart(title, {})
     end = max(e for ss in spans.values() for _, e, _ in ss) or 1.0
+    begin = min(s for ss in spans.values() for s, _, _ in ss)
     height = 44 + 32 + row * len(workers)  # top margin (title, legend) + axis + rows
-    frame = _Frame(width, height, (0.0, end), (0.0, 1.0), left=110, top=44, bottom=32)
+    frame = _Frame(width, height, (begin, max(end, begin + 1e-3)), (0.0, 1.0), left=110, top=44, bottom=32)
     out = [f'<text x="{frame.left}" y="16" class="title">{html.escape(title)}</text>']
     for t in frame.x_ticks:
         x = frame.x(t)
