@@ -171,3 +171,47 @@ def test_process_pool_scores_in_other_processes():
         pool.submit("a", "q", r"\boxed{0.5}", "1/2")
         pool.submit("b", "q", "42", "41")
         assert pool.gather() == {"a": 1.0, "b": 0.0}
+
+
+def test_a_reward_running_past_the_timeout_scores_zero_is_logged_and_frees_its_worker(plugin_dir, caplog):
+    (plugin_dir / "slow_rewards.py").write_text(textwrap.dedent("""
+        import threading
+        release = threading.Event()
+        def slow(prompt, response, answer, **meta):
+            if response == "hang":
+                release.wait(timeout=60)
+            return 1.0
+    """))
+    import slow_rewards
+
+    try:
+        with RewardPool("slow_rewards:slow", workers=1, timeout=0.2) as pool:
+            pool.submit("stuck", "p", "hang", "a")
+            pool.submit("fine", "p", "ok", "a")  # queued behind the stuck one on the only worker
+            with caplog.at_level("WARNING", logger="tlt.rewards"):
+                got = pool.gather()
+            assert got == {"stuck": 0.0, "fine": 1.0}
+            assert pool.timed_out == ["stuck"]
+            assert "ran longer than 0.2s on response 'stuck'" in caplog.text
+            assert "timeoutSeconds" in caplog.text
+    finally:
+        slow_rewards.release.set()
+
+
+def test_a_reward_within_the_timeout_keeps_its_score_and_errors():
+    with RewardPool("math", workers=2, timeout=30) as pool:
+        pool.submit("a", "q", r"\boxed{0.5}", "1/2")
+        pool.submit("b", "q", "42", "41")
+        assert pool.gather() == {"a": 1.0, "b": 0.0}
+        assert pool.timed_out == []
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        RewardPool("math", timeout=0)
+
+
+def test_a_failing_reward_under_a_timeout_still_names_the_response(plugin_dir):
+    (plugin_dir / "raising_timed.py").write_text(
+        "def boom(prompt, response, answer, **meta):\n    raise KeyError(response)\n")
+    with RewardPool("raising_timed:boom", workers=1, timeout=30) as pool:
+        pool.submit(("group", 1), "p", "bad", "a")
+        with pytest.raises(RewardError, match=r"failed on response \('group', 1\).*KeyError"):
+            pool.gather()

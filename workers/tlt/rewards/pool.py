@@ -2,16 +2,23 @@
 
 Submit each response as soon as it finishes; `gather()` waits for the rest at
 the end of the rollout. Workers look the reward up by name, so a process pool
-needs nothing picklable beyond strings.
+needs nothing picklable beyond strings. A call that runs longer than the pool's
+`timeout` (spec.reward.timeoutSeconds) scores 0 and is logged; it is left running
+in a daemon thread (Python cannot stop a thread), and the pool's worker moves on.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
+import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 from tlt.rewards.registry import RewardError, get_reward
+
+log = logging.getLogger("tlt.rewards")
+TIMED_OUT = "timed out"  # what a worker returns for a call that overran the timeout
 
 
 @functools.lru_cache(maxsize=None)
@@ -19,8 +26,27 @@ def _cached_reward(name: str):
     return get_reward(name)
 
 
-def score(name: str, prompt: str, response: str, answer: str, meta: dict) -> float:
-    return _cached_reward(name)(prompt, response, answer, **meta)
+def score(name: str, prompt: str, response: str, answer: str, meta: dict, timeout: float | None = None):
+    """The reward of one response, or TIMED_OUT when it ran longer than `timeout` seconds."""
+    reward = _cached_reward(name)
+    if timeout is None:
+        return reward(prompt, response, answer, **meta)
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = reward(prompt, response, answer, **meta)
+        except BaseException as err:  # re-raised in the pool's worker below
+            box["error"] = err
+
+    runner = threading.Thread(target=call, daemon=True, name="reward-call")
+    runner.start()
+    runner.join(timeout)
+    if runner.is_alive():
+        return TIMED_OUT
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class RewardPool:
@@ -30,11 +56,15 @@ class RewardPool:
     construction with its clear message, not in the middle of a rollout.
     """
 
-    def __init__(self, name: str, workers: int = 2, kind: str = "thread"):
+    def __init__(self, name: str, workers: int = 2, kind: str = "thread", timeout: float | None = None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         get_reward(name)
         self.name = name
+        self.timeout = timeout
+        self.timed_out: list = []  # keys of the responses that scored 0 because their reward overran
         self._executor: Executor
         if kind == "thread":
             self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward")
@@ -48,7 +78,7 @@ class RewardPool:
 
     def submit(self, key, prompt: str, response: str, answer: str, **meta) -> Future:
         """Start scoring one response; `key` identifies it in `gather()`'s result."""
-        future = self._executor.submit(score, self.name, prompt, response, str(answer), meta)
+        future = self._executor.submit(score, self.name, prompt, response, str(answer), meta, self.timeout)
         self._pending.append((key, future))
         return future
 
@@ -58,13 +88,19 @@ class RewardPool:
         results = {}
         for key, future in pending:
             try:
-                results[key] = future.result()
+                value = future.result()
             except RewardError:
                 raise
             except Exception as err:
                 raise RewardError(
                     f"reward {self.name!r} failed on response {key!r}: "
                     f"{type(err).__name__}: {err}") from err
+            if value == TIMED_OUT:
+                value = 0.0
+                self.timed_out.append(key)
+                log.warning("reward %r ran longer than %gs on response %r: scored 0 (spec.reward.timeoutSeconds)",
+                            self.name, self.timeout, key)
+            results[key] = value
         return results
 
     def close(self) -> None:
