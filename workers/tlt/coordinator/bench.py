@@ -95,6 +95,8 @@ def compare_runs(base: dict, tlt: dict) -> dict:
 def compare(job: ReasoningRLJob, out: Path, progress: bool = True) -> dict:
     out = Path(out)
     runs = {"baseline": baseline_of(job), "tlt": copy.deepcopy(job)}
+    for variant in runs.values():  # each run checkpoints in its own folder, never in a shared runPolicy.checkpoint.path
+        variant.spec.run_policy.checkpoint.path = None
     figures = {}
     for name, variant in runs.items():
         EmbeddedRun(variant, run_dir=out / name, fresh=True, progress=progress).run()

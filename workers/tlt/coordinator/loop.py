@@ -81,9 +81,15 @@ class Checkpoint:
     folder: Path
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+def checkpoint_root(spec: ReasoningRLJobSpec | None, run_dir: Path) -> Path:
+    """Where a run's checkpoints go: `runPolicy.checkpoint.path` when set, else `<run folder>/checkpoints`."""
+    path = spec.run_policy.checkpoint.path if spec is not None else None
+    return Path(path).absolute() if path else Path(run_dir) / CHECKPOINTS
+
+
+def latest_checkpoint(run_dir: Path, spec: ReasoningRLJobSpec | None = None) -> Checkpoint | None:
     """The newest complete checkpoint (written to a temporary name, then renamed)."""
-    root = run_dir / CHECKPOINTS
+    root = checkpoint_root(spec, run_dir)
     if not root.is_dir():
         return None
     done = sorted((p for p in root.glob("step-*") if (p / "state.json").is_file()), key=lambda p: int(p.name[5:]))
@@ -101,6 +107,9 @@ class EmbeddedRun:
         self.run_dir = Path(run_dir or self.spec.output.path).absolute()
         if fresh and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
+        if fresh:  # checkpoints kept outside the run folder (runPolicy.checkpoint.path) start over too
+            for old in checkpoint_root(self.spec, self.run_dir).glob("*step-*"):
+                shutil.rmtree(old, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.max_steps = max_steps  # stop after this many steps in this invocation (tests, demos)
@@ -138,7 +147,7 @@ class EmbeddedRun:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         prompts = PromptSource(spec, tokenizer)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        ckpt = latest_checkpoint(self.run_dir)
+        ckpt = latest_checkpoint(self.run_dir, spec)
         start_step, position, drafter_version = (ckpt.step, ckpt.position, ckpt.drafter_version) if ckpt else (0, 0, 0)
         self.log.write("run", job=self.job.metadata.name, t0=self.log.t0, resumed_from=start_step,
                        total_steps=spec.algorithm.steps)
@@ -204,7 +213,7 @@ class EmbeddedRun:
         scores: dict = {}
         seconds = {"rollout": 0.0, "reward": 0.0}
         acceptance, lent_seconds, rounds = [], 0.0, 0
-        pool = RewardPool(reward_name(spec), workers=spec.reward.workers)
+        pool = RewardPool(reward_name(spec), workers=spec.reward.workers, timeout=spec.reward.timeout_seconds)
         try:
             want = a.prompts_per_step
             while True:
@@ -264,6 +273,7 @@ class EmbeddedRun:
             drafter_version=drafter_version,
             lent_fraction=lent_seconds / max(1e-9, seconds["rollout"] * len(self.pool.shard_names)),
             groups_kept=len(keep), sampling_rounds=rounds + 1, step_seconds=time.perf_counter() - t_start,
+            reward_timeouts=len(pool.timed_out),
             **{f"train_{k}": v for k, v in metrics.items()},
         )
         self.log.write("step", **record)
@@ -414,7 +424,7 @@ class EmbeddedRun:
                   f"on {len(prompts.heldout)} prompts")
 
     def _checkpoint(self, step: int, position: int, drafter_version: int) -> None:
-        root = self.run_dir / CHECKPOINTS
+        root = checkpoint_root(self.spec, self.run_dir)
         tmp = root / f".step-{step}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
