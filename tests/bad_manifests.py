@@ -104,6 +104,11 @@ BAD_MANIFESTS = [
         "spec.rollout.engine",
     ),
     BadManifest(
+        "vllm-with-top-p",
+        {"spec.rollout.engine": "vllm", "spec.rollout.gpusPerReplica": 1, "spec.algorithm.topP": 0.9},
+        "spec.algorithm.topP",
+    ),
+    BadManifest(
         "batch-smaller-than-group",
         {"spec.rollout.maxBatchSize": 2},
         "spec.rollout.maxBatchSize",

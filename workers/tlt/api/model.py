@@ -135,7 +135,9 @@ class RewardSpec(SpecModel):
         description="A reward function `package.module:function(prompt, response, answer, **meta) -> float`.",
     )
     workers: int = Field(2, ge=1, le=256, description="Reward processes, overlapped with generation.")
-    timeout_seconds: float = Field(30.0, gt=0, description="A reward call running longer scores 0 and is logged.")
+    timeout_seconds: float = Field(
+        30.0, gt=0, description="A reward call running longer than this scores 0 and is logged (the step goes on)."
+    )
 
     rules: ClassVar = (
         Rule(
@@ -328,10 +330,23 @@ class RolloutSpec(SpecModel):
     """Rollout shards: each decodes its share of the step's requests."""
 
     replicas: int = Field(1, ge=1, description="Rollout shards (pods in disaggregated placement).")
-    gpus_per_replica: int = Field(1, ge=0, description="GPUs per shard (tensor parallel size); 0 runs on CPU.")
-    engine: Literal["vllm", "torch"] = Field("vllm", description="vLLM on GPUs, or tlt's torch reference engine (CPU or GPU).")
+    gpus_per_replica: int = Field(
+        1, ge=0,
+        description="GPUs per shard pod; 0 runs on CPU. The torch engine uses one of them (no tensor parallelism); "
+        "vLLM splits the model over all of them (`tensor_parallel_size`).",
+    )
+    engine: Literal["torch", "vllm"] = Field(
+        "torch",
+        description="`torch`: tlt's engine, with every tlt feature (adaptive speculation per batch size, token-identical "
+        "sampling, tail consolidation); `vllm`: vLLM on GPUs with a fixed EAGLE speculation config, switched off above "
+        "the batch threshold (needs the worker-cuda image; see engine/VLLM.md).",
+    )
     max_batch_size: int = Field(256, ge=1, description="Sequences decoded at once per shard.")
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="Fraction of GPU memory vLLM may use.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0.0, le=1.0,
+        description="Fraction of a rollout GPU's memory the engine may use for weights and KV cache "
+        "(vLLM's `gpu_memory_utilization`).",
+    )
     template: PodTemplate | None = Field(None, description="Pod overrides of rollout pods.")
 
 
@@ -367,7 +382,11 @@ class DrafterSpec(SpecModel):
     architecture: Literal["eagle", "ngram"] = Field(
         "eagle", description="`eagle`: a one-layer draft model on the target's hidden states; `ngram`: model-free."
     )
-    init_checkpoint: str | None = Field(None, min_length=1, description="Drafter folder to start from (EAGLE layout).")
+    init_checkpoint: str | None = Field(
+        None, min_length=1,
+        description="EAGLE drafter folder to start from (what `tlt drafter warmup --out DIR` writes); "
+        "default: a fresh drafter. A resumed job starts from its checkpoint's drafter instead.",
+    )
     dedicated_replicas: ReplicaRange = Field(
         default_factory=ReplicaRange, description="Pods that only train the drafter (scaled within min..max)."
     )
@@ -569,6 +588,17 @@ class ReasoningRLJobSpec(SpecModel):
             else None,
             cel="self.rollout.engine != 'vllm' || self.rollout.gpusPerReplica >= 1",
             cel_message="the vllm engine needs GPUs: set rollout.gpusPerReplica >= 1 or engine: torch",
+        ),
+        Rule(
+            field="algorithm.topP",
+            check=lambda s: (
+                f"the vllm engine reports log-probs renormalized within the top-p nucleus, which are not the "
+                f"trainer's; set algorithm.topP: 1 (got {s.algorithm.top_p}) or rollout.engine: torch"
+            )
+            if s.rollout.engine == "vllm" and s.algorithm.top_p < 1
+            else None,
+            cel="self.rollout.engine != 'vllm' || !has(self.algorithm.topP) || self.algorithm.topP == 1.0",
+            cel_message="the vllm engine needs algorithm.topP: 1 (its log-probs are renormalized within the nucleus)",
         ),
     )
 

@@ -190,7 +190,7 @@ class WorkerPool:
         """`batchThreshold: auto`: measure where speculation pays on this machine."""
         node = self.shard_names[0] if self.nodes else None
         probe = ray.remote(num_cpus=0)(ShardWorker).options(**pinned(node)).remote(
-            "probe", self.actor_model_dir, self.spec, cores=self._cores(0))
+            "probe", self.actor_model_dir, self.spec, cores=self._cores(0), engine="torch")  # measures torch costs
         try:
             return max(1, int(ray.get(probe.measure_threshold.remote())))
         finally:
@@ -206,8 +206,9 @@ class WorkerPool:
                 name, self.actor_model_dir, self.spec, cores=self._cores(i), batch_threshold=threshold,
                 drafter_state=drafter_state)
         for name in self.nodes.drafter_hosts if self.nodes else ():
-            self.hosts[name] = shard_cls.options(**self._placed(name)).remote(
-                name, None, self.spec, batch_threshold=threshold, drafter_state=drafter_state, max_slots=1)
+            self.hosts[name] = shard_cls.options(**self._placed(name)).remote(  # they never decode: no vLLM
+                name, None, self.spec, batch_threshold=threshold, drafter_state=drafter_state, max_slots=1,
+                engine="torch")
         # Every worker starts from the trainer's weights: a checkpoint's, or on a cluster the one
         # built-in model each pod bootstrapped for itself.
         if self.checkpoint or (self.nodes and self.spec.model.builtin):

@@ -51,6 +51,7 @@ def run_job(args) -> int:
         raise CommandError(f"{args.file} holds {len(jobs)} jobs; `tlt run` runs one (split the file)")
     if args.steps is not None and args.steps < 1:
         raise CommandError("--steps must be >= 1")
+    refuse_unrunnable(jobs[0])
     if args.metrics_port:
         from prometheus_client import start_http_server
 
@@ -68,6 +69,17 @@ def run_job(args) -> int:
     return 0
 
 
+def refuse_unrunnable(job) -> None:
+    """A configuration this machine cannot run (e.g. `rollout.engine: vllm` without CUDA) stops
+    before any work, with one line and exit code 2."""
+    from tlt.cli import CommandError
+    from tlt.coordinator.shard import preflight
+
+    problem = preflight(job.spec)
+    if problem:
+        raise CommandError(problem, code=2)
+
+
 def run_bench_e2e(args) -> int:
     from tlt.cli import CommandError
     from tlt.coordinator.bench import compare, print_comparison
@@ -75,6 +87,7 @@ def run_bench_e2e(args) -> int:
     jobs = load_jobs_or_fail(args.file)
     if len(jobs) != 1:
         raise CommandError(f"{args.file} holds {len(jobs)} jobs; `tlt bench e2e` compares one")
+    refuse_unrunnable(jobs[0])
     result = compare(jobs[0], Path(args.out), progress=not args.quiet)
     print_comparison(result)
     if not result["identical_rollouts"]:

@@ -1,15 +1,23 @@
-"""One rollout worker: a torch engine, its rollout buffer, and drafter training while lent.
+"""One rollout worker: its engine (torch or vLLM), its rollout buffer, and drafter training while lent.
 
 Plain Python (tested without Ray); `tlt.coordinator.actors` wraps it as a Ray actor.
 Rollout runs in a background thread so the control loop can poll progress, lend the
 worker once it drains, and take sequences away from it for tail consolidation.
+
+Both engines offer the same calls (submit, step, counters, preempt, weight updates,
+sleep/wake). With vLLM the shard also keeps a torch copy of the policy: drafter
+training needs the target's hidden states, which vLLM does not return. It waits in
+CPU memory while vLLM decodes and moves to the GPU while the shard is lent (vLLM asleep).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -18,8 +26,9 @@ from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig
 from tlt.drafter.packing import training_batches
 from tlt.engine.torch_engine import TorchEngine
 from tlt.engine.types import Request, Result
+from tlt.models.config import ConfigError
 from tlt.models.drafter import EagleDrafter
-from tlt.models.loading import load_model
+from tlt.models.loading import load_model, load_weights
 from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
 from tlt.speculative.ngram import NgramDrafter
 
@@ -41,6 +50,39 @@ def bind_threads(cores: list[int] | None) -> None:
 def rollout_device(spec: ReasoningRLJobSpec) -> str:
     """CUDA when the spec gives rollout shards GPUs and this machine has one, else the CPU."""
     return "cuda" if spec.rollout.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+
+
+def initial_drafter(spec: ReasoningRLJobSpec, target, state: dict | None = None) -> EagleDrafter:
+    """The drafter a shard starts from: a checkpoint's `state` (resume), else `drafter.initCheckpoint`
+    (an EAGLE folder, e.g. from `tlt drafter warmup`), else a fresh one."""
+    if state or not spec.drafter.init_checkpoint:
+        drafter = EagleDrafter.for_target(target, seed=spec.algorithm.seed)
+        if state:
+            drafter.load_state(state)
+    else:
+        folder = spec.drafter.init_checkpoint
+        try:
+            drafter = EagleDrafter.load(folder, target)
+        except (OSError, ValueError) as err:  # ConfigError is a ValueError
+            raise ConfigError(f"spec.drafter.initCheckpoint: {folder}: {err} "
+                              "(a drafter folder is what `tlt drafter warmup --out DIR` writes)") from None
+    return drafter
+
+
+def preflight(spec: ReasoningRLJobSpec, decodes: bool = True) -> str | None:
+    """What stops this machine from running the job's workers, in one line naming the field and
+    the fix, or None; checked before any work starts (`tlt run`, `tlt worker`). `decodes`: the
+    machine runs rollout shards (a trainer pod does not need vLLM)."""
+    from tlt.engine.vllm_backend import engine_problem
+
+    problem = engine_problem(spec) if decodes else None
+    folder = spec.drafter.init_checkpoint
+    if problem is None and folder and spec.drafter.enabled and spec.drafter.architecture == "eagle":
+        missing = [f for f in ("config.json", "model.safetensors") if not (Path(folder) / f).is_file()]
+        if missing:
+            problem = (f"spec.drafter.initCheckpoint: {folder} holds no {' or '.join(missing)}; point it at a "
+                       "drafter folder (what `tlt drafter warmup --out DIR` writes) or remove the field")
+    return problem
 
 
 def speculation_controller(spec: ReasoningRLJobSpec, threshold: int):
@@ -88,16 +130,22 @@ class _Rollout:
 
 
 class RolloutShard:
+    """`engine`: "torch" or "vllm"; default `spec.rollout.engine` (drafter hosts and probes, which
+    never decode a rollout, pass "torch")."""
+
     def __init__(self, name: str, model_dir: str, spec: ReasoningRLJobSpec, *, cores: list[int] | None = None,
                  batch_threshold: int = 4, drafter_state: dict | None = None, max_model_len: int | None = None,
-                 max_slots: int | None = None):
+                 max_slots: int | None = None, engine: str | None = None):
         bind_threads(cores)
         self.name = name
         self.spec = spec
         self.role = "rollout"
+        self.engine_kind = engine or spec.rollout.engine
         device = rollout_device(spec)
+        # With vLLM the torch copy is only for drafter training: it waits on the CPU (see the module doc).
+        self.lend_device = device
         dtype = spec.model.dtype if spec.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-        self.model = load_model(model_dir, dtype=dtype, device=device)
+        self.model = load_model(model_dir, dtype=dtype, device="cpu" if self.engine_kind == "vllm" else device)
         self.policy_version = 0
         self.drafter_version = 0
         prompt_room = 256 if spec.task is not None else (spec.data.max_prompt_tokens if spec.data else 1024)
@@ -106,19 +154,19 @@ class RolloutShard:
         self.eagle: EagleDrafter | None = None
         if spec.drafter.enabled and spec.speculative.mode != "off":
             if spec.drafter.architecture == "eagle":
-                self.eagle = EagleDrafter.for_target(self.model, seed=spec.algorithm.seed)
-                if drafter_state:
-                    self.eagle.load_state(drafter_state)
-                drafter = self.eagle
+                self.eagle = drafter = initial_drafter(spec, self.model, drafter_state)
             else:
                 drafter = NgramDrafter()
-        self.engine = TorchEngine(
-            self.model,
-            num_slots=max_slots or spec.rollout.max_batch_size,
-            max_model_len=self.max_model_len,
-            drafter=drafter,
-            speculation=speculation_controller(spec, batch_threshold) if drafter is not None else None,
-        )
+        if self.engine_kind == "vllm":
+            self.engine = self._vllm_engine(model_dir, batch_threshold, max_slots)
+        else:
+            self.engine = TorchEngine(
+                self.model,
+                num_slots=max_slots or spec.rollout.max_batch_size,
+                max_model_len=self.max_model_len,
+                drafter=drafter,
+                speculation=speculation_controller(spec, batch_threshold) if drafter is not None else None,
+            )
         self.buffer = RolloutBuffer(keep_steps=spec.drafter.buffer_steps)
         self.trainer: SpotTrainer | None = None
         if self.eagle is not None and spec.drafter.train_on_idle:
@@ -129,6 +177,30 @@ class RolloutShard:
         self._preempt = threading.Event()
         self._train_thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    def _vllm_engine(self, model_dir: str, threshold: int, max_slots: int | None):
+        from tlt.engine.vllm_backend import VLLMEngine, llm_kwargs
+
+        drafter_dir = None
+        if self.eagle is not None:  # vLLM loads its draft model from a folder at start-up
+            drafter_dir = tempfile.mkdtemp(prefix=f"tlt-{self.name}-drafter-")
+            weakref.finalize(self, __import__("shutil").rmtree, drafter_dir, True)
+            self.eagle.save(drafter_dir, dtype=self.model.dtype)
+        args = llm_kwargs(self.spec, model_dir, drafter_dir=drafter_dir, threshold=threshold,
+                          max_model_len=self.max_model_len)
+        if max_slots:
+            args["max_num_seqs"] = max_slots
+        return VLLMEngine(args, vocab_size=self.model.config.vocab_size, threshold=threshold)
+
+    def _place_torch_copy(self, device: str) -> None:
+        """vLLM shards: the torch policy and drafter go to the GPU while lent and back to the CPU after."""
+        if self.engine_kind != "vllm" or self.lend_device == "cpu":
+            return
+        self.model.to(device)
+        if self.eagle is not None:
+            self.eagle.to(device)
+        if device == "cpu":
+            self._data_key, self._data = None, []  # prepared hidden states would hold the GPU during rollout
 
     # ---- rollout ----
     def start_rollout(self, step: int, requests: list[Request]) -> None:
@@ -203,6 +275,9 @@ class RolloutShard:
         if self._train_thread is not None and self._train_thread.is_alive():
             return True
         self.role = "drafter"
+        if self.engine_kind == "vllm":
+            self.engine.sleep()  # frees the GPU (weights to CPU memory, KV cache dropped)
+            self._place_torch_copy(self.lend_device)
         self._preempt.clear()
         self._train_thread = threading.Thread(target=self._train_loop, daemon=True, name=f"{self.name}-drafter")
         self._train_thread.start()
@@ -241,6 +316,7 @@ class RolloutShard:
         if self._train_thread is not None:
             self._train_thread.join()
             self._train_thread = None
+        self._place_torch_copy("cpu")
         self.engine.wake()
         self.role = "rollout"
 
@@ -248,6 +324,9 @@ class RolloutShard:
     def set_policy(self, version: int, state: dict) -> None:
         self.reclaim()
         self.engine.update_policy_weights(state)
+        if self.engine_kind == "vllm":  # the torch copy computes the drafter's training data
+            with torch.no_grad():
+                load_weights(self.model, dict(state), strict=False)
         self.policy_version = version
 
     def drafter_report(self) -> tuple[int, int, dict | None]:
@@ -262,6 +341,8 @@ class RolloutShard:
         self.reclaim()
         if self.eagle is not None:
             self.engine.update_drafter_weights(state)
+            if self.engine_kind == "vllm":
+                self.eagle.load_state(state)
             if self.trainer is not None:
                 self.trainer.start_version(version, state)
         self.drafter_version = version

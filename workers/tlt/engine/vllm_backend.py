@@ -1,68 +1,119 @@
-"""The rollout engine interface on vLLM (GPU clusters).
+"""The rollout shard's engine interface on vLLM (`rollout.engine: vllm`, GPU pods only).
 
-vLLM is not a dependency of the CPU install (extra `gpu`); this module imports it
-lazily and everything here is untested on machines without CUDA. What the pinned vLLM
-(0.33-ish, torch 2.14) offers and what tlt does where it falls short, as far as the
-vLLM sources and PRs we read show (details and references in VLLM.md):
+vLLM is not a dependency of the CPU install (extra `gpu`, in the worker-cuda image);
+it is imported lazily. What tlt asks of the pinned vLLM and what it does where vLLM
+falls short (findings and references in VLLM.md):
 
-- EAGLE drafts: `speculative_config={"method": "eagle", "model": <drafter folder>,
-  "num_speculative_tokens": k}`. The folder is what `EagleDrafter.save` writes.
-- Strategy per batch size: NOT available. The speculative config (method, k, tree)
-  is fixed when the engine starts; the per-bucket bandit of the torch engine does not
-  apply. tlt picks one strategy per engine start (from the cost table and the bandit's
-  history) and leaves speculation on; where the running batch is large the tail
-  consolidation of the elastic policy keeps vLLM shards small instead.
-- Hidden states: `generate` does not return the target's hidden states. tlt computes
-  them for drafter training by a prefill of the finished sequences with the torch
-  decoder on the lent worker (`TorchEngine.compute_hidden_states`), which is what the
-  TLT design does anyway (no shipping of hidden states).
-- Policy weights: `collective_rpc` into the workers and the model's `load_weights`
-  (the path RL frameworks use); newer versions add `start_weight_update` /
-  `update_weights` / `finish_weight_update` brackets.
-- Drafter weights: vLLM PR #46725 (merged mid-2026) adds a runtime draft update;
-  before it, the draft module's parameters could only be loaded at start-up. We call
-  the draft model's `load_weights` through `collective_rpc` and fall back to an error
-  that names the fix (restart the engine with the new drafter folder).
-- Sleep/wake: `LLM(enable_sleep_mode=True)`, `llm.sleep(level=1|2)`,
-  `llm.wake_up(tags=["weights"|"kv_cache"])`. Level 2 drops the weights, including
-  the drafter's: tlt re-pushes both after waking.
+- Stepping: `LLM.llm_engine` (`add_request`, `step`, `abort_request`), so a shard
+  decodes in its background thread, reports progress, and hands unfinished sequences
+  to another shard (tail consolidation) exactly as with the torch engine.
+- Speculation: EAGLE from the drafter folder tlt exports, a chain of the first
+  strategy's depth, fixed at start-up (no per-batch-size bandit). `adaptive` mode
+  switches it off above the batch threshold with vLLM's batch-size schedule
+  (`num_speculative_tokens_per_batch_size`, K = 0 above the threshold).
+- Weights: policy and drafter weights reach vLLM's workers through `collective_rpc`
+  into `WorkerExtension` (vLLM's `worker_extension_cls`, the path veRL and OpenRLHF
+  use), which calls the model's and the draft model's `load_weights`.
+- Lending: `sleep(level=1)` (weights to CPU memory, KV cache dropped), `wake_up()`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .types import Counters, Request, Result
 
+EXTENSION = "tlt.engine.vllm_backend.WorkerExtension"
+
+
+class EngineUnavailable(RuntimeError):
+    """`rollout.engine: vllm` on a machine that cannot run it (a configuration error)."""
+
+
+def unavailable_reason() -> str | None:
+    """Why vLLM cannot run here (no CUDA device, no vllm module), or None."""
+    if not torch.cuda.is_available():
+        return "this machine has no CUDA device"
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install 'tlt[gpu]')"
+    return None
+
 
 def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
+    return unavailable_reason() is None
 
 
-def speculative_config(drafter_dir: str | Path | None, num_speculative_tokens: int,
-                       method: str = "eagle") -> dict | None:
-    """The `speculative_config` argument for `vllm.LLM` (None = no speculation)."""
-    if drafter_dir is None:
+def engine_problem(spec) -> str | None:
+    """One line naming the field and the fix when the job's rollout engine cannot run on this machine."""
+    if spec.rollout.engine != "vllm":
         return None
-    if num_speculative_tokens < 1:
-        raise ValueError("num_speculative_tokens must be >= 1")
-    path = Path(drafter_dir)
-    if method == "eagle" and not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a drafter folder (config.json missing); export one with EagleDrafter.save")
-    return {"method": method, "model": str(path), "num_speculative_tokens": int(num_speculative_tokens)}
+    reason = unavailable_reason()
+    if reason is None:
+        return None
+    return (f"spec.rollout.engine is vllm, but {reason}: run the job on GPU nodes (image worker-cuda, "
+            "`kubectl apply`), or set rollout.engine: torch")
+
+
+def speculative_config(spec, drafter_dir: str | Path | None, threshold: int | None) -> dict | None:
+    """The `speculative_config` argument for `vllm.LLM` from the job's spec (None: no speculation).
+
+    `threshold`: the resolved `speculative.batchThreshold`; in `adaptive` mode vLLM drafts
+    only while a step schedules at most this many sequences.
+    """
+    s, drafter = spec.speculative, spec.drafter
+    if s.mode == "off" or not drafter.enabled:
+        return None
+    steps = int(s.strategies[0].split("_")[0])  # vLLM drafts a chain: the first strategy's depth
+    if drafter.architecture == "ngram":
+        config = {"method": "ngram", "num_speculative_tokens": steps, "prompt_lookup_max": 4, "prompt_lookup_min": 1}
+    else:
+        if drafter_dir is None or not (Path(drafter_dir) / "config.json").is_file():
+            raise ValueError(f"{drafter_dir} is not a drafter folder (config.json missing); export one with EagleDrafter.save")
+        config = {"method": "eagle", "model": str(drafter_dir), "num_speculative_tokens": steps}
+    largest = spec.rollout.max_batch_size
+    if s.mode == "adaptive" and threshold is not None and threshold < largest:
+        config["num_speculative_tokens_per_batch_size"] = [[1, int(threshold), steps], [int(threshold) + 1, largest, 0]]
+    return config
+
+
+def llm_kwargs(spec, model_dir: str | Path, *, drafter_dir: str | Path | None, threshold: int | None,
+               max_model_len: int) -> dict:
+    """Every argument tlt gives `vllm.LLM` for one rollout shard of `spec`."""
+    r = spec.rollout
+    dtype = spec.model.dtype if spec.model.dtype != "auto" else "bfloat16"
+    kwargs = {
+        "model": str(model_dir),
+        "dtype": dtype,
+        "seed": spec.algorithm.seed,
+        "max_model_len": int(max_model_len),
+        "max_num_seqs": r.max_batch_size,
+        "gpu_memory_utilization": r.gpu_memory_utilization,
+        "tensor_parallel_size": max(1, r.gpus_per_replica),
+        "enable_sleep_mode": True,
+        "worker_extension_cls": EXTENSION,
+        "skip_tokenizer_init": True,  # tlt sends token ids and reads token ids
+        "disable_log_stats": False,  # acceptance counters come from get_metrics()
+        # temperature-scaled log-probs, as the trainer computes them (equal at topP 1; see VLLM.md)
+        "logprobs_mode": "processed_logprobs",
+        "speculative_config": speculative_config(spec, drafter_dir, threshold),
+    }
+    if r.gpus_per_replica > 1:
+        kwargs["distributed_executor_backend"] = "mp"  # the tensor-parallel workers stay in the shard's pod
+    return kwargs
 
 
 def sampling_kwargs(req: Request) -> dict:
-    """SamplingParams keyword arguments equivalent to a tlt Request."""
+    """SamplingParams keyword arguments equivalent to a tlt Request (a continuation decodes what is left)."""
     return {
-        "max_tokens": int(req.max_tokens),
+        "max_tokens": int(req.max_tokens) - len(req.prefix),
         "temperature": float(req.temperature),
         "top_p": float(req.top_p),
         "seed": int(req.seed),
@@ -73,73 +124,209 @@ def sampling_kwargs(req: Request) -> dict:
     }
 
 
-class VLLMEngine:
-    """Same surface as TorchEngine where vLLM allows: generate, counters, weight updates, sleep/wake."""
+def policy_items(weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, CPU tensor) pairs: what the model's `load_weights` reads."""
+    pairs = weights.items() if isinstance(weights, Mapping) else weights
+    return [(name, t.detach().to("cpu")) for name, t in pairs]
 
-    def __init__(self, model_dir: str | Path, *, drafter_dir: str | Path | None = None,
-                 num_speculative_tokens: int = 3, max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.85, dtype: str = "bfloat16", **llm_kwargs):
-        if not vllm_available():
-            raise RuntimeError("the vLLM backend needs CUDA and `pip install tlt[gpu]`; use TorchEngine on CPU")
+
+def drafter_items(weights: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The drafter's own weights, named as in its exported folder; the embedding and LM head
+    are the target's (vLLM shares them), so they are never sent."""
+    return [(name, t.detach().to("cpu")) for name, t in weights.items()
+            if not name.startswith(("embed_tokens.", "lm_head."))]
+
+
+class WorkerExtension:
+    """Mixed into vLLM's GPU worker (`worker_extension_cls`); `VLLMEngine` calls these by name
+    through `LLM.collective_rpc`, once per worker (every tensor-parallel rank loads its shard)."""
+
+    def tlt_load_policy(self, items: list[tuple[str, torch.Tensor]]) -> int:
+        self.model_runner.model.load_weights(weights=iter(items))
+        return len(items)
+
+    def tlt_load_drafter(self, items: list[tuple[str, torch.Tensor]]) -> int:
+        draft = self.get_draft_model() if hasattr(self, "get_draft_model") else None
+        if draft is None:  # versions before the draft-model accessor: the proposer holds it
+            proposer = getattr(self.model_runner, "drafter", None) or getattr(self.model_runner, "speculator", None)
+            draft = getattr(proposer, "model", None)
+        if draft is None:
+            raise RuntimeError("this vLLM exposes no draft model to update; the drafter reaches it when the "
+                               "shard restarts (speculative_config.model)")
+        draft.load_weights(iter(items))
+        return len(items)
+
+
+_request_ids = itertools.count()
+
+
+class VLLMEngine:
+    """A rollout shard's engine on vLLM, with the torch engine's interface: submit, step,
+    has_work, counters, preempt, generate, weight updates, sleep and wake."""
+
+    def __init__(self, llm_args: dict, *, vocab_size: int, threshold: int | None = None):
+        reason = unavailable_reason()
+        if reason is not None:
+            raise EngineUnavailable(f"rollout.engine: vllm cannot run here: {reason}")
         from vllm import LLM
 
-        self._llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=max_model_len,
-                        gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=True,
-                        speculative_config=speculative_config(drafter_dir, num_speculative_tokens),
-                        **llm_kwargs)
+        self.llm_args = dict(llm_args)
+        self.max_model_len = int(llm_args["max_model_len"])
+        self.vocab_size = vocab_size
+        spec = llm_args.get("speculative_config") or {}
+        self._speculative = bool(spec)
+        schedule = spec.get("num_speculative_tokens_per_batch_size")
+        self._spec_up_to = schedule[0][1] if schedule else (None if spec else 0)  # None: every batch size
+        self._llm = LLM(**llm_args)
+        self._engine = self._llm.llm_engine
+        self._lock = threading.Lock()
+        self._live: dict[str, Request] = {}  # unfinished requests by vLLM request id
+        self._sofar: dict[str, tuple[list[int], list[float]]] = {}  # their latest tokens and log-probs
         self._counters = Counters()
+        self._spec_read, self._spec_last = 0.0, (0, 0)
+        self._asleep = False
+        self._spec_seen = self._spec_counts()  # vLLM's counters are per process: report this engine's share
 
-    def counters(self) -> Counters:
-        return self._counters
-
-    def generate(self, requests: Sequence[Request], progress: bool = False) -> list[Result]:
+    # ---- the shard interface ----
+    def submit(self, requests: Request | Iterable[Request]) -> None:
         from vllm import SamplingParams, TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt)) for r in requests]
-        params = [SamplingParams(**sampling_kwargs(r)) for r in requests]
-        outs = self._llm.generate(prompts, params, use_tqdm=progress)
-        results = []
-        for req, out in zip(requests, outs):
-            comp = out.outputs[0]
-            lps = [next(iter(d.values())).logprob if d else float("nan") for d in (comp.logprobs or [])]
-            reason = "stop" if comp.finish_reason == "stop" else "length"
-            results.append(Result(id=req.id, prompt=list(req.prompt), tokens=list(comp.token_ids),
-                                  logprobs=lps, finish_reason=reason, group=req.group))
-        generated = sum(len(r.tokens) for r in results)
-        c = self._counters
-        self._counters = Counters(finished=c.finished + len(results),
-                                  generated_tokens=c.generated_tokens + generated)
-        return results
+        reqs = [requests] if isinstance(requests, Request) else list(requests)
+        for r in reqs:
+            r.validate(self.vocab_size, self.max_model_len)
+        with self._lock:
+            for r in reqs:
+                rid = f"tlt-{next(_request_ids)}"
+                prompt = TokensPrompt(prompt_token_ids=[int(t) for t in (*r.prompt, *r.prefix)])
+                self._engine.add_request(rid, prompt, SamplingParams(**sampling_kwargs(r)))
+                self._live[rid] = r
+                self._sofar[rid] = (list(r.prefix), list(r.prefix_logprobs))
+            self._count()
 
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._live)
+
+    def step(self) -> list[Result]:
+        """One vLLM engine step; returns the sequences that finished in it."""
+        done: list[Result] = []
+        with self._lock:
+            if self._asleep:
+                raise RuntimeError("engine is asleep; call wake() first")
+            produced = 0
+            for out in self._engine.step():
+                req = self._live.get(out.request_id)
+                if req is None:
+                    continue  # aborted meanwhile
+                comp = out.outputs[0]
+                tokens = [*req.prefix, *comp.token_ids]
+                logprobs = [*req.prefix_logprobs, *_sampled_logprobs(comp)]
+                produced += len(tokens) - len(self._sofar[out.request_id][0])
+                if out.finished:
+                    del self._live[out.request_id], self._sofar[out.request_id]
+                    reason = "stop" if comp.finish_reason == "stop" else "length"
+                    done.append(Result(id=req.id, prompt=list(req.prompt), tokens=tokens, logprobs=logprobs,
+                                       finish_reason=reason, group=req.group))
+                else:
+                    self._sofar[out.request_id] = (tokens, logprobs)
+            self._count(finished=len(done), generated=produced)
+        return done
+
+    def counters(self) -> Counters:
+        with self._lock:
+            return self._counters
+
+    def preempt(self, count: int) -> list[Request]:
+        """Take up to `count` unfinished sequences out (the newest first) as continuation requests:
+        another shard decodes the rest (vLLM's sampler is not keyed by position, so the rest is a
+        new sample from the same distribution, not the same tokens)."""
+        with self._lock:
+            taken = list(self._live)[::-1][:max(0, count)]
+            if not taken:
+                return []
+            self._engine.abort_request(taken)
+            out = []
+            for rid in taken:
+                req = self._live.pop(rid)
+                tokens, logprobs = self._sofar.pop(rid)
+                if len(tokens) >= req.max_tokens:
+                    tokens, logprobs = tokens[:req.max_tokens - 1], logprobs[:req.max_tokens - 1]
+                out.append(replace(req, prefix=tokens, prefix_logprobs=logprobs))
+            self._count()
+            return out
+
+    def generate(self, requests: Sequence[Request], progress: bool = False) -> list[Result]:
+        """Run `requests` to completion; results in request order."""
+        self.submit(requests)
+        wanted = {r.id for r in requests}
+        results: dict = {}
+        while len(results) < len(wanted):
+            for res in self.step():
+                if res.id in wanted:
+                    results[res.id] = res
+        return [results[r.id] for r in requests]
+
+    # ---- weights ----
     def update_policy_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
-        items = list(weights.items() if isinstance(weights, Mapping) else weights)
-        self._llm.collective_rpc(_load_target_weights, args=(items,))
+        """New policy weights into every vLLM worker (between rollouts); cached prefixes are stale after it."""
+        self._llm.collective_rpc("tlt_load_policy", args=(policy_items(weights),))
         self._llm.reset_prefix_cache()
 
     def update_drafter_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
-        items = list(weights.items())
-        self._llm.collective_rpc(_load_draft_weights, args=(items,))
+        if not self._speculative:
+            raise RuntimeError("this engine has no drafter to update (speculation is off)")
+        self._llm.collective_rpc("tlt_load_drafter", args=(drafter_items(weights),))
 
-    def sleep(self, level: int = 1) -> None:
-        self._llm.sleep(level=level)
+    # ---- lending ----
+    def sleep(self) -> None:
+        """Free the GPU for drafter training: weights to CPU memory, KV cache dropped (level 1)."""
+        with self._lock:
+            if self._live:
+                raise RuntimeError("cannot sleep with unfinished sequences; wait until the engine is idle")
+            if not self._asleep:
+                self._llm.sleep(level=1)
+                self._asleep = True
 
-    def wake(self, tags: list[str] | None = None) -> None:
-        self._llm.wake_up(tags=tags)
+    def wake(self) -> None:
+        with self._lock:
+            if self._asleep:
+                self._llm.wake_up()
+                self._asleep = False
+
+    # ---- internals ----
+    def _count(self, finished: int = 0, generated: int = 0) -> None:
+        c = self._counters
+        running = len(self._live)
+        drafts, accepted = self._spec_totals(fresh=running == 0)  # exact once a rollout is over
+        self._counters = Counters(
+            running=running, waiting=0, finished=c.finished + finished, generated_tokens=c.generated_tokens + generated,
+            speculating=self._speculative and running > 0 and (self._spec_up_to is None or running <= self._spec_up_to),
+            verify_rounds=drafts, accepted_tokens=accepted + drafts,  # tlt counts the bonus token too
+        )
+
+    def _spec_totals(self, fresh: bool = False) -> tuple[int, int]:
+        """(drafts, accepted draft tokens) of this engine, read from vLLM's metrics at most twice a second."""
+        if not self._speculative:
+            return 0, 0
+        now = time.monotonic()
+        if fresh or now - self._spec_read >= 0.5:
+            self._spec_read = now
+            drafts, accepted = self._spec_counts()
+            self._spec_last = (drafts - self._spec_seen[0], accepted - self._spec_seen[1])
+        return self._spec_last
+
+    def _spec_counts(self) -> tuple[int, int]:
+        if not self._speculative:
+            return 0, 0
+        values = {m.name: m.value for m in self._llm.get_metrics()
+                  if m.name in ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_accepted_tokens")}
+        return int(values.get("vllm:spec_decode_num_drafts", 0)), int(values.get("vllm:spec_decode_num_accepted_tokens", 0))
 
 
-# Functions run inside vLLM's GPU workers via collective_rpc (first argument: the worker).
-def _load_target_weights(worker, items):
-    worker.model_runner.model.load_weights(weights=iter(items))
-
-
-def _load_draft_weights(worker, items):
-    draft = None
-    if hasattr(worker, "get_draft_model"):
-        draft = worker.get_draft_model()
-    if draft is None:
-        proposer = getattr(worker.model_runner, "drafter", None) or getattr(worker.model_runner, "speculator", None)
-        draft = getattr(proposer, "model", None)
-    if draft is None:
-        raise RuntimeError("this vLLM version exposes no draft model to update; restart the engine "
-                           "with the new drafter folder (speculative_config.model)")
-    draft.load_weights(iter(items))
+def _sampled_logprobs(comp) -> list[float]:
+    """The sampled token's log-prob at each position (`SamplingParams(logprobs=0)` returns just that one)."""
+    out = []
+    for token, d in zip(comp.token_ids, comp.logprobs or []):
+        entry = d.get(token) if d else None
+        out.append(float(entry.logprob) if entry is not None else float("nan"))
+    return out

@@ -80,6 +80,11 @@ def run_worker(args) -> int:
         return EXIT_CONFIG
     job = jobs[0]
     problem = placement_error(job.spec, args.role, args.index, args.head)
+    if problem is None:
+        from tlt.coordinator.shard import preflight
+
+        # Rollout shards (and colocated workers) decode: they need what the rollout engine needs.
+        problem = preflight(job.spec, decodes=args.role in ("rollout", "worker"))
     if problem:
         log.error("%s", problem)
         return EXIT_CONFIG
