@@ -115,6 +115,24 @@ def test_adaptive_threshold_speculates_only_once_the_batch_is_small():
     assert step.speculative_tokens == 24
 
 
+def test_vllm_engine_drafts_its_one_fixed_chain_below_the_threshold_without_a_bandit():
+    # engine: vllm drafts one EAGLE chain as deep as the first strategy (2_1_2), fixed at start-up: plain
+    # decoding until the short sequence finishes (10 s), then every round is that chain (30 tokens, 3 a
+    # round: 10 s). The torch engine's bandit would also try plain decoding and the tree strategy.
+    acceptance = AcceptanceModel(lengths={"2_1_2": {3: 1.0}})
+    profile = make_profile(FLAT, acceptance=acceptance)
+    spec = make_spec(**{"rollout.engine": "vllm", "speculative.mode": "adaptive", "speculative.batchThreshold": 1,
+                        "speculative.strategies": ["2_1_2", "3_2_6"]})
+    step = simulate(spec, profile, [[10, 40]]).steps[0]
+    assert step.rollout_seconds == pytest.approx(10 + 10)
+    assert step.speculative_tokens == 30
+    assert tlt.sim.cluster.describe_engine(spec) == (
+        "vllm (fixed EAGLE chain of 2 tokens, at running batch <= 1; no bandit)")
+    torch_spec = make_spec(**{"speculative.mode": "adaptive", "speculative.batchThreshold": 1,
+                              "speculative.strategies": ["2_1_2", "3_2_6"]})
+    assert tlt.sim.cluster.describe_engine(torch_spec).startswith("torch (adaptive: bandit over 2 strategies")
+
+
 def test_lending_a_drained_shard_gives_exact_drafter_time():
     # Shard 0 drains at t=10, is lent at the tick at t=10 and trains after a 0.5 s switch until
     # rollout ends at t=30 and training takes every worker back.

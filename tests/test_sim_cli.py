@@ -43,6 +43,13 @@ def test_simulate_a_manifest_scaled_to_more_gpus(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["setting"]["gpus"] == 16
     assert result["setting"]["placement"] == "disaggregated"
+    assert result["setting"]["engine"].startswith("vllm (fixed EAGLE chain of 4 tokens")  # the manifest's engine
+
+
+def test_simulate_says_which_rollout_engine_it_models(capsys):
+    assert main(["simulate", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "rollout engine modelled: torch (adaptive: bandit over 4 strategies per batch bucket" in out
 
 
 def test_simulate_rejects_bad_lengths_with_the_accepted_forms(capsys):

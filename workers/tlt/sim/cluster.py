@@ -45,9 +45,48 @@ from tlt.elastic import (
 )
 from tlt.sim.costs import Profile
 from tlt.sim.shard import ShardDecoder
-from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy, threshold_from_costs
+from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy, ThresholdSwitch, threshold_from_costs
 
 CATEGORIES = ("rollout", "drafter", "train", "sync", "switch", "idle")
+
+
+class VLLMSchedule:
+    """Speculation as `rollout.engine: vllm` runs it: one EAGLE chain fixed at start-up, drafted
+    while a step runs at most `threshold` sequences (vLLM's per-batch-size schedule), no bandit."""
+
+    def __init__(self, strategy: Strategy, threshold: int):
+        self.strategy = strategy
+        self.switch = ThresholdSwitch(threshold)
+
+    def decide(self, batch: int) -> Strategy | None:
+        return self.strategy if batch > 0 and self.switch.update(batch) else None
+
+    def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None:
+        pass
+
+
+def engine_strategies(spec: ReasoningRLJobSpec) -> list[Strategy]:
+    """The strategies the job's rollout engine can use: the torch engine's bandit arms, or vLLM's one chain."""
+    if spec.rollout.engine == "vllm":
+        from tlt.engine.vllm_config import draft_depth
+
+        depth = draft_depth(spec)
+        return [Strategy(depth, 1, depth)]
+    return [Strategy.parse(x) for x in spec.speculative.strategies]
+
+
+def describe_engine(spec: ReasoningRLJobSpec) -> str:
+    """Which engine the simulation models, and how it speculates."""
+    s = spec.speculative
+    if s.mode == "off" or not spec.drafter.enabled:
+        return f"{spec.rollout.engine} (no speculation)"
+    when = "always" if s.mode == "always" else (
+        "at running batch <= the measured threshold" if s.batch_threshold == "auto" else f"at running batch <= {s.batch_threshold}")
+    if spec.rollout.engine == "vllm":
+        return f"vllm (fixed EAGLE chain of {engine_strategies(spec)[0].steps} tokens, {when}; no bandit)"
+    if s.mode == "always":
+        return f"torch (always {s.strategies[0]})"
+    return f"torch (adaptive: bandit over {len(s.strategies)} strategies per batch bucket, {when})"
 
 
 @dataclass(frozen=True)
@@ -230,10 +269,12 @@ class ClusterSimulator:
         s = self.spec.speculative
         if s.mode == "off":
             return None
-        strategies = [Strategy.parse(x) for x in s.strategies]
+        strategies = engine_strategies(self.spec)
         if s.mode == "always":
             return FixedStrategy(strategies[0])
         threshold = s.batch_threshold if isinstance(s.batch_threshold, int) else 1
+        if self.spec.rollout.engine == "vllm":
+            return VLLMSchedule(strategies[0], threshold)
         return AdaptiveManager(strategies=strategies, batch_threshold=threshold, epsilon=s.epsilon, window=s.window,
                                compute_budget=s.max_verify_tokens_per_batch, buckets=list(s.bucket_bounds),
                                seed=self.options.seed * 100003 + index)
@@ -248,8 +289,7 @@ class ClusterSimulator:
         if self.options.batch_threshold is not None:
             return self.options.batch_threshold
         best = 0
-        for text in s.strategies:
-            strategy = Strategy.parse(text)
+        for strategy in engine_strategies(self.spec):
             mean = self.profile.acceptance.mean(strategy, self.version_knowledge)
             best = max(best, threshold_from_costs(self.profile.costs.as_adaptive_costs(), strategy, mean,
                                                   self.profile.costs.drafter_ratio))
@@ -290,7 +330,7 @@ class ClusterSimulator:
         self._acceptance_cache.clear()
         self.batch_threshold = self._auto_threshold()
         for w in self.workers.values():
-            if isinstance(w.manager, AdaptiveManager) and self.batch_threshold is not None:
+            if isinstance(w.manager, (AdaptiveManager, VLLMSchedule)) and self.batch_threshold is not None:
                 w.manager.switch.threshold = self.batch_threshold
         self._assign(self.lengths[step - 1])
         self._control()
@@ -477,6 +517,8 @@ class ClusterSimulator:
                                            lambda batch: _bucket_floor(manager.bandit, batch),
                                            lambda batch, arm: self._rounds_cap(manager.bandit, batch, arm),
                                            chose_plain=lambda: manager.plain_chosen)
+            elif isinstance(manager, VLLMSchedule):  # off above the threshold; the one chain holds below it
+                chunk = w.shard.plan_chunk(manager.decide, self._acceptance, manager.switch.threshold, lambda batch: 0)
             else:
                 chunk = w.shard.plan_chunk(manager.decide, self._acceptance, None, lambda batch: 0)
         self._set(w, "rollout")

@@ -64,7 +64,7 @@ def run_simulate(args) -> int:
     for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--batch-threshold", args.batch_threshold)):
         if value is not None:
             raise CommandError(f"{flag} is for --calibrate RUN_DIR")
-    from tlt.sim.cluster import SimOptions
+    from tlt.sim.cluster import SimOptions, describe_engine
     from tlt.sim.run import compare, paper_job, sample_lengths, scale_spec
 
     spec, job_name = _job(args, paper_job, scale_spec, CommandError)
@@ -97,6 +97,7 @@ def run_simulate(args) -> int:
         "steps": steps,
         "seed": args.seed,
         "drafter_tokens_at_start": args.drafter_tokens,
+        "engine": describe_engine(spec),
         "speculative": spec.speculative.mode,
         "batch_threshold": spec.speculative.batch_threshold,
         "lend_idle": spec.elasticity.lend_idle,
@@ -257,6 +258,7 @@ def format_comparison(comparison, result: dict) -> str:
     lines = [
         f"{s['job']}: {s['gpus']} GPUs, {s['rollout_shards']} rollout shards ({s['placement']}), "
         f"{s['sequences_per_step']} sequences/step, max {s['max_response_tokens']} tokens, lengths {s['lengths']}",
+        f"rollout engine modelled: {s['engine']}",
         f"profile {s['profile']['name']}; seed {s['seed']}; simulated in {result['wall_seconds']:.1f}s",
         "",
         f"{'step':>4} {'baseline s':>11} {'tlt s':>9} {'speedup':>8} {'rollout b/t s':>15} "

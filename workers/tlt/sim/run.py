@@ -138,7 +138,8 @@ def predict_rollout_seconds(profile: Profile, lengths, spec: ReasoningRLJobSpec,
 
 def paper_job(gpus: int = 64, prompts_per_shard: int = 4, group_size: int = 16, max_tokens: int = 32768,
               steps: int = 5, consolidate: bool = False) -> ReasoningRLJobSpec:
-    """A veRL-like colocated GRPO job of a 7B model, one GPU per rollout shard, 32K-token responses.
+    """A veRL-like colocated GRPO job of a 7B model, one GPU per rollout shard, 32K-token responses,
+    on the torch engine (adaptive speculation per batch size; `engine: vllm` cannot do that).
 
     Prompts scale with the GPUs (`prompts_per_shard` prompt groups per shard), so every
     shard starts a step with prompts_per_shard x group_size sequences at any cluster size.
@@ -155,7 +156,7 @@ def paper_job(gpus: int = 64, prompts_per_shard: int = 4, group_size: int = 16, 
             "algorithm": {"name": "grpo", "steps": steps, "promptsPerStep": prompts_per_shard * gpus,
                           "groupSize": group_size, "maxResponseTokens": max_tokens},
             "placement": "colocated",
-            "rollout": {"replicas": gpus, "gpusPerReplica": 1, "engine": "vllm", "maxBatchSize": 256},
+            "rollout": {"replicas": gpus, "gpusPerReplica": 1, "engine": "torch", "maxBatchSize": 256},
             "speculative": {"mode": "adaptive", "batchThreshold": "auto"},
             "elasticity": {"lendIdle": True, "consolidateTail": {"enabled": consolidate, "threshold": 8}},
         },
