@@ -62,9 +62,9 @@ BAD_MANIFESTS = [
     BadManifest("strategy-verify-over-tree", {"spec.speculative.strategies": ["2_1_5"]}, "spec.speculative.strategies[0]"),
     BadManifest("grpo-group-of-one", {"spec.algorithm.groupSize": 1}, "spec.algorithm.groupSize"),
     BadManifest(
-        "drafter-min-over-max",
-        {"spec.drafter.dedicatedReplicas": {"min": 3, "max": 1}},
-        "spec.drafter.dedicatedReplicas.min",
+        "drafter-replicas-negative",
+        {"spec.drafter.dedicatedReplicas": -1},
+        "spec.drafter.dedicatedReplicas",
     ),
     BadManifest("unknown-algorithm-field", {"spec.algorithm.stepz": 3}, "spec.algorithm.stepz"),
     BadManifest("unknown-spec-field", {"spec.rolout": {"replicas": 2}}, "spec.rolout"),

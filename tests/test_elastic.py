@@ -234,13 +234,13 @@ def test_consolidation_moves_queued_sequences_before_running_ones():
 
 
 def test_dedicated_drafters_scale_to_max_and_to_zero_without_a_trainable_drafter():
-    spec = make_spec(**{"drafter.dedicatedReplicas": {"min": 1, "max": 2}})
+    spec = make_spec(**{"drafter.dedicatedReplicas": 2})
     actions, after = settle(spec, [trainer(), rollout(0, running=8)], ROLLOUT)
     assert actions == [Lend("trainer-0"), ScaleDrafters(2)]
     assert sorted(w.name for w in after if w.role == "drafter") == ["drafter-0", "drafter-1"]
     assert not any(w.lent for w in after if w.role == "drafter")
 
-    disabled = make_spec(**{"drafter.enabled": False, "drafter.dedicatedReplicas": {"min": 1, "max": 2}})
+    disabled = make_spec(**{"drafter.enabled": False, "drafter.dedicatedReplicas": 2})
     assert plan(disabled, after, ROLLOUT)[-1] == ScaleDrafters(0)
 
 

@@ -84,7 +84,7 @@ def test_speculation_is_eagle_from_the_drafter_folder_and_off_above_the_threshol
     assert "num_speculative_tokens_per_batch_size" not in always
     assert speculative_config(vllm_spec("/m", **{"speculative.mode": "off"}), tmp_path / "d", 16) is None
     assert speculative_config(vllm_spec("/m", **{"drafter.enabled": False}), tmp_path / "d", 16) is None
-    ngram = speculative_config(vllm_spec("/m", **{"drafter.architecture": "ngram", "drafter.dedicatedReplicas": {"max": 0}}),
+    ngram = speculative_config(vllm_spec("/m", **{"drafter.architecture": "ngram", "drafter.dedicatedReplicas": 0}),
                                None, 16)
     assert ngram["method"] == "ngram" and ngram["num_speculative_tokens"] == 3
     with pytest.raises(ValueError, match="drafter folder"):

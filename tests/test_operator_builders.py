@@ -30,7 +30,7 @@ BASE = {
         "algorithm": {"groupSize": 4},
         "rollout": {"replicas": 3, "gpusPerReplica": 1, "maxBatchSize": 64},
         "trainer": {"replicas": 1, "gpusPerReplica": 2},
-        "drafter": {"dedicatedReplicas": {"min": 1, "max": 2}},
+        "drafter": {"dedicatedReplicas": 2},
     },
 }
 

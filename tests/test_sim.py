@@ -28,7 +28,7 @@ BASE = manifest("sim", {
     "rollout": {"replicas": 1, "engine": "torch", "gpusPerReplica": 1, "maxBatchSize": 8},
     "speculative": {"mode": "off"},
     "elasticity": {"lendIdle": False, "consolidateTail": {"enabled": False}},
-    "drafter": {"dedicatedReplicas": {"min": 0, "max": 0}},
+    "drafter": {"dedicatedReplicas": 0},
 })
 
 
@@ -261,7 +261,7 @@ def test_disaggregated_trainer_trains_the_drafter_during_rollout_and_returns_for
 
 def test_dedicated_drafter_pods_start_with_the_job_and_train_the_whole_step():
     profile = make_profile(FLAT, pod_start_seconds=5.0)
-    spec = make_spec(**{"drafter.dedicatedReplicas": {"min": 1, "max": 1}})
+    spec = make_spec(**{"drafter.dedicatedReplicas": 1})
     result = simulate(spec, profile, [[10, 10]])
     step = result.steps[0]
     assert step.seconds == pytest.approx(10.0 + 2.0)

@@ -17,16 +17,16 @@ PLACEMENTS = {
     "disaggregated, three trainers, lending": {"placement": "disaggregated", "trainer.replicas": 3},
     "disaggregated, three trainers, no lending": {"placement": "disaggregated", "trainer.replicas": 3, "elasticity.lendIdle": False},
     "disaggregated, dedicated drafters, lending": {
-        "placement": "disaggregated", "trainer.replicas": 2, "drafter.dedicatedReplicas": {"min": 1, "max": 2}},
+        "placement": "disaggregated", "trainer.replicas": 2, "drafter.dedicatedReplicas": 2},
     "disaggregated, dedicated drafters, no lending": {
         "placement": "disaggregated", "trainer.replicas": 2, "elasticity.lendIdle": False,
-        "drafter.dedicatedReplicas": {"min": 0, "max": 1}},
+        "drafter.dedicatedReplicas": 1},
     "disaggregated, ngram drafter": {"placement": "disaggregated", "trainer.replicas": 2,
                                      "drafter.architecture": "ngram", "drafter.trainOnIdle": False},
     "disaggregated, no drafter": {"placement": "disaggregated", "drafter.enabled": False},
     "colocated, lending": {"placement": "colocated"},
     "colocated, no lending": {"placement": "colocated", "elasticity.lendIdle": False},
-    "colocated, dedicated drafters": {"placement": "colocated", "drafter.dedicatedReplicas": {"min": 2, "max": 2}},
+    "colocated, dedicated drafters": {"placement": "colocated", "drafter.dedicatedReplicas": 2},
 }
 
 
@@ -44,12 +44,12 @@ def test_ray_nodes_are_exactly_the_pods_the_operator_creates(changes):
 
 
 def test_disaggregated_head_is_trainer_0_and_trainers_host_drafters_only_when_lending():
-    lending = pod_nodes(job_of(**{"trainer.replicas": 2, "drafter.dedicatedReplicas": {"min": 0, "max": 1}}).spec)
+    lending = pod_nodes(job_of(**{"trainer.replicas": 2, "drafter.dedicatedReplicas": 1}).spec)
     assert lending.head == "trainer-0"
     assert set(lending.drafter_hosts) == {"trainer-0", "trainer-1", "drafter-0"}
 
     no_lending = pod_nodes(job_of(**{"trainer.replicas": 2, "elasticity.lendIdle": False,
-                                     "drafter.dedicatedReplicas": {"min": 0, "max": 1}}).spec)
+                                     "drafter.dedicatedReplicas": 1}).spec)
     assert no_lending.head == "trainer-0"
     assert no_lending.drafter_hosts == ("drafter-0",), "without lending only dedicated drafters train the drafter"
 
@@ -63,7 +63,7 @@ def test_pods_with_a_switchable_actor_are_the_shards_and_drafter_hosts_only():
 
 
 def test_colocated_head_is_worker_0_and_only_dedicated_drafters_host_drafters():
-    nodes = pod_nodes(job_of(placement="colocated", **{"drafter.dedicatedReplicas": {"min": 2, "max": 2}}).spec)
+    nodes = pod_nodes(job_of(placement="colocated", **{"drafter.dedicatedReplicas": 2}).spec)
     assert nodes.head == "worker-0"
     assert set(nodes.drafter_hosts) == {"drafter-0", "drafter-1"}
     assert pod_nodes(job_of(placement="colocated").spec).drafter_hosts == ()

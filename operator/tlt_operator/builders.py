@@ -112,7 +112,7 @@ def pod_slots(job: ReasoningRLJob, drafters: int | None = None) -> list[PodSlot]
 
 def max_pod_names(job: ReasoningRLJob) -> list[str]:
     """Every pod name the job can ever have (dedicated drafters at their maximum)."""
-    most = max(dedicated_drafters(job.spec), job.spec.drafter.dedicated_replicas.max)
+    most = max(dedicated_drafters(job.spec), job.spec.drafter.dedicated_replicas)
     return [slot.name(job.metadata.name) for slot in pod_slots(job, drafters=most)]
 
 

@@ -359,22 +359,6 @@ class TrainerSpec(SpecModel):
     template: PodTemplate | None = Field(None, description="Pod overrides of trainer pods.")
 
 
-class ReplicaRange(SpecModel):
-    """A range of replicas."""
-
-    min: int = Field(0, ge=0, description="At least this many.")
-    max: int = Field(0, ge=0, description="At most this many.")
-
-    rules: ClassVar = (
-        Rule(
-            field="min",
-            check=lambda r: f"min ({r.min}) must be <= max ({r.max})" if r.min > r.max else None,
-            cel="self.min <= self.max",
-            cel_message="min must be <= max",
-        ),
-    )
-
-
 class DrafterSpec(SpecModel):
     """The adaptive drafter, trained on idle workers."""
 
@@ -387,8 +371,8 @@ class DrafterSpec(SpecModel):
         description="EAGLE drafter folder to start from (what `tlt drafter warmup --out DIR` writes); "
         "default: a fresh drafter. A resumed job starts from its checkpoint's drafter instead.",
     )
-    dedicated_replicas: ReplicaRange = Field(
-        default_factory=ReplicaRange, description="Pods that only train the drafter (scaled within min..max)."
+    dedicated_replicas: int = Field(
+        0, ge=0, description="Pods that only train the drafter, on every worker's rollouts (each with gpusPerReplica GPUs)."
     )
     gpus_per_replica: int = Field(1, ge=0, description="GPUs per dedicated drafter pod.")
     train_on_idle: bool = Field(True, description="Train on workers the long tail leaves idle.")
@@ -575,11 +559,11 @@ class ReasoningRLJobSpec(SpecModel):
         ),
         Rule(
             field="drafter.architecture",
-            check=lambda s: "ngram drafters are not trained; set trainOnIdle: false or architecture: eagle"
-            if s.drafter.enabled and s.drafter.architecture == "ngram" and s.drafter.dedicated_replicas.max > 0
+            check=lambda s: "ngram drafters are not trained: set dedicatedReplicas: 0 or architecture: eagle"
+            if s.drafter.enabled and s.drafter.architecture == "ngram" and s.drafter.dedicated_replicas > 0
             else None,
-            cel="!self.drafter.enabled || self.drafter.architecture != 'ngram' || self.drafter.dedicatedReplicas.max == 0",
-            cel_message="ngram drafters are not trained: dedicatedReplicas.max must be 0",
+            cel="!self.drafter.enabled || self.drafter.architecture != 'ngram' || self.drafter.dedicatedReplicas == 0",
+            cel_message="ngram drafters are not trained: dedicatedReplicas must be 0",
         ),
         Rule(
             field="rollout.engine",

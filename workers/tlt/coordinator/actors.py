@@ -152,14 +152,14 @@ def _cores(index: int, count: int) -> list[int]:
 
 class WorkerPool:
     def __init__(self, spec: ReasoningRLJobSpec, model_dir: str, checkpoint: Path | None = None, nodes: PodNodes | None = None):
-        from transformers import AutoTokenizer
+        from tlt.coordinator.prompts import load_tokenizer
 
         self.spec = spec
         self.model_dir = model_dir
         self.checkpoint = checkpoint
         self.nodes = nodes
         self.actor_model_dir = None if nodes else model_dir  # pods resolve their own copy
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(spec, model_dir)
         if nodes is None and not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

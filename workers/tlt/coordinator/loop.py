@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec
 from tlt.coordinator.actors import WorkerPool
 from tlt.coordinator.metrics import coordinator_metrics
-from tlt.coordinator.prompts import PromptSource, reward_name
+from tlt.coordinator.prompts import PromptSource, load_tokenizer, reward_name
 from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan, shard_role
 from tlt.engine.types import Request
 from tlt.report import MetricsLog, write_report
@@ -141,10 +141,8 @@ class EmbeddedRun:
     # ---- the run ----
     def run(self) -> dict:
         spec = self.spec
-        from transformers import AutoTokenizer
-
         model_dir = resolve_model(spec, progress=self.progress, download=self.download_models)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = load_tokenizer(spec, model_dir)
         prompts = PromptSource(spec, tokenizer)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         ckpt = latest_checkpoint(self.run_dir, spec)

@@ -22,6 +22,13 @@ class PromptItem:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+def load_tokenizer(spec: ReasoningRLJobSpec, model_dir):
+    """The job's tokenizer: `model.tokenizer` (a folder or hub id) when set, else the model folder's own."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.model.tokenizer or str(model_dir))
+
+
 def reward_name(spec: ReasoningRLJobSpec) -> str:
     """The reward registry name the spec asks for (`auto` resolved)."""
     if spec.reward.plugin:
@@ -54,7 +61,9 @@ class PromptSource:
             else:
                 cut = max(1, int(len(rows) * data.eval_fraction)) if data.eval_fraction > 0 else 0
                 heldout, train = rows[:cut], rows[cut:]
-            chat = spec.model.chat_template != "none"
+            # The tokenizer's own template by default, `none` for raw prompts, else the spec's Jinja template.
+            template = spec.model.chat_template
+            chat = True if template is None else (False if template == "none" else template)
         self._chat = chat
         self.train = self._encode(train)
         self.heldout = self._encode(heldout)[: spec.eval.num_prompts]

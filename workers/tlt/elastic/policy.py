@@ -163,7 +163,7 @@ def dedicated_drafters(spec: ReasoningRLJobSpec) -> int:
     drafter = spec.drafter
     if not drafter.enabled or drafter.architecture != "eagle":
         return 0
-    return max(drafter.dedicated_replicas.min, drafter.dedicated_replicas.max)
+    return drafter.dedicated_replicas
 
 
 def _order(worker: Worker) -> tuple:

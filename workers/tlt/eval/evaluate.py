@@ -95,13 +95,15 @@ def load_jsonl(path: str | Path, prompt_field: str = "prompt", answer_field: str
     return items
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], chat_template: bool) -> list[list[int]]:
-    """Token ids per prompt: through the chat template when asked and the tokenizer has one."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
+def encode_prompts(tokenizer, prompts: Sequence[str], chat_template: bool | str) -> list[list[int]]:
+    """Token ids per prompt: through the chat template when asked and the tokenizer has one
+    (`chat_template` as a string: that Jinja template instead of the tokenizer's)."""
+    template = chat_template if isinstance(chat_template, str) else None
+    if template or (chat_template and getattr(tokenizer, "chat_template", None)):
         encoded = []
         for prompt in prompts:
             ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, chat_template=template)
             if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer versions
                 ids = ids["input_ids"]
             encoded.append(list(ids))

@@ -230,7 +230,7 @@ def _gpus(spec) -> int:
     if spec.placement == "disaggregated":
         total += spec.trainer.replicas * max(1, spec.trainer.gpus_per_replica)
     if spec.drafter.enabled:
-        total += spec.drafter.dedicated_replicas.max * max(1, spec.drafter.gpus_per_replica)
+        total += spec.drafter.dedicated_replicas * max(1, spec.drafter.gpus_per_replica)
     return total
 
 

@@ -39,7 +39,7 @@ def scale_spec(spec: ReasoningRLJobSpec, gpus: int) -> ReasoningRLJobSpec:
         return spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"replicas": shards})})
     drafter_gpus = 0
     if spec.drafter.enabled:
-        drafter_gpus = spec.drafter.dedicated_replicas.max * max(1, spec.drafter.gpus_per_replica)
+        drafter_gpus = spec.drafter.dedicated_replicas * max(1, spec.drafter.gpus_per_replica)
     per_trainer = max(1, spec.trainer.gpus_per_replica)
     rollout_gpus = spec.rollout.replicas * per_shard
     trainer_gpus = spec.trainer.replicas * per_trainer
