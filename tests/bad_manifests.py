@@ -104,6 +104,11 @@ BAD_MANIFESTS = [
         "spec.rollout.engine",
     ),
     BadManifest(
+        "offload-params-without-zero3",
+        {"spec.trainer.deepspeed": {"zeroStage": 2, "offload": "all"}},
+        "spec.trainer.deepspeed.offload",
+    ),
+    BadManifest(
         "vllm-with-top-p",
         {"spec.rollout.engine": "vllm", "spec.rollout.gpusPerReplica": 1, "spec.algorithm.topP": 0.9},
         "spec.algorithm.topP",

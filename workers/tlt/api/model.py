@@ -322,7 +322,20 @@ class DeepSpeedSpec(SpecModel):
     enabled: bool = Field(True, description="Train with DeepSpeed; false trains with plain torch (DDP).")
     zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage.")
     offload: Literal["none", "optimizer", "all"] = Field(
-        "none", description="Offload optimizer state (or optimizer and parameters) to CPU memory."
+        "none", description="Offload optimizer state (zeroStage >= 1), or optimizer state and parameters (zeroStage 3), "
+        "to CPU memory.",
+    )
+
+    rules: ClassVar = (
+        Rule(
+            field="offload",
+            check=lambda d: None
+            if d.offload == "none" or (d.offload == "optimizer" and d.zero_stage >= 1) or d.zero_stage == 3
+            else f"offload: {d.offload} needs zeroStage {'>= 1' if d.offload == 'optimizer' else '3'} "
+            f"(got {d.zero_stage}); raise zeroStage or set offload: none",
+            cel="self.offload == 'none' || (self.offload == 'optimizer' && self.zeroStage >= 1) || self.zeroStage == 3",
+            cel_message="offload: optimizer needs zeroStage >= 1, offload: all needs zeroStage 3",
+        ),
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ import torch
 
 from .types import Counters, Request, Result
 from .vllm_config import llm_kwargs, speculative_config  # noqa: F401  (re-exported: the engine's configuration)
+
+log = logging.getLogger("tlt.engine.vllm")
 
 
 class EngineUnavailable(RuntimeError):
@@ -96,13 +99,13 @@ class WorkerExtension:
         return len(items)
 
     def tlt_load_drafter(self, items: list[tuple[str, torch.Tensor]]) -> int:
+        """Loads the drafter's weights; -1 when this vLLM exposes no draft model to update."""
         draft = self.get_draft_model() if hasattr(self, "get_draft_model") else None
         if draft is None:  # versions before the draft-model accessor: the proposer holds it
             proposer = getattr(self.model_runner, "drafter", None) or getattr(self.model_runner, "speculator", None)
             draft = getattr(proposer, "model", None)
         if draft is None:
-            raise RuntimeError("this vLLM exposes no draft model to update; the drafter reaches it when the "
-                               "shard restarts (speculative_config.model)")
+            return -1
         draft.load_weights(iter(items))
         return len(items)
 
@@ -134,6 +137,7 @@ class VLLMEngine:
         self._sofar: dict[str, tuple[list[int], list[float]]] = {}  # their latest tokens and log-probs
         self._counters = Counters()
         self._spec_read, self._spec_last = 0.0, (0, 0)
+        self._stale_drafter_logged = False
         self._asleep = False
         self._spec_seen = self._spec_counts()  # vLLM's counters are per process: report this engine's share
 
@@ -225,7 +229,11 @@ class VLLMEngine:
     def update_drafter_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         if not self._speculative:
             raise RuntimeError("this engine has no drafter to update (speculation is off)")
-        self._llm.collective_rpc("tlt_load_drafter", args=(drafter_items(weights),))
+        loaded = self._llm.collective_rpc("tlt_load_drafter", args=(drafter_items(weights),))
+        if any(n < 0 for n in loaded) and not self._stale_drafter_logged:
+            self._stale_drafter_logged = True
+            log.warning("this vLLM exposes no draft model to update: it drafts with the drafter it started with "
+                        "until the shard restarts")
 
     # ---- lending ----
     def sleep(self) -> None:
