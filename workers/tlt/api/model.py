@@ -119,6 +119,11 @@ class TaskSpec(SpecModel):
 
     name: Literal["arith"] = Field("arith", description="The built-in task: multi-step arithmetic with long-tailed lengths.")
     seed: int = Field(0, ge=0, description="Seed of problem generation (train and held-out splits).")
+    length_sigma: float = Field(
+        1.1, gt=0.0, le=3.0,
+        description="Spread of reasoning lengths: a problem's number of steps is log-normal (median 3) with this "
+        "sigma, capped so the response fits `algorithm.maxResponseTokens`; larger means a heavier long tail.",
+    )
 
 
 class RewardSpec(SpecModel):
@@ -271,6 +276,12 @@ class EnvVar(SpecModel):
     value_from: RawObject | None = Field(None, description="A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef).")
 
 
+class ImagePullSecret(SpecModel):
+    """A Secret of the job's namespace holding registry credentials (kubernetes.io/dockerconfigjson)."""
+
+    name: str = Field(min_length=1, description="Name of the Secret.")
+
+
 class Resources(SpecModel):
     """Container resources, as in Kubernetes (`nvidia.com/gpu` is set from gpusPerReplica)."""
 
@@ -283,6 +294,9 @@ class PodTemplate(SpecModel):
 
     image: str | None = Field(None, min_length=1, description="Container image; default: the operator's worker image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
+    image_pull_secrets: list[ImagePullSecret] | None = Field(
+        None, description="Registry credentials of the pods; also set on the pods' ServiceAccounts."
+    )
     resources: Resources | None = Field(None, description=Resources.__doc__)
     node_selector: dict[str, str] | None = Field(None, description="Node labels the pods must match.")
     tolerations: list[RawObject] | None = Field(None, description="Kubernetes tolerations.")
@@ -504,7 +518,22 @@ class RunPolicy(SpecModel):
     """Lifecycle of the job (as in Kubeflow's runPolicy)."""
 
     suspend: bool = Field(False, description="Suspended: pods deleted, progress kept; false resumes.")
-    backoff_limit: int = Field(3, ge=0, description="Pod failures tolerated before the job fails.")
+    backoff_limit: int = Field(
+        3, ge=0,
+        description="Pod failures tolerated before the job fails. Disruptions (pods with a DisruptionTarget or Kueue's "
+        "TerminationTarget condition: preemption, eviction, drain) and the operator's own deletions are not failures.",
+    )
+    max_restarts: int | None = Field(
+        None, ge=0,
+        description="Restarts of the whole job (a head pod failure restarts every pod from the last checkpoint) tolerated "
+        "before it fails, as JobSet's failurePolicy.maxRestarts; unset: only backoffLimit bounds them. A failed rollout "
+        "or drafter pod is replaced alone and is no restart.",
+    )
+    terminating_timeout_seconds: int = Field(
+        120, ge=0,
+        description="A pod still terminating this long after its deletion grace period ended (its node is lost) is "
+        "replaced by a new pod under a new name.",
+    )
     active_deadline_seconds: int | None = Field(None, ge=1, description="The job fails when it has run this long.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the job this long after it finished.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description=CheckpointSpec.__doc__)
@@ -605,11 +634,12 @@ class ReasoningRLJobSpec(SpecModel):
 
 
 class Condition(SpecModel):
-    """A condition, as in Kubernetes (Created, Running, Updating, Suspended, Succeeded, Failed, Invalid, Degraded)."""
+    """A condition, as in Kubernetes (Created, Running, Updating, Suspended, Succeeded, Failed, Invalid, Degraded,
+    Blocked: children of the job's names owned by another object; ReconcileError: the API server refused a write)."""
 
     type: str = Field(description="Condition type.")
     status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
-    reason: str = Field("", description="CamelCase reason an SRE can grep.")
+    reason: str = Field(min_length=1, description="CamelCase reason an SRE can grep (never empty).")
     message: str = Field("", description="Human-readable detail.")
     last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")
 
@@ -666,7 +696,10 @@ class ReasoningRLJobStatus(SpecModel):
     phase: Literal["Pending", "Created", "Running", "Suspended", "Succeeded", "Failed", "Invalid"] = Field(
         "Pending", description="Phase of the job."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions of the job.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions of the job, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     observed_generation: int = Field(0, ge=0, description="The spec generation this status describes.")
     step: int = Field(0, ge=0, description="Completed RL steps.")
     total_steps: int = Field(0, ge=0, description="Steps the job runs.")
@@ -674,6 +707,7 @@ class ReasoningRLJobStatus(SpecModel):
     progress: ProgressStatus | None = Field(None, description=ProgressStatus.__doc__)
     drafter: DrafterStatus = Field(default_factory=DrafterStatus, description=DrafterStatus.__doc__)
     failures: int = Field(0, ge=0, description="Pod failures and deletions counted against runPolicy.backoffLimit.")
+    restarts: int = Field(0, ge=0, description="Restarts of the whole job after its head pod failed (runPolicy.maxRestarts).")
     last_failure_time: str | None = Field(
         None, description="When the last counted pod failure was seen (RFC 3339); replacements back off from it."
     )

@@ -5,11 +5,22 @@ the trainer is one more actor. On a cluster (`PodNodes`) every pod runs one Ray
 node offering the resource `tlt.pod.<role>-<index>`, and each actor is pinned to
 its pod's node and named after it, so the pod's role watcher can find it.
 `WorkerPool` is the only place that talks to Ray, so the loop reads as plain calls.
+
+Faults: a rollout shard or drafter host whose actor dies (its pod crashed, was
+evicted or its node lost) leaves the pool; its unfinished requests go to the other
+shards at once, as the coordinator last holds them (the request, or the
+continuation consolidation moved there). Sampling is keyed by (seed, response
+position) and verification is coupled, so they finish as they would have. When the
+worker's Ray node is back (on a cluster: the replacement pod joined), its actor is
+created again with the current policy and drafter. Only the trainer's (the head
+pod's) loss ends the run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +37,9 @@ from tlt.engine.types import Request, Result
 TRAINER_STATE = "trainer"
 DRAFTER_STATE = "drafter.pt"
 NODE_RESOURCE = "tlt.pod.{}"  # each pod's Ray node offers one unit of its own resource
+REVIVE_RETRY_SECONDS = 5.0  # between attempts to re-create a lost worker (its node may still be going away)
+
+log = logging.getLogger("tlt.coordinator")
 
 
 def shard_names(spec: ReasoningRLJobSpec) -> list[str]:
@@ -172,9 +186,21 @@ class WorkerPool:
         trainer_cls = ray.remote(num_cpus=0)(TrainerWorker).options(**pinned(nodes.head if nodes else None))
         self.trainer = trainer_cls.remote(spec, self.actor_model_dir, None if nodes else _cores(0, 0),
                                           str(checkpoint) if checkpoint else None)
-        self.shards: dict = {}
+        self.shards: dict = {}  # the live rollout shards (a lost one leaves until re-created)
         self.hosts: dict = {}  # drafter hosts (cluster only)
         self._lent: set[str] = set()
+        # Faults (see the module's docstring).
+        self._threshold = 0
+        self._drafter_state: dict | None = None  # what workers start from (a checkpoint's drafter)
+        self._drafter: tuple[int, dict] | None = None  # the last averaged drafter pushed
+        self._policy_version = 0
+        self._step = 0
+        self._pending: dict[str, dict] = {}  # shard -> {request id: Request} unfinished this step
+        self._started: set[str] = set()  # shards whose rollout of this step started
+        self._orphans: list[Request] = []  # unfinished requests of lost shards, to resubmit
+        self._lost: dict[str, float] = {}  # lost worker -> when to try re-creating it
+        self._reviving: dict = {}  # worker -> (actor, its first call's ref)
+        self.faults: list[dict] = []  # what happened, for the run's log (take_faults)
 
     def _cores(self, index: int) -> list[int] | None:
         return None if self.nodes else _cores(index, 1)  # a pod's worker has the pod's cores
@@ -184,6 +210,10 @@ class WorkerPool:
 
     def _everyone(self) -> list:
         return [*self.shards.values(), *self.hosts.values()]
+
+    def _workers(self) -> dict:
+        """The live shards and drafter hosts by name."""
+        return {**self.shards, **self.hosts}
 
     # ---- start-up ----
     def calibrate_threshold(self) -> int:
@@ -197,62 +227,185 @@ class WorkerPool:
             ray.kill(probe)
 
     def start_shards(self, threshold: int) -> None:
-        drafter_state = None
+        self._threshold = threshold
         if self.checkpoint and (self.checkpoint / DRAFTER_STATE).is_file():
-            drafter_state = torch.load(self.checkpoint / DRAFTER_STATE, map_location="cpu")
-        shard_cls = ray.remote(num_cpus=0, max_concurrency=4)(ShardWorker)
-        for i, name in enumerate(self.shard_names):
-            self.shards[name] = shard_cls.options(**self._placed(name)).remote(
-                name, self.actor_model_dir, self.spec, cores=self._cores(i), batch_threshold=threshold,
-                drafter_state=drafter_state)
+            self._drafter_state = torch.load(self.checkpoint / DRAFTER_STATE, map_location="cpu")
+        for name in self.shard_names:
+            self.shards[name] = self._new_worker(name)
         for name in self.nodes.drafter_hosts if self.nodes else ():
-            self.hosts[name] = shard_cls.options(**self._placed(name)).remote(  # they never decode: no vLLM
-                name, None, self.spec, batch_threshold=threshold, drafter_state=drafter_state, max_slots=1,
-                engine="torch")
+            self.hosts[name] = self._new_worker(name)
         # Every worker starts from the trainer's weights: a checkpoint's, or on a cluster the one
         # built-in model each pod bootstrapped for itself.
         if self.checkpoint or (self.nodes and self.spec.model.builtin):
             weights = ray.get(self.trainer.weights.remote())
             ray.get([s.set_policy.remote(0, weights) for s in self._everyone()])
 
+    def _new_worker(self, name: str):
+        """A rollout shard's actor, or a drafter host's, created (again) for worker `name`."""
+        shard_cls = ray.remote(num_cpus=0, max_concurrency=4)(ShardWorker)
+        if name in self.shard_names:
+            return shard_cls.options(**self._placed(name)).remote(
+                name, self.actor_model_dir, self.spec, cores=self._cores(self.shard_names.index(name)),
+                batch_threshold=self._threshold, drafter_state=self._drafter_state)
+        return shard_cls.options(**self._placed(name)).remote(  # drafter hosts never decode: no vLLM
+            name, None, self.spec, batch_threshold=self._threshold, drafter_state=self._drafter_state, max_slots=1,
+            engine="torch")
+
     # ---- rollout ----
     def start_rollout(self, step: int, assignment: dict[str, list[Request]]) -> None:
         self._lent.clear()
-        ray.get([h.begin_step.remote(step) for h in self.hosts.values()])
-        ray.get([self.shards[name].start_rollout.remote(step, reqs) for name, reqs in assignment.items()])
+        self._step, self._pending, self._started, self._orphans = step, {}, set(), []
+        self._each({n: h.begin_step.remote(step) for n, h in self.hosts.items()})
+        calls = {}
+        for name, reqs in assignment.items():
+            if name in self.shards:
+                self._pending[name] = {r.id: r for r in reqs}
+                calls[name] = self.shards[name].start_rollout.remote(step, reqs)
+            else:  # lost and not back yet: its share goes to the others
+                self._orphans += reqs
+        self._started |= set(self._each(calls))
+        self._resubmit()
 
     def poll(self) -> tuple[dict, list[Result]]:
-        names = list(self.shards)
-        progress = ray.get([self.shards[n].progress.remote() for n in names])
-        finished = [r for batch in ray.get([self.shards[n].take_results.remote() for n in names]) for r in batch]
+        self._revive()
+        progress = self._each({n: s.progress.remote() for n, s in self.shards.items()})
+        taken = self._each({n: self.shards[n].take_results.remote() for n in progress if n in self.shards})
+        finished = []
+        for name, batch in taken.items():
+            for result in batch:
+                self._pending.get(name, {}).pop(result.id, None)
+                finished.append(result)
+        self._resubmit()
+        progress = {n: p for n, p in progress.items() if n in self.shards}
         if self.nodes:
             # On a cluster the pods switch roles themselves (operator -> annotation -> role watcher).
-            self._lent = {n for n, p in zip(names, progress) if p.role == "drafter"}
+            self._lent = {n for n, p in progress.items() if p.role == "drafter"}
             if finished:
                 for host in self.hosts.values():
                     host.feed.remote(finished)
-        return dict(zip(names, progress)), finished
+        return progress, finished
+
+    # ---- faults ----
+    def _each(self, calls: dict) -> dict:
+        """The answers of remote calls by worker name; a worker whose actor died is lost (and left
+        out), one that is briefly unavailable is left out of this answer only."""
+        out = {}
+        for name, ref in calls.items():
+            try:
+                out[name] = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                continue
+            except ray.exceptions.RayActorError as err:
+                self._lose(name, err)
+        return out
+
+    def _lose(self, name: str, err: Exception) -> None:
+        actor = self.shards.pop(name, None) or self.hosts.pop(name, None)
+        if actor is None:
+            return
+        orphans = list(self._pending.pop(name, {}).values())
+        self._orphans += orphans
+        self._started.discard(name)
+        self._lent.discard(name)
+        self._lost[name] = time.monotonic() + REVIVE_RETRY_SECONDS
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        self.faults.append({"worker": name, "event": "lost", "step": self._step, "resubmitted": len(orphans), "error": reason})
+        log.warning("%s is lost (%s): %d unfinished requests go to the other shards; it is re-created when its pod is back",
+                    name, reason, len(orphans))
+
+    def _resubmit(self) -> None:
+        """The lost shards' unfinished requests onto the live shards, least loaded first (a prompt
+        group stays together): added to a running rollout, or started on a shard that has none."""
+        if not self._orphans or not self.shards:
+            return
+        groups: dict = {}
+        for request in self._orphans:
+            groups.setdefault(request.group, []).append(request)
+        self._orphans = []
+        load = {n: len(self._pending.get(n, {})) for n in self.shards}
+        batches: dict[str, list[Request]] = {}
+        for requests in groups.values():
+            target = min(load, key=load.get)
+            load[target] += len(requests)
+            batches.setdefault(target, []).extend(requests)
+        calls = {}
+        for target, requests in batches.items():
+            self._pending.setdefault(target, {}).update({r.id: r for r in requests})
+            shard = self.shards[target]
+            calls[target] = (shard.add_requests.remote(requests) if target in self._started
+                             else shard.start_rollout.remote(self._step, requests))
+        self._started |= set(self._each(calls))
+
+    def _revive(self) -> None:
+        """Re-create lost workers whose pod's Ray node is in the cluster (embedded: at once), with
+        the current policy and drafter; they rejoin once their actor answered."""
+        now = time.monotonic()
+        for name, (actor, ready, version) in list(self._reviving.items()):
+            if not ray.wait([ready], timeout=0)[0]:
+                continue
+            del self._reviving[name]
+            try:
+                ray.get(ready)
+                if version != self._policy_version:  # a policy update came meanwhile
+                    ray.get(actor.set_policy.remote(self._policy_version, self.trainer.weights.remote()))
+                if self._drafter is not None:
+                    ray.get(actor.set_drafter.remote(*self._drafter))
+            except ray.exceptions.RayActorError as err:
+                self._lost[name] = now + REVIVE_RETRY_SECONDS
+                log.info("re-creating %s failed (%s); trying again", name, str(err).strip().splitlines()[0][:200])
+                continue
+            (self.shards if name in self.shard_names else self.hosts)[name] = actor
+            self.faults.append({"worker": name, "event": "recreated", "step": self._step})
+            log.info("%s is back: its worker was re-created with policy version %d", name, self._policy_version)
+        due = [n for n, at in self._lost.items() if at <= now and n not in self._reviving]
+        if not due:
+            return
+        present = ray.cluster_resources() if self.nodes else None
+        for name in due:
+            if present is not None and NODE_RESOURCE.format(name) not in present:
+                continue  # its pod has not joined (yet)
+            del self._lost[name]
+            try:
+                actor = self._new_worker(name)
+            except ValueError as err:  # the dead actor's name is not released yet
+                self._lost[name] = now + REVIVE_RETRY_SECONDS
+                log.info("re-creating %s: %s", name, err)
+                continue
+            version = self._policy_version
+            self._reviving[name] = (actor, actor.set_policy.remote(version, self.trainer.weights.remote()), version)
+
+    def take_faults(self) -> list[dict]:
+        out, self.faults = self.faults, []
+        return out
 
     def lent(self, name: str) -> bool:
         return name in self._lent
 
     def lend(self, name: str) -> bool:
-        if name in self.shards and ray.get(self.shards[name].lend.remote()):
+        if name in self.shards and self._each({name: self.shards[name].lend.remote()}).get(name):
             self._lent.add(name)
             return True
         return False
 
     def reclaim(self, name: str) -> None:
         if name in self.shards:
-            ray.get(self.shards[name].reclaim.remote())
+            self._each({name: self.shards[name].reclaim.remote()})
         self._lent.discard(name)
 
     def consolidate(self, target: str, sources, counts) -> int:
+        """Move unfinished sequences (as continuations) from `sources` onto `target`; the pool
+        follows them, so a shard lost later gives back exactly what it held."""
         moved = 0
         for source, count in zip(sources, counts):
-            requests = ray.get(self.shards[source].move_out.remote(count))
-            if requests:
-                ray.get(self.shards[target].add_requests.remote(requests))
+            if target not in self.shards or source not in self.shards:
+                continue  # one of them is lost: its requests are being resubmitted anyway
+            requests = self._each({source: self.shards[source].move_out.remote(count)}).get(source) or []
+            if not requests:
+                continue
+            for r in requests:
+                self._pending.get(source, {}).pop(r.id, None)
+            self._pending.setdefault(target, {}).update({r.id: r for r in requests})
+            if target in self._each({target: self.shards[target].add_requests.remote(requests)}):
                 moved += len(requests)
         return moved
 
@@ -260,45 +413,62 @@ class WorkerPool:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def evaluate(self, requests: list[Request]) -> list[Result]:
-        first = self.shards[self.shard_names[0]]
-        self.reclaim(self.shard_names[0])
-        return ray.get(first.generate.remote(requests))
+        """Decode held-out requests over every shard (outputs do not depend on which); results in order."""
+        names = list(self.shards)  # the live ones
+        for name in names:
+            self.reclaim(name)
+        parts = [requests[i::len(names)] for i in range(len(names))]
+        done = ray.get([self.shards[n].generate.remote(p) for n, p in zip(names, parts) if p])
+        out: list = [None] * len(requests)
+        for i, results in enumerate(done):
+            out[i::len(names)] = results
+        return out
 
     # ---- training and sync ----
     def train(self, prompts, responses, advantages, old_logprobs, policy_version: int) -> dict:
         metrics = ray.get(self.trainer.train.remote(prompts, responses, advantages, old_logprobs))
         weights = ray.get(self.trainer.weights.remote())
-        ray.get([s.set_policy.remote(policy_version, weights) for s in self._everyone()])
+        self._policy_version = policy_version
+        self._each({n: w.set_policy.remote(policy_version, weights) for n, w in self._workers().items()})
         self._lent.clear()
         return metrics
 
     def sync_drafters(self, version: int) -> int:
         """Average the replicas trained in this version (weighted by steps) into version+1."""
-        reports = ray.get([s.drafter_report.remote() for s in self._everyone()])
+        reports = self._each({n: w.drafter_report.remote() for n, w in self._workers().items()}).values()
         trained = [(steps, state) for _, steps, state in reports if state is not None and steps > 0]
         if not trained:
             return version
         merged = weighted_average([s for _, s in trained], [float(n) for n, _ in trained])
-        ray.get([s.set_drafter.remote(version + 1, merged) for s in self._everyone()])
+        self._drafter = (version + 1, merged)
+        self._each({n: w.set_drafter.remote(version + 1, merged) for n, w in self._workers().items()})
         self._lent.clear()
         return version + 1
 
     def save(self, folder: Path) -> None:
         ray.get(self.trainer.save.remote(str(folder)))
-        state = ray.get(self.shards[self.shard_names[0]].drafter_state.remote())
+        state = self._first_answer("drafter_state")
         if state is not None:
             torch.save(state, folder / DRAFTER_STATE)
 
     def export(self, policy_dir: Path, drafter_dir: Path | None) -> None:
         ray.get(self.trainer.export.remote(str(policy_dir)))
-        files = ray.get(self.shards[self.shard_names[0]].drafter_files.remote()) if drafter_dir is not None else None
+        files = self._first_answer("drafter_files") if drafter_dir is not None else None
         if files:
             drafter_dir.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
                 (drafter_dir / name).write_bytes(data)
 
+    def _first_answer(self, method: str):
+        """`method` of the first live shard that answers (every shard holds the same drafter)."""
+        for name in list(self.shards):
+            answer = self._each({name: getattr(self.shards[name], method).remote()})
+            if name in answer:
+                return answer[name]
+        return None
+
     def shutdown(self) -> None:
-        for actor in [*self._everyone(), self.trainer]:
+        for actor in [*self._everyone(), *(a for a, _, _ in self._reviving.values()), self.trainer]:
             try:
                 ray.kill(actor)
             except Exception:

@@ -46,7 +46,9 @@ class PromptSource:
         if spec.task is not None:
             from tlt.tasks import get_task
 
-            task = get_task(spec.task.name)
+            # Problems sized to the response budget, with the spec's spread of lengths.
+            task = get_task(spec.task.name, max_response_tokens=spec.algorithm.max_response_tokens,
+                            sigma=spec.task.length_sigma)
             pool = spec.algorithm.steps * spec.algorithm.prompts_per_step * (1 + spec.algorithm.dynamic_sampling.max_rounds)
             meta = {"task": spec.task.name}
             train = [(p.prompt, p.answer, meta) for p in task.problems("train", max(pool, 64), seed=spec.task.seed)]
