@@ -107,3 +107,19 @@ def test_leftover_processes_of_the_local_pods_are_found_and_stopped(tmp_path):
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_killed_process_reports_the_exit_code_a_kubelet_would():
+    from tlt.dev.pods import exit_code
+
+    assert exit_code(-9) == 137 and exit_code(-15) == 143, "128 + the signal"
+    assert exit_code(0) == 0 and exit_code(2) == 2
+
+
+def test_paths_under_a_pods_volume_mounts_point_into_its_local_folders(tmp_path):
+    from tlt.dev.pods import local_path
+
+    mounts = {"/etc/tlt": tmp_path / "config", "/etc/tlt-ray": tmp_path / "volumes" / "ray-token"}
+    assert local_path("/etc/tlt/job.yaml", mounts) == str(tmp_path / "config" / "job.yaml")
+    assert local_path("/etc/tlt-ray/token", mounts) == str(tmp_path / "volumes" / "ray-token" / "token")
+    assert local_path("/etc/tltx/other", mounts) == "/etc/tltx/other" and local_path("--head", mounts) == "--head"

@@ -10,6 +10,7 @@ from tlt_operator.builders import (
     OperatorDefaults,
     build_children,
     build_config_map,
+    build_network_policy,
     build_pod,
     build_pods,
     build_role,
@@ -162,7 +163,7 @@ def test_pods_run_as_non_root_without_privileges():
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert spec["restartPolicy"] == "Never"
-        assert spec["serviceAccountName"] == "demo-worker"
+        assert spec["serviceAccountName"] == pod["metadata"]["name"], "each pod logs in as its own identity"
 
 
 def test_kueue_queue_label_is_set_only_when_asked():
@@ -185,20 +186,73 @@ def test_hub_token_reaches_pods_only_as_a_secret_reference():
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in env
 
 
-def test_role_lets_pods_patch_only_their_job_status_and_touch_only_their_pods():
-    role = build_role(job())
-    rules = {tuple(r["resources"]): r for r in role["rules"]}
-    assert rules[("reasoningrljobs/status",)]["resourceNames"] == ["demo"]
-    assert rules[("reasoningrljobs/status",)]["verbs"] == ["get", "patch"]
-    assert rules[("reasoningrljobs",)]["verbs"] == ["get"]
-    pod_rule = rules[("pods",)]
-    assert set(pod_rule["verbs"]) == {"get", "list", "watch", "patch"}
-    assert "demo-drafter-1" in pod_rule["resourceNames"] and "demo-rollout-2" in pod_rule["resourceNames"]
-    assert all(name.startswith("demo-") for name in pod_rule["resourceNames"])
-    binding = build_role_binding(job())
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-worker", "namespace": "team-a"}]
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert build_service_account(job())["metadata"]["name"] == "demo-worker"
+def test_each_pod_may_read_its_job_and_label_itself_and_only_the_head_may_report():
+    j = job()
+    slots = {s.name("demo"): s for s in pod_slots(j)}
+    rollout = build_role(j, slots["demo-rollout-1"])
+    rules = {tuple(r["resources"]): r for r in rollout["rules"]}
+    assert set(rules) == {("reasoningrljobs",), ("pods",)}, "nothing else: no status, no other pod, no Secret"
+    assert rules[("reasoningrljobs",)] == {"apiGroups": ["tlt.dev"], "resources": ["reasoningrljobs"], "resourceNames": ["demo"],
+                                           "verbs": ["get"]}
+    assert rules[("pods",)]["resourceNames"] == ["demo-rollout-1"]
+    assert rules[("pods",)]["verbs"] == ["get", "list", "watch", "patch"]  # patch: the narrowest verb that sets a label
+    head = {tuple(r["resources"]): r for r in build_role(j, slots["demo-trainer-0"])["rules"]}
+    assert head[("configmaps",)] == {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["demo-progress"],
+                                     "verbs": ["get", "patch"]}
+    assert not any("status" in r for rule in head.values() for r in rule["resources"])
+    replaced = build_role(j, slots["demo-rollout-1"], ["demo-rollout-1-r1"])
+    assert next(r for r in replaced["rules"] if r["resources"] == ["pods"])["resourceNames"] == ["demo-rollout-1", "demo-rollout-1-r1"]
+    binding = build_role_binding(j, slots["demo-rollout-1"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-rollout-1", "namespace": "team-a"}]
+    assert binding["roleRef"]["name"] == rollout["metadata"]["name"] == "demo-rollout-1"
+    assert build_service_account(j, slots["demo-rollout-1"])["metadata"]["name"] == "demo-rollout-1"
+    # Identities exist for every slot the job may have (dedicated drafters up to their maximum).
+    accounts = [o["metadata"]["name"] for o in build_children(j) if o["kind"] == "ServiceAccount"]
+    assert "demo-drafter-1" in accounts and len(accounts) == len(set(accounts)) == 6
+
+
+def test_pods_get_the_jobs_ray_token_and_probes_on_healthz():
+    j = job()
+    secret = next(o for o in build_children(j) if o["kind"] == "Secret")
+    assert secret["metadata"]["name"] == "demo-ray-1234uid" and "data" not in secret, "the token is made at creation, never rendered"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "1234-uid"
+    for pod in build_pods(j):
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        volume = next(v for v in spec["volumes"] if v["name"] == "ray-token")
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "ray-token")
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"].startswith(mount["mountPath"] + "/")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 900
+
+
+def test_the_network_policy_admits_the_jobs_own_pods_and_metrics_from_the_operator_namespaces():
+    j = job()
+    policy = build_network_policy(j, OperatorDefaults(metrics_namespaces=("monitoring", "tlt-system")))
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"tlt.dev/job": "demo"}} and spec["policyTypes"] == ["Ingress"]
+    own, metrics = spec["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"tlt.dev/job": "demo"}}}]}
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert metrics["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring", "tlt-system"]
+    alone = build_network_policy(j, OperatorDefaults())["spec"]["ingress"]
+    assert alone == [own], "without monitoring namespaces only the job's own pods get in"
+    assert OperatorDefaults.from_env({"TLT_OPERATOR_NAMESPACE": "tlt-system", "TLT_METRICS_NAMESPACES": "monitoring, ,"}
+                                     ).metrics_namespaces == ("monitoring", "tlt-system")
+
+
+def test_image_pull_secrets_reach_the_pods_and_their_service_accounts():
+    j = job(template={"imagePullSecrets": [{"name": "registry"}]},
+            rollout={"replicas": 1, "maxBatchSize": 64, "template": {"imagePullSecrets": [{"name": "rollout-registry"}]}})
+    pods = pods_by_name(j)
+    assert pods["demo-rollout-0"]["spec"]["imagePullSecrets"] == [{"name": "registry"}, {"name": "rollout-registry"}]
+    assert pods["demo-trainer-0"]["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    accounts = [o for o in build_children(j) if o["kind"] == "ServiceAccount"]
+    assert all(a["imagePullSecrets"] == [{"name": "registry"}, {"name": "rollout-registry"}] for a in accounts)
+    assert "imagePullSecrets" not in pods_by_name(job())["demo-rollout-0"]["spec"]
 
 
 def test_config_map_holds_the_job_with_defaults_and_round_trips():
@@ -242,10 +296,11 @@ def test_pods_carry_a_hash_of_what_shaped_them_that_lifecycle_fields_leave_alone
 
     base = hashes(job())
     assert base == hashes(job()) and len(set(base.values())) == len(base)
-    assert hashes(job(runPolicy={"suspend": True, "ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600, "backoffLimit": 9})) == base
+    assert hashes(job(runPolicy={"suspend": True, "ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600, "backoffLimit": 9,
+                                 "maxRestarts": 2, "terminatingTimeoutSeconds": 30})) == base
     changed_config = hashes(job(algorithm={"groupSize": 8}))
     assert all(changed_config[n] != base[n] for n in base), "every pod reads the config"
     changed_checkpoints = hashes(job(runPolicy={"checkpoint": {"everySteps": 5}}))
     assert all(changed_checkpoints[n] != base[n] for n in base), "the coordinator reads the checkpoint policy"
-    new_image = hashes(job(), defaults=OperatorDefaults(image_cuda="registry.test/cuda:2"))
-    assert all(new_image[n] != base[n] for n in base)
+    # An operator upgrade (new default images, new ways of building pods) is not the job's spec: no pod rolls.
+    assert hashes(job(), defaults=OperatorDefaults(image_cuda="registry.test/cuda:2")) == base

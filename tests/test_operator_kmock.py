@@ -23,6 +23,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client, config
 
 from specs import manifest
+from tlt.worker.status import report_data
 from tlt_operator import handlers
 
 NS = "default"
@@ -125,8 +126,9 @@ class Api:
     def patch_job(self, patch, name="demo"):
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, patch)
 
-    def patch_status(self, status, name="demo"):
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, name, {"status": status})
+    def report(self, body, name="demo"):
+        """What the coordinator does: write its report into the job's progress ConfigMap."""
+        self.core.patch_namespaced_config_map(f"{name}-progress", NS, {"data": report_data(body)})
 
     def pods(self, job="demo"):
         pods = self.core.list_namespaced_pod(NS).items
@@ -186,7 +188,7 @@ def test_job_gets_children_runs_and_lends_drained_shards(api):
         eventually(lambda: api.job()["status"]["phase"] == "Running")
 
         # The coordinator reports a drained shard: the operator lends it, with events.
-        api.patch_status({"progress": {"step": 1, "phase": "rollout", "shards": [
+        api.report({"progress": {"step": 1, "phase": "rollout", "shards": [
             {"shard": 0, "running": 0, "waiting": 0, "finished": 32},
             {"shard": 1, "running": 20, "finished": 12},
             {"shard": 2, "running": 18, "finished": 14},
@@ -197,7 +199,7 @@ def test_job_gets_children_runs_and_lends_drained_shards(api):
         eventually(lambda: api.job()["status"]["rolloutText"] == "3/3 (1 lent)")
 
         # Next step's work arrives on the lent shard: it is returned.
-        api.patch_status({"step": 1, "progress": {"step": 2, "phase": "rollout", "shards": [
+        api.report({"step": 1, "progress": {"step": 2, "phase": "rollout", "shards": [
             {"shard": i, "running": 0, "waiting": 32, "finished": 0} for i in range(3)
         ]}})
         eventually(lambda: annotation(api.pods()["demo-rollout-0"], "tlt.dev/assigned-role") == "rollout")

@@ -8,7 +8,7 @@ import pytest
 
 from specs import manifest
 from tlt_operator.builders import OperatorDefaults
-from tlt_operator.reconcile import Observed, backoff_seconds, reconcile
+from tlt_operator.reconcile import Observed, backoff_seconds, reconcile, rfc3339
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -28,6 +28,8 @@ class World:
         self.body = copy.deepcopy(body or BODY)
         self.pods: dict[str, dict] = {}
         self.supporting: dict = {}
+        self.secrets: dict[str, dict] = {}
+        self.report_map: dict | None = None  # the job's progress ConfigMap as the coordinator wrote it
         self.events = []
         self.job_deleted = False
         self.backoff = backoff
@@ -36,19 +38,25 @@ class World:
 
     def reconcile(self, advance=0.0):
         self.now += timedelta(seconds=advance)
-        out = reconcile(self.body, Observed(list(copy.deepcopy(self.pods).values()), dict(self.supporting)), self.now, backoff_base=self.backoff)
+        out = reconcile(self.body, self.observed(), self.now, backoff_base=self.backoff)
         for obj in out.create:
             key = obj["metadata"]["name"]
             if obj["kind"] == "Pod":
                 assert key not in self.pods, f"created {key} twice"
                 self.pods[key] = {**copy.deepcopy(obj), "status": {"phase": "Pending"}}
+                self.pods[key]["metadata"]["creationTimestamp"] = rfc3339(self.now)
+            elif obj["kind"] == "Secret":  # created with the pods; the operator cannot read it back (409: exists)
+                self.secrets.setdefault(key, copy.deepcopy(obj))
             else:
                 assert (obj["kind"], key) not in self.supporting
                 self.supporting[(obj["kind"], key)] = copy.deepcopy(obj)
         for obj in out.patch:
             self.supporting[(obj["kind"], obj["metadata"]["name"])] = copy.deepcopy(obj)
         for name in out.delete_pods:
-            del self.pods[name]
+            if self.pods[name]["metadata"].get("finalizers"):  # held (a lost node): it stays, terminating
+                self.pods[name]["metadata"]["deletionTimestamp"] = rfc3339(self.now + timedelta(seconds=30))
+            else:
+                del self.pods[name]
         for patch in out.annotate:
             meta = self.pods[patch.pod]["metadata"]
             meta.setdefault("annotations", {}).update(patch.annotations)
@@ -63,6 +71,10 @@ class World:
         self.events += [(e.reason, e.message) for e in out.events]
         self.job_deleted |= out.delete_job
         return out
+
+    def observed(self, supporting=True):
+        return Observed(list(copy.deepcopy(self.pods).values()), dict(self.supporting) if supporting else None,
+                        copy.deepcopy(self.report_map))
 
     def settle(self):
         """Reconcile until nothing changes; the last outcome must be empty."""
@@ -81,14 +93,20 @@ class World:
             "containerStatuses": [{"name": "tlt", "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}],
         }
 
-    def report(self, step, phase, shards, completed=None):
-        self.body["status"]["progress"] = {
+    def report(self, step, phase, shards, completed=None, updated_at=None):
+        """What the coordinator does: write its report into the job's progress ConfigMap."""
+        progress = {
             "step": step,
             "phase": phase,
             "shards": [{"shard": i, "running": r, "waiting": 0, "finished": f} for i, (r, f) in enumerate(shards)],
         }
+        if updated_at:
+            progress["updatedAt"] = updated_at
+        cm = self.report_map or copy.deepcopy(self.supporting[("ConfigMap", "demo-progress")])
+        cm["data"] = {**(cm.get("data") or {}), "progress": json.dumps(progress)}
         if completed is not None:
-            self.body["status"]["step"] = completed
+            cm["data"]["step"] = str(completed)
+        self.report_map = cm
 
     def reasons(self):
         return [r for r, _ in self.events]
@@ -113,7 +131,9 @@ def test_first_reconcile_creates_every_child_and_reports_created():
     world = World()
     out = world.reconcile()
     kinds = [o["kind"] for o in out.create]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Pod", "Pod", "Pod", "Pod"]
+    # The Ray token first (pods mount it), one identity per pod, config, progress, Service, NetworkPolicy, pods.
+    assert kinds == ["Secret", *["ServiceAccount", "Role", "RoleBinding"] * 4, "ConfigMap", "ConfigMap", "Service",
+                     "NetworkPolicy", "Pod", "Pod", "Pod", "Pod"]
     assert sorted(world.pods) == ["demo-rollout-0", "demo-rollout-1", "demo-rollout-2", "demo-trainer-0"]
     assert world.reasons() == ["Created"]
     status = world.body["status"]
@@ -249,8 +269,7 @@ def test_head_failure_restarts_every_pod_from_the_checkpoint():
 
 def test_a_restarted_job_is_not_lent_on_the_previous_coordinators_progress():
     world = running_world()
-    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)])
-    world.body["status"]["progress"]["updatedAt"] = "2026-01-01T00:00:00Z"
+    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)], updated_at="2026-01-01T00:00:00Z")
     world.finish_pod("demo-trainer-0", exit_code=1)
     world.reconcile()
     world.reconcile(advance=10)
@@ -260,7 +279,7 @@ def test_a_restarted_job_is_not_lent_on_the_previous_coordinators_progress():
     world.events.clear()
     world.reconcile()
     assert "GPULent" not in world.reasons(), "the old report is the previous coordinator's"
-    world.body["status"]["progress"]["updatedAt"] = "2026-01-01T00:06:00Z"  # the new coordinator reports
+    world.report(1, "rollout", [(0, 32), (20, 12), (18, 14)], updated_at="2026-01-01T00:06:00Z")  # the new coordinator
     world.reconcile()
     assert world.annotation("demo-rollout-0", "tlt.dev/assigned-role") == "drafter"
 
@@ -358,7 +377,7 @@ def test_scaling_down_replicas_deletes_the_extra_pods_and_updates_config_and_rba
     out = world.reconcile()
     assert "demo-rollout-2" not in world.pods
     patched = {o["kind"] for o in out.patch}
-    assert patched == {"ConfigMap", "Role"}
+    assert patched == {"ConfigMap"}, "the config follows; each pod's identity is its own and needs no change"
     assert world.body["status"]["failures"] == 0
     assert world.body["status"]["roles"]["rollout"]["desired"] == 2
 
@@ -417,19 +436,196 @@ def test_lifecycle_fields_do_not_roll_pods(field, value):
     assert world.body["status"]["observedGeneration"] == 2
 
 
-def test_changed_operator_defaults_roll_the_pods_they_shape():
+def test_changed_operator_defaults_roll_no_pods():
     world = running_world()
     world.reconcile()
-    out = reconcile(world.body, Observed(list(world.pods.values()), dict(world.supporting)), world.now,
-                    OperatorDefaults(image_cuda="registry.test/worker-cuda:2"))
-    assert sorted(out.delete_pods) == sorted(world.pods)
-    assert [e.reason for e in out.events] == ["SpecChanged"] and "operator defaults" in out.events[0].message
+    out = reconcile(world.body, world.observed(), world.now, OperatorDefaults(image_cuda="registry.test/worker-cuda:2"))
+    assert out.empty, "an operator upgrade (new default images) rolls no pod: only the job's own spec does"
 
 
 def test_a_spec_change_is_observed_only_by_a_reconcile_that_sees_the_config_map():
     world = running_world()
     world.body["spec"]["rollout"]["maxBatchSize"] = 64
     world.body["metadata"]["generation"] = 2
-    out = reconcile(world.body, Observed(list(world.pods.values()), None), world.now)
+    out = reconcile(world.body, world.observed(supporting=False), world.now)
     assert not out.delete_pods and (out.status or {}).get("observedGeneration") is None
     assert world.reconcile().delete_pods and world.body["status"]["observedGeneration"] == 2
+
+
+# ---------------------------------------------------------------------------------
+# Failure policy: disruptions, deletions, stuck pods, restarts
+
+
+def disrupt(world, name, kind="DisruptionTarget", reason="PreemptionByScheduler"):
+    """What the scheduler, the eviction API, the taint manager (DisruptionTarget) or Kueue (TerminationTarget) do:
+    a condition on the pod, then its deletion (it terminates for its grace period)."""
+    pod = world.pods[name]
+    pod["status"].setdefault("conditions", []).append({"type": kind, "status": "True", "reason": reason})
+    pod["metadata"]["deletionTimestamp"] = rfc3339(world.now + timedelta(seconds=30))
+
+
+def test_a_preempted_group_is_recreated_and_not_counted():
+    world = running_world()
+    for name in world.pods:
+        disrupt(world, name, "TerminationTarget", "Preempted")  # Kueue stops the whole pod group
+    world.reconcile()
+    assert world.body["status"]["failures"] == 0 and world.body["status"].get("restarts", 0) == 0
+    assert world.reasons().count("PodDisrupted") == 4 and "PodFailed" not in world.reasons()
+    assert "JobRestarted" in world.reasons(), "the head went: every pod restarts from the checkpoint"
+    for name in list(world.pods):
+        world.finish_pod(name, exit_code=143, reason="Error")  # SIGTERM during shutdown
+        world.pods[name]["metadata"]["deletionTimestamp"] = rfc3339(world.now)
+    world.reconcile()
+    world.pods.clear()  # the kubelet confirmed the ends
+    world.reconcile()
+    assert len(world.pods) == 4 and world.body["status"]["failures"] == 0
+    assert "PodFailed" not in world.reasons()
+
+
+def test_an_evicted_rollout_pod_is_replaced_alone_uncounted():
+    world = running_world()
+    world.pods["demo-rollout-1"]["status"] = {"phase": "Failed", "reason": "Evicted"}  # a kubelet under memory pressure
+    world.reconcile()
+    assert "demo-rollout-1" not in world.pods and len(world.pods) == 3, "only that pod goes"
+    world.reconcile()
+    assert "demo-rollout-1" in world.pods and world.body["status"]["failures"] == 0
+    assert "JobRestarted" not in world.reasons()
+
+
+def test_a_member_that_ends_on_sigterm_while_deleted_by_someone_counts_once():
+    world = running_world()
+    world.pods["demo-rollout-0"]["metadata"]["deletionTimestamp"] = rfc3339(world.now + timedelta(seconds=30))
+    world.reconcile()
+    assert world.body["status"]["failures"] == 1 and any("deleted" in m for r, m in world.events if r == "PodFailed")
+    world.finish_pod("demo-rollout-0", phase="Succeeded", exit_code=0, reason="Completed")  # exits 0 on SIGTERM
+    world.pods["demo-rollout-0"]["metadata"]["deletionTimestamp"] = rfc3339(world.now)
+    world.reconcile()
+    assert world.body["status"]["failures"] == 1, "its end is the deletion already counted"
+
+
+def test_the_operators_own_deletions_are_not_failures_even_when_seen_terminating():
+    world = running_world()
+    world.finish_pod("demo-rollout-2", exit_code=1)
+    world.reconcile()  # counted once, deleted by the operator (status written first)
+    assert world.body["status"]["replacing"] == ["demo-rollout-2"]
+    world.body["spec"]["rollout"]["maxBatchSize"] = 64
+    world.body["metadata"]["generation"] = 2
+    for pod in world.pods.values():
+        pod["metadata"]["finalizers"] = ["test/hold"]  # deletions are seen terminating
+    world.reconcile()  # the roll deletes every pod
+    world.reconcile(advance=1)
+    assert world.body["status"]["failures"] == 1 and all(world.pods[n]["metadata"].get("deletionTimestamp") for n in world.pods)
+
+
+def test_a_pod_stuck_terminating_on_a_lost_node_is_replaced_under_a_new_name():
+    world = running_world()
+    disrupt(world, "demo-rollout-1", reason="DeletionByTaintManager")  # its node went NotReady
+    world.pods["demo-rollout-1"]["metadata"]["finalizers"] = ["kubernetes"]  # nobody confirms its end
+    world.reconcile()
+    assert "demo-rollout-1-r1" not in world.pods, "within the grace period the pod may still end"
+    world.reconcile(advance=30 + 120 + 1)  # its grace period and runPolicy.terminatingTimeoutSeconds passed
+    new = world.pods["demo-rollout-1-r1"]
+    assert new["metadata"]["labels"]["tlt.dev/index"] == "1" and new["spec"]["hostname"] == "demo-rollout-1"
+    assert any(r == "PodReplaced" and "demo-rollout-1-r1" in m for r, m in world.events)
+    assert world.body["status"]["failures"] == 0
+    world.start_pods("demo-rollout-1-r1")
+    world.reconcile()
+    role = world.supporting[("Role", "demo-rollout-1")]
+    pods_rule = next(r for r in role["rules"] if r["resources"] == ["pods"])
+    assert pods_rule["resourceNames"] == ["demo-rollout-1", "demo-rollout-1-r1"], "the new pod may read and label itself"
+    assert world.reconcile().empty
+
+
+def test_head_failures_count_as_restarts_up_to_max_restarts():
+    body = copy.deepcopy(BODY)
+    body["spec"]["runPolicy"].update(maxRestarts=1, backoffLimit=5)
+    world = running_world(body=body)
+    world.finish_pod("demo-trainer-0", exit_code=1)
+    world.reconcile()
+    assert world.body["status"]["restarts"] == 1 and "JobRestarted" in world.reasons()
+    world.reconcile(advance=11)
+    world.start_pods()
+    world.reconcile()
+    world.finish_pod("demo-rollout-0", exit_code=1)  # a shard's failure is no restart
+    world.reconcile()
+    assert world.body["status"]["restarts"] == 1
+    world.reconcile(advance=30)
+    world.start_pods()
+    world.finish_pod("demo-trainer-0", exit_code=1)
+    world.reconcile()
+    assert world.body["status"]["phase"] == "Failed" and world.condition("Failed")["reason"] == "MaxRestartsExceeded"
+
+
+# ---------------------------------------------------------------------------------
+# Ownership by uid
+
+
+def test_pods_of_a_deleted_job_with_the_same_name_are_ignored_until_they_are_gone():
+    old = running_world()
+    stale = copy.deepcopy(old.pods)
+    for pod in stale.values():
+        pod["metadata"]["deletionTimestamp"] = rfc3339(T0)  # the old job was deleted: its pods terminate
+    stale["demo-trainer-0"]["status"] = {"phase": "Succeeded"}  # its head even exits 0
+    new_body = copy.deepcopy(BODY)
+    new_body["metadata"]["uid"] = "uid-2"
+    world = World(new_body)
+    world.pods = stale
+    world.reconcile()
+    status = world.body["status"]
+    assert status["phase"] == "Created" and status.get("failures", 0) == 0, "never Succeeded or Failed from another job's pods"
+    assert not any(o["kind"] == "Pod" for o in world.reconcile().create), "the names are taken: wait"
+    assert world.condition("Blocked")["status"] == "True" and "uid-1" in world.condition("Blocked")["message"]
+    assert world.reasons().count("ForeignChildren") == 1, "said once, not at every reconcile"
+    assert all(p["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for p in world.pods.values()), "left alone"
+    world.pods.clear()  # the garbage collector finished
+    world.reconcile()
+    assert len(world.pods) == 4 and all(p["metadata"]["ownerReferences"][0]["uid"] == "uid-2" for p in world.pods.values())
+    assert world.condition("Blocked")["status"] == "False"
+
+
+def test_a_supporting_child_owned_by_another_object_is_not_patched():
+    world = running_world()
+    config = world.supporting[("ConfigMap", "demo-config")]
+    config["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    config["data"] = {"job.yaml": "not ours"}
+    out = world.reconcile()
+    assert not out.patch and world.condition("Blocked")["status"] == "True"
+
+
+# ---------------------------------------------------------------------------------
+# The coordinator's report, events, conditions
+
+
+def test_the_report_comes_from_the_jobs_own_progress_config_map_and_must_validate():
+    world = running_world()
+    world.report(2, "rollout", [(3, 1), (0, 4), (2, 2)], completed=1)
+    world.reconcile()
+    status = world.body["status"]
+    assert status["step"] == 1 and status["progress"]["phase"] == "rollout" and len(status["progress"]["shards"]) == 3
+    world.report_map["data"]["step"] = "many"
+    world.report_map["data"]["progress"] = json.dumps({"step": 3, "phase": "rollout", "shards": [{"shard": -1}]})
+    world.reconcile()
+    assert world.body["status"]["step"] == 1 and world.body["status"]["progress"]["step"] == 2, "what does not validate is ignored"
+    world.report_map["metadata"]["ownerReferences"][0]["uid"] = "another-job"
+    world.report_map["data"] = {"step": "3"}
+    world.reconcile()
+    assert world.body["status"]["step"] == 1, "a ConfigMap the job does not own is not its report"
+
+
+def test_step_events_are_one_series_and_lending_stops_after_the_last_step():
+    world = running_world()
+    world.report(1, "rollout", [(8, 0), (8, 0), (8, 0)], completed=0)
+    world.reconcile()
+    world.report(3, "rollout", [(8, 0), (8, 0), (8, 0)], completed=2)
+    out = world.reconcile()
+    assert {e.key for e in out.events if e.reason == "StepCompleted"} == {"Normal/StepCompleted/steps"}
+    world.report(3, "idle", [(0, 8), (0, 8), (0, 8)], completed=3)
+    out = world.reconcile()
+    assert "GPULent" not in [e.reason for e in out.events], "nothing is lent once the last step completed"
+    assert not any(p.annotations.get("tlt.dev/assigned-role") == "drafter" for p in out.annotate)
+
+
+def test_every_condition_has_a_reason():
+    world = running_world()
+    assert all(c["reason"] for c in world.body["status"]["conditions"])
+    assert {c["type"] for c in world.body["status"]["conditions"]} >= {"Running", "Degraded", "Blocked"}

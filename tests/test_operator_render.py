@@ -14,7 +14,8 @@ def test_render_prints_the_operator_children_of_each_job(repo_root, capsys, monk
     assert main(["render", str(path)]) == 0
     printed = list(yaml.safe_load_all(capsys.readouterr().out))
     assert printed == build_children(load_jobs(path)[0], OperatorDefaults())
-    assert [o["kind"] for o in printed][:5] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"]
+    assert [o["kind"] for o in printed][:4] == ["Secret", "ServiceAccount", "Role", "RoleBinding"]
+    assert {"ConfigMap", "Service", "NetworkPolicy", "Pod"} <= {o["kind"] for o in printed}
 
 
 def test_render_uses_operator_image_defaults_and_uid(repo_root, capsys, monkeypatch):
@@ -34,3 +35,19 @@ def test_render_of_an_invalid_manifest_fails_naming_the_field(tmp_path, capsys):
     )
     assert main(["render", str(bad)]) == 1
     assert "spec.algorithm.groupSize" in capsys.readouterr().err
+
+
+def test_rendered_children_pass_strict_schema_validation(repo_root, capsys, tmp_path):
+    """Every built-in kind the operator creates (the NetworkPolicy among them) is valid for Kubernetes 1.35."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert main(["render", str(repo_root / "examples" / "quickstart-cluster.yaml"), "--uid", "abc", "-n", "ml"]) == 0
+    out = tmp_path / "children.yaml"
+    out.write_text(capsys.readouterr().out)
+    assert "kind: NetworkPolicy" in out.read_text()
+    validator = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent / "kubernetes-validate")
+    result = subprocess.run([validator, "-k", "1.35.0", "--strict", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -27,7 +27,7 @@ from tlt.cli import main
 from tlt.dev.pods import free_port
 from tlt.worker.pod import PodIdentity, PodMetrics, ray_start_command, serve_metrics
 from tlt.worker.role_watcher import RoleWatcher
-from tlt.worker.status import JobStatusWriter
+from tlt.worker.status import ProgressWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def shard(index: int, tokens: int = 0, **fields) -> ShardProgress:
 
 def test_progress_reports_within_the_interval_coalesce_into_one_write_of_the_latest():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     writer.progress(1, "rollout", [shard(0, 10)])
     assert len(patch.bodies) == 1, "the first report goes out at once"
     for dt, tokens in [(0.5, 20), (1.0, 30), (1.5, 40)]:
@@ -79,7 +79,7 @@ def test_progress_reports_within_the_interval_coalesce_into_one_write_of_the_lat
 
 def test_an_unforced_flush_waits_for_the_interval_then_writes_the_latest():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     writer.progress(1, "rollout", [shard(0, 10)])
     clock.now += 1.0
     writer.progress(1, "rollout", [shard(0, 20)])
@@ -92,7 +92,7 @@ def test_an_unforced_flush_waits_for_the_interval_then_writes_the_latest():
 
 def test_the_background_thread_delivers_the_last_report_without_further_calls():
     patch = Recorder()
-    writer = JobStatusWriter(patch, interval=0.05).start()
+    writer = ProgressWriter(patch, interval=0.05).start()
     try:
         writer.progress(2, "rollout", [shard(0, 1)])
         writer.progress(2, "train", [shard(0, 99)])  # within the interval: pending
@@ -109,7 +109,7 @@ def test_the_background_thread_delivers_the_last_report_without_further_calls():
 
 def test_close_writes_what_is_still_pending():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     writer.progress(3, "rollout", [shard(0)])
     writer.progress(3, "sync", [shard(0)])
     writer.close()
@@ -118,7 +118,7 @@ def test_close_writes_what_is_still_pending():
 
 def test_a_completed_step_is_written_at_once_with_the_pending_progress():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     writer.progress(5, "rollout", [shard(0)])
     clock.now += 0.1
     writer.progress(5, "sync", [shard(0, 7)])
@@ -132,13 +132,13 @@ def test_a_completed_step_is_written_at_once_with_the_pending_progress():
 
 def test_a_negative_acceptance_length_is_written_as_zero():
     patch = Recorder()
-    JobStatusWriter(patch).step_completed(1, drafter_version=0, acceptance_length=-1.0)
+    ProgressWriter(patch).step_completed(1, drafter_version=0, acceptance_length=-1.0)
     assert patch.bodies[0]["drafter"]["acceptanceLength"] == 0.0
 
 
 def test_a_failed_write_is_kept_and_the_next_flush_writes_it():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     patch.failing = True
     writer.step_completed(4, drafter_version=1, acceptance_length=1.5)
     assert patch.bodies == [] and writer.writes == 0
@@ -149,7 +149,7 @@ def test_a_failed_write_is_kept_and_the_next_flush_writes_it():
 
 def test_a_report_newer_than_a_failed_write_wins_and_the_failed_step_is_kept():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     patch.failing = True
     writer.progress(4, "rollout", [shard(0, 1)])
     writer.step_completed(4, drafter_version=1, acceptance_length=1.5)
@@ -173,7 +173,7 @@ def test_an_older_report_never_lands_after_a_newer_one():
             release.wait(5)  # the API server is slow on this one
         written.append(body)
 
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     slow = threading.Thread(target=writer.progress, args=(6, "rollout", [shard(0, 1)]))
     slow.start()
     assert first_started.wait(5)
@@ -195,7 +195,7 @@ def crd_status_schema() -> dict:
 
 def test_status_bodies_are_camel_case_and_valid_against_the_crd():
     clock, patch = FakeClock(), Recorder()
-    writer = JobStatusWriter(patch, interval=2.0, clock=clock)
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
     writer.progress(7, "rollout", [shard(1, 300, running=2, waiting=1, finished=4, speculating=True, role="rollout"),
                                    shard(0, 100, role="drafter")])
     writer.step_completed(7, drafter_version=2, acceptance_length=1.75)
@@ -212,6 +212,22 @@ def test_status_bodies_are_camel_case_and_valid_against_the_crd():
         parsed = ReasoningRLJobStatus.model_validate(body)  # the operator's typed view of the status
         assert parsed.step == body.get("step", 0)
     assert ReasoningRLJobStatus.model_validate(patch.bodies[0]).progress.shards[1].generated_tokens == 300
+
+
+def test_the_report_written_into_the_progress_config_map_is_what_the_operator_copies_into_the_status():
+    from tlt.worker.status import progress_map_name, report_data
+    from tlt_operator.reconcile import read_report
+
+    clock, patch = FakeClock(), Recorder()
+    writer = ProgressWriter(patch, interval=2.0, clock=clock)
+    writer.progress(3, "rollout", [shard(0, 50, running=1, finished=2)])
+    writer.step_completed(2, drafter_version=1, acceptance_length=2.5)
+    body = {**patch.bodies[0], **patch.bodies[1]}
+    data = report_data(body)
+    assert all(isinstance(v, str) for v in data.values()), "ConfigMap data holds strings"
+    owned = {"metadata": {"name": progress_map_name("j"), "ownerReferences": [{"uid": "u1", "controller": True}]}, "data": data}
+    assert read_report(owned, "u1") == body
+    assert read_report(owned, "another-uid") == {}
 
 
 # ---------------------------------------------------------------------------------
@@ -281,8 +297,8 @@ def actor_text() -> str:
 def metrics_server():
     servers = []
 
-    def start(collector):
-        server = serve_metrics(collector, free_port())
+    def start(collector, **kw):
+        server = serve_metrics(collector, free_port(), **kw)
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -326,6 +342,23 @@ def test_healthz_answers_ok_and_other_paths_are_not_found(metrics_server):
     base = metrics_server(PodMetrics(local_registry()))
     assert get(base + "/healthz") == (200, "ok\n")
     assert get(base + "/nothing")[0] == 404
+
+
+def test_healthz_fails_while_the_pods_ray_node_is_not_in_the_cluster(metrics_server):
+    """The pod's probes (readiness, liveness) read /healthz: it answers 503 once the node is lost."""
+    alive = [True]
+    base = metrics_server(PodMetrics(local_registry()), healthy=lambda: alive[0])
+    assert get(base + "/healthz")[0] == 200
+    alive[0] = False
+    assert get(base + "/healthz")[0] == 503
+    assert get(base + "/metrics")[0] == 200, "metrics are still served"
+
+
+def test_ray_runs_with_the_jobs_token_when_the_pod_has_one():
+    from tlt.worker.pod import ray_env
+
+    assert ray_env({"RAY_AUTH_TOKEN_PATH": "/etc/tlt-ray/token"})["RAY_AUTH_MODE"] == "token"
+    assert ray_env({})["RAY_AUTH_MODE"] == "disabled", "a local run has no token to check"
 
 
 def test_an_unreachable_actor_still_leaves_the_pods_own_metrics(metrics_server):
@@ -507,8 +540,8 @@ import signal, sys, time
 from tlt.worker.pod import Terminated, install_sigterm
 
 install_sigterm()
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: the signal may arrive as soon as the parent reads this
     time.sleep(30)
     print("no signal", flush=True)
     sys.exit(3)

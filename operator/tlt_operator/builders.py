@@ -3,6 +3,13 @@
 Every child is owned by the job (garbage collection deletes it with the job), carries
 the labels `tlt.dev/job`, `tlt.dev/role` and, for pods, `tlt.dev/index`, and has a
 deterministic name, so a reconcile that runs twice creates nothing twice.
+
+Tenancy: each pod slot has an identity of its own (ServiceAccount, Role, RoleBinding
+named like the pod) that may read its job, read and label its own pod, and, for the
+head, write the job's progress ConfigMap; no pod may write the job's status. The job's
+Ray cluster requires a token from a Secret of the job (`<job>-ray-<uid>`), and a
+NetworkPolicy admits traffic to the pods only from the job's own pods (Ray, rendezvous)
+and, on the metrics port, from the operator's and monitoring namespaces.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import yaml
 import tlt
 from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL, PodTemplate, ReasoningRLJob
 from tlt.elastic import dedicated_drafters
+from tlt.worker.status import progress_map_name  # noqa: F401  (the operator creates it, the coordinator writes it)
 
 LABEL_JOB = f"{API_GROUP}/job"
 LABEL_ROLE = f"{API_GROUP}/role"
@@ -34,9 +42,13 @@ CONFIG_FILE = "job.yaml"
 CONFIG_DIR = "/etc/tlt"
 RAY_PORT = 6379
 METRICS_PORT = 8080
+HEALTH_PATH = "/healthz"
+RAY_TOKEN_DIR = "/etc/tlt-ray"
+RAY_TOKEN_FILE = "token"
 NON_ROOT_UID = 1000
 # runPolicy fields only the operator acts on: changing them never restarts pods.
-LIFECYCLE_FIELDS = ("suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+LIFECYCLE_FIELDS = ("suspend", "backoffLimit", "maxRestarts", "terminatingTimeoutSeconds", "activeDeadlineSeconds",
+                    "ttlSecondsAfterFinished")
 
 
 @dataclass(frozen=True)
@@ -48,15 +60,19 @@ class OperatorDefaults:
     image_pull_policy: str | None = None
     shm_gpu: str = "16Gi"
     shm_cpu: str = "1Gi"
+    # Namespaces whose pods may scrape the job pods' metrics port (the operator's own, monitoring).
+    metrics_namespaces: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorDefaults":
         env = os.environ if env is None else env
         base = cls()
+        namespaces = [env.get("TLT_OPERATOR_NAMESPACE", ""), *env.get("TLT_METRICS_NAMESPACES", "").split(",")]
         return cls(
             image_cuda=env.get("TLT_WORKER_IMAGE_CUDA") or base.image_cuda,
             image_cpu=env.get("TLT_WORKER_IMAGE_CPU") or base.image_cpu,
             image_pull_policy=env.get("TLT_WORKER_IMAGE_PULL_POLICY") or None,
+            metrics_namespaces=tuple(sorted({n.strip() for n in namespaces if n.strip()})),
         )
 
 
@@ -85,8 +101,20 @@ def config_map_name(job: str) -> str:
     return f"{job}-config"
 
 
-def service_account_name(job: str) -> str:
-    return f"{job}-worker"
+def ray_secret_name(job: ReasoningRLJob) -> str:
+    """The job's Ray token Secret: named with the job's uid, so a deleted job's Secret (still being
+    garbage-collected) never stands in for this one's."""
+    uid = job_uid(job)
+    return f"{job.metadata.name}-ray-{uid.replace('-', '')[:8]}" if uid else f"{job.metadata.name}-ray"
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def service_account_name(slot_pod: str) -> str:
+    """Each pod slot logs in as its own ServiceAccount, named like the slot's pod."""
+    return slot_pod
 
 
 def head_role(job: ReasoningRLJob) -> str:
@@ -110,10 +138,10 @@ def pod_slots(job: ReasoningRLJob, drafters: int | None = None) -> list[PodSlot]
     return slots
 
 
-def max_pod_names(job: ReasoningRLJob) -> list[str]:
-    """Every pod name the job can ever have (dedicated drafters at their maximum)."""
+def max_slots(job: ReasoningRLJob) -> list[PodSlot]:
+    """Every pod slot the job can ever have (dedicated drafters at their maximum)."""
     most = max(dedicated_drafters(job.spec), job.spec.drafter.dedicated_replicas)
-    return [slot.name(job.metadata.name) for slot in pod_slots(job, drafters=most)]
+    return pod_slots(job, drafters=most)
 
 
 # ---------------------------------------------------------------------------------
@@ -166,42 +194,104 @@ def _metadata(job: ReasoningRLJob, name: str, labels: dict[str, str], annotation
 # RBAC, config, service
 
 
-def build_service_account(job: ReasoningRLJob) -> dict:
-    return {
+def _pull_secrets(job: ReasoningRLJob) -> list[dict]:
+    """imagePullSecrets of every template of the job, once each."""
+    names = []
+    for template in (job.spec.template, job.spec.rollout.template, job.spec.trainer.template, job.spec.drafter.template):
+        for ref in (template.image_pull_secrets if template else None) or []:
+            if ref.name not in names:
+                names.append(ref.name)
+    return [{"name": n} for n in names]
+
+
+def build_service_account(job: ReasoningRLJob, slot: "PodSlot") -> dict:
+    account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(job, service_account_name(job.metadata.name), child_labels(job)),
+        "metadata": _metadata(job, service_account_name(slot.name(job.metadata.name)), child_labels(job, slot.role, slot.index)),
         "automountServiceAccountToken": True,
     }
+    pull = _pull_secrets(job)
+    if pull:
+        account["imagePullSecrets"] = pull
+    return account
 
 
-def build_role(job: ReasoningRLJob) -> dict:
-    """The job's pods may patch only their own job's status and read, watch and label only their own pods.
+def build_role(job: ReasoningRLJob, slot: "PodSlot", pod_names: list[str] | None = None) -> dict:
+    """What one pod may do: read its job, read, watch and label its own pod, and (the head alone)
+    write the job's progress ConfigMap. Nothing else: no pod may write the job's status or touch
+    another pod.
 
-    RBAC cannot match labels, so pods are named: list and watch are allowed with
-    a `metadata.name` field selector on one of these names (what the role watcher does).
+    RBAC cannot match labels, so the pod is named (its slot's name, and the name of a replacement
+    created under a new name, `pod_names`): list and watch are allowed with a `metadata.name` field
+    selector on it (what the role watcher does); patch is the narrowest verb that sets a label.
     """
-    name = job.metadata.name
+    job_name = job.metadata.name
+    names = list(dict.fromkeys([slot.name(job_name), *(pod_names or [])]))
+    rules = [
+        {"apiGroups": [API_GROUP], "resources": [PLURAL], "resourceNames": [job_name], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods"], "resourceNames": names, "verbs": ["get", "list", "watch", "patch"]},
+    ]
+    if slot.role == head_role(job) and slot.index == 0:
+        rules.append({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [progress_map_name(job_name)],
+                      "verbs": ["get", "patch"]})
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(job, service_account_name(name), child_labels(job)),
-        "rules": [
-            {"apiGroups": [API_GROUP], "resources": [PLURAL], "resourceNames": [name], "verbs": ["get"]},
-            {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [name], "verbs": ["get", "patch"]},
-            {"apiGroups": [""], "resources": ["pods"], "resourceNames": max_pod_names(job), "verbs": ["get", "list", "watch", "patch"]},
-        ],
+        "metadata": _metadata(job, service_account_name(slot.name(job_name)), child_labels(job, slot.role, slot.index)),
+        "rules": rules,
     }
 
 
-def build_role_binding(job: ReasoningRLJob) -> dict:
-    sa = service_account_name(job.metadata.name)
+def build_role_binding(job: ReasoningRLJob, slot: "PodSlot") -> dict:
+    account = service_account_name(slot.name(job.metadata.name))
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(job, sa, child_labels(job)),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace_of(job)}],
+        "metadata": _metadata(job, account, child_labels(job, slot.role, slot.index)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace_of(job)}],
+    }
+
+
+def build_progress_map(job: ReasoningRLJob) -> dict:
+    """Created empty; the coordinator patches `data` (progress, step, drafter as JSON) and the
+    operator copies what validates into the job's status."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, progress_map_name(job.metadata.name), child_labels(job)),
+    }
+
+
+def build_ray_secret(job: ReasoningRLJob) -> dict:
+    """The job's Ray token: every pod mounts it, Ray refuses connections without it. `data` is
+    filled with a random token when the Secret is created (kube.py): it is never derived or read back."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(job, ray_secret_name(job), child_labels(job)),
+    }
+
+
+def build_network_policy(job: ReasoningRLJob, defaults: "OperatorDefaults") -> dict:
+    """Ingress to the job's pods: any port from the job's own pods (Ray's GCS, raylets, object
+    store and workers, trainer rendezvous), the metrics port from the operator's and monitoring
+    namespaces; nothing else. Egress is left open (the API server, model hubs)."""
+    own = {"podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name}}}
+    ingress = [{"from": [own]}]
+    if defaults.metrics_namespaces:
+        ingress.append({
+            "from": [{"namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(defaults.metrics_namespaces)}]}}],
+            "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+        })
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, network_policy_name(job.metadata.name), child_labels(job)),
+        "spec": {"podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name}}, "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
 
@@ -230,9 +320,12 @@ def config_digest(job: ReasoningRLJob) -> str:
     return _digest(pod_shaping_spec(job))
 
 
-def pod_hash(pod_spec: dict, config: str) -> str:
-    """The hash a pod carries (ANNOTATION_POD_HASH): a pod whose hash differs from the desired one is stale."""
-    return _digest({"pod": pod_spec, "config": config})
+def pod_hash(slot: "PodSlot", config: str) -> str:
+    """The hash a pod carries (ANNOTATION_POD_HASH): a pod whose hash differs from the desired one is stale.
+
+    Only the job's own spec shapes it (`config`, its `config_digest`), never the operator's
+    defaults or how this version of the operator builds pods: upgrading the operator rolls no pod."""
+    return _digest({"slot": [slot.role, slot.index, slot.gpus], "config": config})
 
 
 def _digest(value) -> str:
@@ -313,6 +406,9 @@ def _env(job: ReasoningRLJob, slot: PodSlot, template: PodTemplate) -> list[dict
         {"name": "TLT_INDEX", "value": str(slot.index)},
         {"name": "TLT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
         {"name": "TLT_RAY_HEAD", "value": f"{head}:{RAY_PORT}"},
+        # Ray refuses every connection without the job's token (tlt.worker.pod reads it from here).
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{RAY_TOKEN_DIR}/{RAY_TOKEN_FILE}"},
     ]
     model = job.spec.model
     if model.token_secret is not None:
@@ -342,6 +438,11 @@ def _resources(slot: PodSlot, template: PodTemplate) -> dict:
     return out
 
 
+def _probe(period: int, failures: int) -> dict:
+    return {"httpGet": {"path": HEALTH_PATH, "port": "metrics"}, "periodSeconds": period, "timeoutSeconds": 5,
+            "failureThreshold": failures}
+
+
 def _command(job: ReasoningRLJob, slot: PodSlot) -> list[str]:
     command = ["tlt", "worker", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--role", slot.role, "--index", str(slot.index)]
     if slot.role == head_role(job) and slot.index == 0:
@@ -355,25 +456,30 @@ def build_pod(
     defaults: OperatorDefaults = OperatorDefaults(),
     total_pods: int | None = None,
     config: str | None = None,
+    name: str | None = None,
 ) -> dict:
-    """One pod; `config` is the job's `config_digest`, passed in when many pods are built at once."""
-    name = job.metadata.name
+    """One pod; `config` is the job's `config_digest`, passed in when many pods are built at once.
+    `name`: the pod's name when it is not the slot's (a replacement of a pod stuck on a lost node);
+    its hostname stays the slot's, so its DNS name does not change."""
+    job_name = job.metadata.name
     template = merge_templates(job.spec.template, slot.template)
     labels = {**(template.labels or {}), **child_labels(job, slot.role, slot.index)}
     annotations = dict(template.annotations or {})
     if job.spec.queue_name:
         # Kueue's plain-pod integration admits the job's pods as one group.
         labels[LABEL_KUEUE_QUEUE] = job.spec.queue_name
-        labels["kueue.x-k8s.io/pod-group-name"] = name
+        labels["kueue.x-k8s.io/pod-group-name"] = job_name
         annotations["kueue.x-k8s.io/pod-group-total-count"] = str(total_pods or len(pod_slots(job)))
 
     shm = template.shm_size or (defaults.shm_gpu if slot.gpus > 0 else defaults.shm_cpu)
     volumes = [
-        {"name": "config", "configMap": {"name": config_map_name(name)}},
+        {"name": "config", "configMap": {"name": config_map_name(job_name)}},
+        {"name": "ray-token", "secret": {"secretName": ray_secret_name(job), "defaultMode": 0o440}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(shm)}},
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "ray-token", "mountPath": RAY_TOKEN_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     for volume in job.spec.storage:
@@ -393,6 +499,11 @@ def build_pod(
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
         + ([{"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"}] if slot.role == head_role(job) and slot.index == 0 else []),
         "volumeMounts": mounts,
+        # /healthz answers 200 once the pod's Ray node is in the job's cluster and 503 when it lost it;
+        # startup allows for image pulls, model downloads and the wait for the head (tlt.worker.pod.JOIN_TIMEOUT).
+        "startupProbe": _probe(period=10, failures=90),
+        "livenessProbe": _probe(period=20, failures=3),
+        "readinessProbe": _probe(period=5, failures=2),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -411,13 +522,13 @@ def build_pod(
         # GPU nodes are commonly tainted nvidia.com/gpu; pods that request GPUs belong there.
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
 
-    pod_name_ = slot.name(name)
+    pod_name_ = slot.name(job_name)
     spec = {
         "restartPolicy": "Never",  # the operator replaces failed pods with backoff and counts them
-        "serviceAccountName": service_account_name(name),
+        "serviceAccountName": service_account_name(pod_name_),
         "automountServiceAccountToken": True,
         "hostname": pod_name_,
-        "subdomain": service_name(name),
+        "subdomain": service_name(job_name),
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
@@ -431,6 +542,8 @@ def build_pod(
     }
     if tolerations:
         spec["tolerations"] = tolerations
+    if template.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": ref.name} for ref in template.image_pull_secrets]
     for field, key in (
         ("node_selector", "nodeSelector"),
         ("affinity", "affinity"),
@@ -440,8 +553,8 @@ def build_pod(
         value = getattr(template, field)
         if value:
             spec[key] = value
-    annotations[ANNOTATION_POD_HASH] = pod_hash(spec, config or config_digest(job))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, pod_name_, labels, annotations), "spec": spec}
+    annotations[ANNOTATION_POD_HASH] = pod_hash(slot, config or config_digest(job))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name or pod_name_, labels, annotations), "spec": spec}
 
 
 def build_pods(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefaults(), drafters: int | None = None) -> list[dict]:
@@ -450,11 +563,18 @@ def build_pods(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefault
     return [build_pod(job, slot, defaults, total_pods=len(slots), config=config) for slot in slots]
 
 
-def build_supporting(job: ReasoningRLJob) -> list[dict]:
-    """Children other than pods, in the order they must exist (pods mount the ConfigMap, use the account)."""
-    return [build_service_account(job), build_role(job), build_role_binding(job), build_config_map(job), build_service(job)]
+def build_supporting(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefaults(), pods: dict[str, dict] | None = None) -> list[dict]:
+    """Children other than pods and the Ray Secret, in the order they must exist (pods use their
+    account, mount the ConfigMap). `pods`: the pod of each slot where its name is not the slot's."""
+    identities = []
+    for slot in max_slots(job):
+        slot_name = slot.name(job.metadata.name)
+        current = ((pods or {}).get(slot_name) or {}).get("metadata", {}).get("name")
+        identities += [build_service_account(job, slot), build_role(job, slot, [current] if current else None),
+                       build_role_binding(job, slot)]
+    return [*identities, build_config_map(job), build_progress_map(job), build_service(job), build_network_policy(job, defaults)]
 
 
 def build_children(job: ReasoningRLJob, defaults: OperatorDefaults = OperatorDefaults(), drafters: int | None = None) -> list[dict]:
-    """Every child of the job, in creation order."""
-    return build_supporting(job) + build_pods(job, defaults, drafters)
+    """Every child of the job, in creation order (the Ray Secret's token is filled in when it is created)."""
+    return [build_ray_secret(job), *build_supporting(job, defaults), *build_pods(job, defaults, drafters)]

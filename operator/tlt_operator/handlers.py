@@ -1,12 +1,14 @@
 """kopf handlers (thin) and the operator's background work.
 
 kopf watches ReasoningRLJobs. It is not used for pods (it filters labels on the
-client side): each namespace with jobs gets one pod watch with a server-side label
-selector on `tlt.dev/job`, and a pod event queues a reconcile of its job. kopf
-daemons and timers would put a finalizer on every job (deletion would hang while
-the operator is down), so periodic resyncs and backoff requeues run on plain
-threads here. Every path ends in `reconcile_job`: read the job and its pods, run the
-pure `reconcile`, carry out the outcome.
+client side): each namespace with jobs gets one pod watch and one ConfigMap watch
+with a server-side label selector on `tlt.dev/job`; a pod event, or a new report in
+a job's progress ConfigMap, queues a reconcile of its job. kopf daemons and timers
+would put a finalizer on every job (deletion would hang while the operator is down),
+so periodic resyncs and backoff requeues run on plain threads here. Every path ends
+in `reconcile_job`: read the job, its pods and its report, run the pure `reconcile`,
+carry out the outcome; writes the API server refuses become a `ReconcileError`
+event and condition.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from kubernetes.client.rest import ApiException
 from tlt.api.model import API_GROUP, API_VERSION, PLURAL
 from tlt_operator import metrics
 from tlt_operator.builders import ANNOTATION_ASSIGNED_ROLE, GPU_RESOURCE, LABEL_JOB, LABEL_ROLE, OperatorDefaults
-from tlt_operator.kube import Kube, load_config
-from tlt_operator.reconcile import Observed, Outcome, pod_phase, reconcile
+from tlt_operator.kube import Kube, WriteError, load_config
+from tlt_operator.builders import progress_map_name
+from tlt_operator.reconcile import RECONCILE_ERROR, Event, Observed, Outcome, pod_phase, reconcile, rfc3339
 
 log = logging.getLogger("tlt_operator")
 
@@ -58,6 +61,7 @@ class Runtime:
     queued: dict = field(default_factory=dict)
     timers: dict = field(default_factory=dict)
     watchers: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)  # (namespace, job) -> its progress ConfigMap, as last watched
     mu: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     pool: ThreadPoolExecutor | None = None
@@ -86,9 +90,12 @@ class Runtime:
             self.jobs.add(key)
             namespace = key[0]
             if namespace not in self.watchers:
-                thread = threading.Thread(target=self._watch_pods, args=(namespace,), name=f"pods-{namespace}", daemon=True)
-                self.watchers[namespace] = thread
-                thread.start()
+                self.watchers[namespace] = [
+                    threading.Thread(target=self._watch, args=(namespace, kind), name=f"{kind}-{namespace}", daemon=True)
+                    for kind in ("pods", "configmaps")
+                ]
+                for thread in self.watchers[namespace]:
+                    thread.start()
 
     def forget(self, key: Key) -> None:
         with self.mu:
@@ -96,6 +103,7 @@ class Runtime:
             self.phases.pop(key, None)
             self.gpus.pop(key, None)
             self.reports.pop(key, None)
+            self.progress.pop(key, None)
             timer = self.timers.pop(key, None)
         if timer:
             timer.cancel()
@@ -124,10 +132,15 @@ class Runtime:
                 full = full or (body.get("status") or {}).get("observedGeneration") != body["metadata"].get("generation")
                 pods = self.kube.list_pods(namespace, name)
                 supporting = self.kube.list_supporting(namespace, name) if full else None
+                with self.mu:
+                    report = self.progress.get(key)
+                if report is None:
+                    report = self.kube.get_progress(namespace, name)
                 compute = time.perf_counter()
-                outcome = reconcile(body, Observed(pods, supporting), datetime.now(timezone.utc), self.defaults, self.backoff_base)
+                outcome = reconcile(body, Observed(pods, supporting, report), datetime.now(timezone.utc), self.defaults, self.backoff_base)
                 metrics.COMPUTE_SECONDS.observe(time.perf_counter() - compute)
-                self.kube.apply(body, outcome)
+                errors = self.kube.apply(body, outcome)
+                self._report_errors(body, outcome, errors)
                 self._record(key, body, pods, outcome)
                 result = "changed" if not outcome.empty else "unchanged"
                 return outcome
@@ -135,10 +148,37 @@ class Runtime:
             metrics.RECONCILES.labels(result).inc()
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
-    def note_report(self, key: Key, status: dict) -> bool:
-        """Whether the coordinator's report (status.progress, status.step) differs from the last one seen."""
-        report = json.dumps([status.get("progress"), status.get("step")], sort_keys=True, default=str)
+    def _report_errors(self, body: dict, outcome: Outcome, errors: list[WriteError]) -> None:
+        """Writes the API server refused: a Warning event and the ReconcileError condition while they
+        last (the condition goes False at the next reconcile whose writes all pass)."""
+        status = {**(body.get("status") or {}), **(outcome.status or {})}
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != RECONCILE_ERROR]
+        previous = next((c for c in status.get("conditions") or [] if c.get("type") == RECONCILE_ERROR), None)
+        if errors:
+            message = "; ".join(map(str, errors))[:1024]
+            for error in errors:
+                log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], error)
+            wanted = {"type": RECONCILE_ERROR, "status": "True", "reason": "APIError", "message": message}
+        elif previous is not None and previous.get("status") == "True":
+            wanted = {"type": RECONCILE_ERROR, "status": "False", "reason": "Reconciled", "message": "the last writes passed"}
+        else:
+            return
+        if previous is not None and all(previous.get(k) == v for k, v in wanted.items()):
+            return
+        if errors:
+            self.kube.post_event(body, Event("ReconcileError", wanted["message"], "Warning"))
+        wanted["lastTransitionTime"] = rfc3339(datetime.now(timezone.utc))
+        try:
+            self.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], {"conditions": [*conditions, wanted]})
+        except Exception as err:  # the next reconcile tries again
+            log.warning("could not set the ReconcileError condition: %s", err)
+
+    def note_report(self, key: Key, config_map: dict | None) -> bool:
+        """Remember a job's progress ConfigMap; whether its content (or owner) differs from the last one seen."""
+        meta = (config_map or {}).get("metadata") or {}
+        report = json.dumps([(config_map or {}).get("data"), meta.get("ownerReferences")], sort_keys=True, default=str)
         with self.mu:
+            self.progress[key] = config_map
             if self.reports.get(key) == report:
                 return False
             self.reports[key] = report
@@ -235,9 +275,11 @@ class Runtime:
             for key in keys:
                 self.kick(key, full=True)
 
-    def _watch_pods(self, namespace: str) -> None:
-        """One watch per namespace, selecting the operator's pods on the server (label tlt.dev/job)."""
+    def _watch(self, namespace: str, kind: str) -> None:
+        """One watch per namespace and kind, selecting the operator's children on the server (label tlt.dev/job).
+        A pod event kicks its job; a progress ConfigMap event kicks it when the report changed."""
         core = client.CoreV1Api(self.kube.api)
+        lister = core.list_namespaced_pod if kind == "pods" else core.list_namespaced_config_map
         resource_version = None
         while not self.stop.is_set():
             stream = watch.Watch()
@@ -245,7 +287,7 @@ class Runtime:
                 kwargs = {"label_selector": LABEL_JOB, "timeout_seconds": 60, "allow_watch_bookmarks": True}
                 if resource_version:
                     kwargs["resource_version"] = resource_version
-                for event in stream.stream(core.list_namespaced_pod, namespace, **kwargs):
+                for event in stream.stream(lister, namespace, **kwargs):
                     if self.stop.is_set():
                         break
                     obj = event["object"]
@@ -256,16 +298,23 @@ class Runtime:
                     if event["type"] == "BOOKMARK":
                         continue
                     job = (meta.labels or {}).get(LABEL_JOB)
-                    if job and (namespace, job) in self.jobs:
-                        self.kick((namespace, job))
+                    if not job or (namespace, job) not in self.jobs:
+                        continue
+                    if kind == "configmaps":
+                        if meta.name != progress_map_name(job):
+                            continue
+                        plain = None if event["type"] == "DELETED" else self.kube.api.sanitize_for_serialization(obj)
+                        if not self.note_report((namespace, job), plain):
+                            continue
+                    self.kick((namespace, job))
             except ApiException as err:
                 if err.status == 410:
                     resource_version = None  # too old: start over from a fresh list
                 else:
-                    log.warning("pod watch in %s: %s", namespace, err.reason)
+                    log.warning("%s watch in %s: %s", kind, namespace, err.reason)
                     self.stop.wait(1.0)
             except Exception as err:  # connection drops: reconnect
-                log.warning("pod watch in %s: %s", namespace, err)
+                log.warning("%s watch in %s: %s", kind, namespace, err)
                 self.stop.wait(1.0)
             finally:
                 stream.stop()
@@ -319,16 +368,6 @@ def on_job(namespace: str, name: str, **_) -> None:
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec", backoff=2)
 def on_spec(namespace: str, name: str, **_) -> None:
     _handle(namespace, name, full=True)
-
-
-# The coordinator's reports (status.progress every <= 2 s, status.step) arrive as plain watch events:
-# kopf's field handlers would store each report in a diff-base annotation, one more write per report.
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-def on_report(type: str | None, namespace: str, name: str, body, **_) -> None:
-    key = (namespace, name)
-    if type != "DELETED" and RUNTIME.note_report(key, body.get("status") or {}):
-        RUNTIME.track(key)
-        RUNTIME.kick(key)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)  # optional: no finalizer, deletion never waits

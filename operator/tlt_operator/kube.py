@@ -7,21 +7,26 @@ builders and reconcile use.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import logging
-import time
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL
-from tlt_operator.builders import LABEL_JOB
+from tlt_operator.builders import LABEL_JOB, RAY_TOKEN_FILE, progress_map_name
 from tlt_operator.reconcile import Event, Outcome
 
 log = logging.getLogger("tlt_operator.kube")
 
-SUPPORTING_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service")
+SUPPORTING_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "NetworkPolicy")
+EVENT_CACHE = 4096  # aggregated events remembered (name -> count), as client-go's recorder keeps an LRU
 
 
 def load_config() -> None:
@@ -38,13 +43,40 @@ def _labelled(obj: dict, job: str) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB) == job
 
 
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class WriteError:
+    """A write of an outcome the API server refused (not a 404 or 409, which are expected)."""
+
+    what: str
+    status: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.status} {self.reason}".strip()
+
+
+def _reason(err: ApiException) -> str:
+    """The API server's message (a 422 names the invalid field), else the HTTP reason."""
+    try:
+        return json.loads(err.body or "{}").get("message") or err.reason or ""
+    except (TypeError, ValueError):
+        return err.reason or ""
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient | None = None):
         self.api = api_client or client.ApiClient()
         self.core = client.CoreV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.calls = 0  # API requests made, for the metrics
+        self._event_counts: OrderedDict[str, int] = OrderedDict()
+        self._event_lock = threading.Lock()
 
     def _plain(self, obj) -> dict:
         return self.api.sanitize_for_serialization(obj)
@@ -61,9 +93,20 @@ class Kube:
             raise
 
     def list_pods(self, namespace: str, job: str) -> list[dict]:
+        """Every pod labelled with the job's name (reconcile tells the job's own from others by owner uid)."""
         self.calls += 1
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={job}")
         return [p for p in map(self._plain, pods.items) if _labelled(p, job)]
+
+    def get_progress(self, namespace: str, job: str) -> dict | None:
+        """The job's progress ConfigMap (the coordinator's report), or None."""
+        self.calls += 1
+        try:
+            return self._plain(self.core.read_namespaced_config_map(progress_map_name(job), namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
 
     def list_supporting(self, namespace: str, job: str) -> dict[tuple[str, str], dict]:
         selector = f"{LABEL_JOB}={job}"
@@ -73,6 +116,7 @@ class Kube:
             "RoleBinding": self.rbac.list_namespaced_role_binding,
             "ConfigMap": self.core.list_namespaced_config_map,
             "Service": self.core.list_namespaced_service,
+            "NetworkPolicy": self.networking.list_namespaced_network_policy,
         }
         found = {}
         for kind, call in lists.items():
@@ -94,9 +138,14 @@ class Kube:
             "ServiceAccount": self.core.create_namespaced_service_account,
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
+            "Secret": self.core.create_namespaced_secret,
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
+        if kind == "Secret" and not obj.get("data"):
+            # The job's Ray token: random, made here, never kept by the operator (it may not read Secrets).
+            obj = {**obj, "stringData": {RAY_TOKEN_FILE: secrets.token_hex(32)}}
         self.calls += 1
         try:
             calls[kind](ns, obj)
@@ -107,13 +156,19 @@ class Kube:
             raise
 
     def replace_drifted(self, obj: dict) -> None:
-        """Patch the fields reconcile compares (ConfigMap data, Role rules) back to the desired ones."""
+        """Patch the fields reconcile compares back to the desired ones."""
         ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
         self.calls += 1
         if kind == "ConfigMap":
             self.core.patch_namespaced_config_map(name, ns, {"data": obj["data"]})
         elif kind == "Role":
             self.rbac.patch_namespaced_role(name, ns, {"rules": obj["rules"]})
+        elif kind == "RoleBinding":
+            self.rbac.patch_namespaced_role_binding(name, ns, {"subjects": obj["subjects"]})
+        elif kind == "ServiceAccount":
+            self.core.patch_namespaced_service_account(name, ns, {"imagePullSecrets": obj.get("imagePullSecrets")})
+        elif kind == "NetworkPolicy":
+            self.networking.patch_namespaced_network_policy(name, ns, {"spec": obj["spec"]})
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self.calls += 1
@@ -146,13 +201,16 @@ class Kube:
                 raise
 
     def post_event(self, job: dict, event: Event) -> None:
+        """One Event object per series of the job (its name is a digest of the job's uid and the series):
+        the first occurrence creates it, repeats raise its count and update its message and lastTimestamp."""
         meta = job["metadata"]
-        now = datetime.now(timezone.utc)
-        digest = hashlib.sha1(f"{event.reason}{event.message}{time.time_ns()}".encode()).hexdigest()[:10]
+        now = _stamp(datetime.now(timezone.utc))
+        digest = hashlib.sha1(f"{meta.get('uid')}/{event.key}".encode()).hexdigest()[:12]
+        name = f"{meta['name']}.{digest}"
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{digest}", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{API_GROUP}/{API_VERSION}",
                 "kind": KIND,
@@ -165,30 +223,68 @@ class Kube:
             "type": event.type,
             "source": {"component": "tlt-operator"},
             "reportingComponent": "tlt-operator",
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
         }
-        self.calls += 1
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self.calls += 1
+            try:
+                self.core.create_namespaced_event(meta["namespace"], body)
+                self._remember(name, 1)
+                return
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+            with self._event_lock:
+                count = self._event_counts.get(name)
+            if count is None:  # not seen by this process (restarted, or another replica posted it)
+                self.calls += 1
+                count = int(self.core.read_namespaced_event(name, meta["namespace"]).count or 1)
+            self.calls += 1
+            self.core.patch_namespaced_event(name, meta["namespace"],
+                                             {"count": count + 1, "message": body["message"], "lastTimestamp": now})
+            self._remember(name, count + 1)
         except ApiException as err:  # events are best effort: never fail a reconcile over one
             log.warning("could not post event %s: %s", event.reason, err.reason)
 
-    def apply(self, job: dict, outcome: Outcome) -> None:
-        """Carry out an outcome: creates, patches, deletes, annotations, status, events, job deletion."""
+    def _remember(self, name: str, count: int) -> None:
+        with self._event_lock:
+            self._event_counts[name] = count
+            self._event_counts.move_to_end(name)
+            while len(self._event_counts) > EVENT_CACHE:
+                self._event_counts.popitem(last=False)
+
+    def apply(self, job: dict, outcome: Outcome) -> list[WriteError]:
+        """Carry out an outcome: creates, patches, the status, deletes, annotations, events, job deletion.
+
+        The status goes before the deletes, so a pod the operator deletes is already listed as
+        its own (replacing, Updating) when the deletion is seen, even across an operator restart.
+        A write the API server refuses (a 422 on a pod) does not stop the rest: the refusals are
+        returned (the caller posts an Event and sets the ReconcileError condition)."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        errors: list[WriteError] = []
+
+        def attempt(what: str, call, *args) -> None:
+            try:
+                call(*args)
+            except ApiException as err:
+                if err.status in (401, 403) or err.status is None or err.status >= 500:
+                    raise  # no access, or the server is away: the reconcile is retried as a whole
+                errors.append(WriteError(what, err.status, _reason(err)))
+
         for obj in outcome.create:
-            self.create(obj)
+            attempt(f"creating {obj['kind']} {obj['metadata']['name']}", self.create, obj)
         for obj in outcome.patch:
-            self.replace_drifted(obj)
-        for pod in outcome.delete_pods:
-            self.delete_pod(namespace, pod)
-        for patch in outcome.annotate:
-            self.annotate_pod(namespace, patch.pod, patch.annotations)
+            attempt(f"updating {obj['kind']} {obj['metadata']['name']}", self.replace_drifted, obj)
         if outcome.status:
             self.patch_status(namespace, name, outcome.status)
+        for pod in outcome.delete_pods:
+            attempt(f"deleting Pod {pod}", self.delete_pod, namespace, pod)
+        for patch in outcome.annotate:
+            attempt(f"annotating Pod {patch.pod}", self.annotate_pod, namespace, patch.pod, patch.annotations)
         for event in outcome.events:
             self.post_event(job, event)
         if outcome.delete_job:
             self.delete_job(namespace, name)
+        return errors

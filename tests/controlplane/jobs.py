@@ -40,8 +40,10 @@ class Job:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, patch)
 
     def report(self, status: dict) -> None:
-        """What the coordinator does: merge-patch the status subresource."""
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+        """What the coordinator does: write its report (progress, step, drafter) into the job's progress ConfigMap."""
+        from tlt.worker.status import progress_map_name, report_data
+
+        self.core.patch_namespaced_config_map(progress_map_name(self.name), self.namespace, {"data": report_data(status)})
 
     def pods(self) -> dict[str, client.V1Pod]:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"tlt.dev/job={self.name}").items

@@ -48,30 +48,37 @@ def test_apply_creates_owned_children_with_least_privilege_rbac_and_pods_on_gpu_
         assert pod.spec.node_name.startswith("kwok-gpu"), f"{pod.metadata.name} on {pod.spec.node_name}"
         assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
         assert pod.spec.security_context.run_as_non_root is True
-    for kind in ("serviceaccount/demo-worker", "role/demo-worker", "rolebinding/demo-worker", "configmap/demo-config", "service/demo-workers"):
+    for kind in ("serviceaccount/demo-rollout-0", "role/demo-trainer-0", "rolebinding/demo-rollout-2", "configmap/demo-config",
+                 "configmap/demo-progress", "service/demo-workers", "networkpolicy/demo-workers"):
         got = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json").stdout)
         assert got["metadata"]["ownerReferences"][0]["uid"] == uid, kind
+    secret = pods["demo-rollout-0"].spec.volumes[1].secret.secret_name
+    token = json.loads(kubectl("get", "secret", secret, "-n", namespace, "-o", "json").stdout)
+    assert token["metadata"]["ownerReferences"][0]["uid"] == uid and len(token["data"]["token"]) > 40
     wait_for(lambda: job.phase() == "Running", what="phase Running")
     assert job.events("Created")
 
     printed = kubectl("get", "rlj", "demo", "-n", namespace).stdout
     assert "Running" in printed and "0/3" in printed and "3/3" in printed
 
-    sa = f"system:serviceaccount:{namespace}:demo-worker"
+    def can(pod: str, *args: str) -> bool:
+        out = kubectl("auth", "can-i", *args, "-n", namespace, f"--as=system:serviceaccount:{namespace}:{pod}", check=False)
+        return out.stdout.strip() == "yes"
 
-    def can(*args: str) -> bool:
-        out = kubectl("auth", "can-i", *args, "-n", namespace, f"--as={sa}", check=False).stdout.strip()
-        return out == "yes"
-
-    assert can("patch", "reasoningrljobs.tlt.dev/demo", "--subresource=status")
-    assert can("get", "pods/demo-rollout-0") and can("patch", "pods/demo-rollout-0")
-    assert not can("patch", "reasoningrljobs.tlt.dev/other", "--subresource=status")
-    assert not can("patch", "reasoningrljobs.tlt.dev/demo")  # the spec is not the workers' to change
-    assert not can("get", "pods/someone-elses-pod")
-    assert not can("list", "pods")  # only with a field selector on its own pod names
-    assert not can("delete", "pods/demo-rollout-0")
-    assert not can("create", "pods")
-    assert not can("get", "secrets")
+    assert can("demo-rollout-0", "get", "reasoningrljobs.tlt.dev/demo")
+    assert can("demo-rollout-0", "get", "pods/demo-rollout-0") and can("demo-rollout-0", "patch", "pods/demo-rollout-0")
+    assert not can("demo-rollout-0", "patch", "pods/demo-rollout-1"), "a pod labels itself only"
+    assert not can("demo-rollout-0", "patch", "reasoningrljobs.tlt.dev/demo", "--subresource=status"), "status is the operator's"
+    assert not can("demo-trainer-0", "patch", "reasoningrljobs.tlt.dev/demo", "--subresource=status")
+    assert can("demo-trainer-0", "patch", "configmaps/demo-progress"), "the head reports into the progress ConfigMap"
+    assert not can("demo-rollout-0", "patch", "configmaps/demo-progress")
+    assert not can("demo-trainer-0", "patch", "configmaps/demo-config")
+    assert not can("demo-rollout-0", "patch", "reasoningrljobs.tlt.dev/demo")  # the spec is not the workers' to change
+    assert not can("demo-rollout-0", "get", "pods/someone-elses-pod")
+    assert not can("demo-rollout-0", "list", "pods")  # only with a field selector on its own name
+    assert not can("demo-rollout-0", "delete", "pods/demo-rollout-0")
+    assert not can("demo-rollout-0", "create", "pods")
+    assert not can("demo-rollout-0", "get", "secrets") and not can("demo-trainer-0", "get", f"secrets/{secret}")
 
 
 def test_scripted_progress_lends_returns_and_consolidates_with_events(operator, api, kubectl, namespace):
@@ -193,7 +200,7 @@ def test_role_watcher_in_a_pod_switches_roles_with_the_job_service_account(opera
                                                                           tmp_path):
     job = Job(api, kubectl, namespace, JOB)
     job.running_pods(4)
-    account = service_account_kubeconfig(controlplane.kubeconfig, namespace, "demo-worker", tmp_path / "worker.kubeconfig",
+    account = service_account_kubeconfig(controlplane.kubeconfig, namespace, "demo-rollout-0", tmp_path / "worker.kubeconfig",
                                          kubectl=str(kubectl_path()))
     roles: list[str] = []
     watcher = RoleWatcher(roles.append, pod_name="demo-rollout-0", namespace=namespace,

@@ -78,9 +78,12 @@ What the operator does inside a namespace it serves (operator/tlt_operator/kube.
 kopf): the same rules make the ClusterRole of a cluster-wide install and the Role of
 each watched namespace. Children are deleted by the garbage collector through their
 owner references, so the operator deletes only pods (replacements, scale-down) and,
-after ttlSecondsAfterFinished, the job itself. It grants each job's pods a Role of
-their own (get their job, patch its status; get/list/watch/patch their pods): RBAC
-lets it grant only what it holds, so those verbs are here too.
+after ttlSecondsAfterFinished, the job itself. It gives each job pod an identity of its
+own (ServiceAccount, Role, RoleBinding: read its job, read and label its own pod, and
+for the head write the job's progress ConfigMap): RBAC lets it grant only what it
+holds, so those verbs are here too. Secrets: create only (each job's Ray token is made
+when the Secret is created and never read back). Events: create, and get/patch to raise
+the count of a repeated one.
 */}}
 {{- define "tlt-operator.namespacedRules" -}}
 - apiGroups: ["tlt.dev"]
@@ -96,15 +99,21 @@ lets it grant only what it holds, so those verbs are here too.
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
-  resources: ["services", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create"]
-- apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["rolebindings"]
+  resources: ["services"]
   verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
-  resources: ["events"]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
   verbs: ["create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "get", "patch"]
 {{- end }}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec, ShardProgress
 from tlt.coordinator.actors import PodNodes, WorkerPool, shard_names
-from tlt.coordinator.loop import Checkpoint, EmbeddedRun
+from tlt.coordinator.loop import Checkpoint, EmbeddedRun, resolve_model
 from tlt.elastic import dedicated_drafters, lending_enabled
-from tlt.worker.status import JobStatusWriter
+from tlt.worker.status import ProgressWriter
 
 
 log = logging.getLogger("tlt.coordinator")
@@ -62,8 +62,21 @@ def shard_progress(progress: dict) -> list[ShardProgress]:
     ]
 
 
+class ConfigurationError(Exception):
+    """What a retry cannot fix, found before training starts: the pod exits 2 and the job fails at once."""
+
+
+def _hub_not_found(err: Exception) -> bool:
+    """A hub id, revision or access the hub refuses for good (not a network error, which is retried)."""
+    try:
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError:
+        return False
+    return isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError))
+
+
 class ClusterRun(EmbeddedRun):
-    def __init__(self, job: ReasoningRLJob, *, status: JobStatusWriter, run_dir: str | Path | None = None,
+    def __init__(self, job: ReasoningRLJob, *, status: ProgressWriter, run_dir: str | Path | None = None,
                  progress: bool = True):
         super().__init__(job, run_dir=run_dir, progress=progress)
         self.status = status
@@ -74,6 +87,26 @@ class ClusterRun(EmbeddedRun):
     def _say(self, text: str) -> None:
         log.info("%s", text)  # a pod's log, not a terminal: lines, no progress bars
 
+    def check_configuration(self) -> None:
+        """Raise ConfigurationError for what the job's spec gets wrong and a retry cannot fix: a model
+        folder without a model, a hub id the hub does not know, missing data files, a tokenizer that
+        does not load. Anything failing later (or a network error here) is retried by the operator."""
+        try:
+            model_dir = resolve_model(self.spec, progress=False, download=True)
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(model_dir))
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigurationError(str(err)) from err
+        except Exception as err:
+            if _hub_not_found(err):
+                raise ConfigurationError(f"spec.model.hubId: {err}") from err
+            raise
+        data = self.spec.data
+        for field, path in (("path", data.path if data else None), ("evalPath", data.eval_path if data else None)):
+            if path and not Path(path).is_file():
+                raise ConfigurationError(f"spec.data.{field}: {path} does not exist in the pod; mount it (spec.storage)")
+
     # ---- called from the head pod's role watcher (another thread) ----
     def request_consolidation(self, request: dict) -> None:
         self._consolidation_requests.put(request)
@@ -83,6 +116,8 @@ class ClusterRun(EmbeddedRun):
         return WorkerPool(self.spec, str(model_dir), checkpoint=ckpt.folder if ckpt else None, nodes=pod_nodes(self.spec))
 
     def _control(self, step: int, progress: dict) -> None:
+        for fault in self.pool.take_faults():  # a lost rollout or drafter pod, and its worker re-created
+            self.log.write("fault", **fault)
         self._last_progress = progress
         self.status.progress(step, "rollout", shard_progress(progress))
         self._consolidate(step)

@@ -170,27 +170,20 @@ def progress_line(job: dict, pods: list) -> str:
 
 
 def _pods(args) -> int:
-    import subprocess
     import time
 
     from tlt.dev.cluster import DevCluster
-    from tlt.dev.tools import ToolMissing, cache_dir, kubectl_path
+    from tlt.dev.tools import cache_dir
 
     cluster = DevCluster.load(args.state_dir)
     if not cluster.running().get("kube-apiserver"):
         raise _err(f"no dev cluster running in {cluster.state_dir}: start one with `tlt dev cluster up`")
-    try:
-        kubectl = kubectl_path()
-    except ToolMissing as err:
-        raise _err(str(err)) from None
-
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
     from tlt.api.model import API_GROUP, API_VERSION, PLURAL
     from tlt.cli import CommandError
-    from tlt.dev.pods import LocalPods, service_account_kubeconfig
-    from tlt_operator.builders import service_account_name
+    from tlt.dev.pods import LocalPods
 
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
@@ -241,17 +234,9 @@ def _pods(args) -> int:
 
     workdir = (args.workdir or cache_dir() / "dev-pods" / ns / name).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    account = service_account_name(name)
-    try:
-        pod_kubeconfig = service_account_kubeconfig(cluster.kubeconfig, ns, account, workdir / "pod.kubeconfig",
-                                                    kubectl=str(kubectl))
-    except subprocess.CalledProcessError as err:
-        raise _err(f"cannot get a token of the job's ServiceAccount {ns}/{account}: "
-                   f"{(err.stderr or '').strip() or err}") from None
-
     threads = str(max(1, args.threads))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    local = LocalPods(api, ns, name, pod_kubeconfig=pod_kubeconfig, workdir=workdir, env=env, log=lambda text: say(text.removeprefix("[pods] ")))
+    local = LocalPods(api, ns, name, workdir=workdir, env=env, log=lambda text: say(text.removeprefix("[pods] ")))
     say(f"running the pods of {ns}/{name} as local processes; their folders and logs are in {workdir}")
     code = 1
     try:

@@ -3,19 +3,22 @@
 On the dev control plane (`tlt dev cluster up`) pods are scheduled onto kwok nodes
 and reported Running, but nothing runs. `LocalPods` runs each pod's container
 command (`tlt worker ...`) on this machine, the way a kubelet would:
-- the environment of the pod spec, with `fieldRef`s resolved and the ConfigMap
-  volume at /etc/tlt written to a local folder;
-- logged in as the job's ServiceAccount (a TokenRequest token), so the job's RBAC
-  is what the worker really has;
+- the environment of the pod spec, with `fieldRef`s resolved, and its ConfigMap and
+  Secret volumes (the job's config, its Ray token) written to local folders, paths
+  in the command and environment pointing there;
+- logged in as the pod's own ServiceAccount (a TokenRequest token, as the kubelet
+  projects one), so the pod's RBAC is what the worker really has;
 - the Ray head address rewritten to loopback, a free metrics port per pod;
 - a pod deleted (or being deleted) gets SIGTERM; a process that exits has its
-  pod's status written as a kubelet would (phase, container exit code), so the
-  operator sees real exit codes; a replacement pod is started when it appears.
+  pod's status written as a kubelet would (phase, container exit code: 128 + the
+  signal for a killed process), so the operator sees real exit codes; a
+  replacement pod is started when it appears.
 This is how the test suite runs whole jobs through the operator without Docker.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -56,6 +59,19 @@ def service_account_kubeconfig(admin_kubeconfig: Path, namespace: str, account: 
     return path
 
 
+def exit_code(returncode: int) -> int:
+    """A container's exit code as a kubelet reports it: a process killed by signal N exits 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def local_path(value: str, mounts: dict[str, Path]) -> str:
+    """`value` with a mount path of the pod (`/etc/tlt/job.yaml`) replaced by its local folder."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        if value == mount or value.startswith(mount.rstrip("/") + "/"):
+            return str(mounts[mount]) + value[len(mount.rstrip("/")):]
+    return value
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -75,14 +91,13 @@ class LocalPod:
 class LocalPods:
     """Keeps local processes in step with one job's pods (call `sync()`, or `start()` a thread)."""
 
-    def __init__(self, api_client, namespace: str, job: str, *, pod_kubeconfig: Path, workdir: Path,
-                 env: dict[str, str] | None = None, log=print):
+    def __init__(self, api_client, namespace: str, job: str, *, workdir: Path, env: dict[str, str] | None = None, log=print):
         from kubernetes import client
 
+        self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.job = job
-        self.pod_kubeconfig = Path(pod_kubeconfig)
         self.workdir = Path(workdir)
         self.extra_env = env or {}
         self.say = log
@@ -114,6 +129,7 @@ class LocalPods:
                         os.killpg(local.process.pid, signal.SIGKILL)
                 elif code is not None and not local.reported:
                     local.reported = True
+                    code = exit_code(code)
                     self.exits[name] = code
                     self.say(f"[pods] {name}: exited with {code}")
                     if not gone:
@@ -127,24 +143,35 @@ class LocalPods:
                     continue
                 self.pods[name] = self._start(pod)
 
+    def crash(self, name: str) -> list[int]:
+        """Kill every process of a pod at once (its worker and its Ray node), as a container crash or
+        an OOM kill of the whole cgroup does; the pids killed."""
+        pids = leftover_pids(self.workdir / name)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return pids
+
     # ---- starting a container ----
     def _start(self, pod) -> LocalPod:
         name = pod.metadata.name
         folder = self.workdir / name
         (folder / "config").mkdir(parents=True, exist_ok=True)
-        self._write_config_volumes(pod, folder / "config")
+        mounts = self._write_volumes(pod, folder)
         container = pod.spec.containers[0]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-        env.update(self._container_env(pod, container))
+        env.update({k: local_path(v, mounts) for k, v in self._container_env(pod, container).items()})
         metrics_port = free_port()
         env.update({
-            "KUBECONFIG": str(self.pod_kubeconfig),
+            "KUBECONFIG": str(self._pod_kubeconfig(pod, folder)),
             "TLT_RAY_HEAD": f"127.0.0.1:{self.ray_port}",
             "TLT_METRICS_PORT": str(metrics_port),
             "TLT_CONFIG": str(folder / "config" / "job.yaml"),
             **self.extra_env,
         })
-        command = [str(folder / "config") + a[len(CONFIG_DIR):] if a.startswith(CONFIG_DIR + "/") else a for a in container.command]
+        command = [local_path(a, mounts) for a in container.command]
         if command and command[0] == "tlt":
             command = [sys.executable, "-m", "tlt.cli", *command[1:]]
         log_path = folder / "container.log"
@@ -154,13 +181,53 @@ class LocalPods:
         self.say(f"[pods] {name}: started `{' '.join(container.command)}` (pid {process.pid}, log {log_path})")
         return LocalPod(name, pod.metadata.uid, process, log_path, metrics_port)
 
-    def _write_config_volumes(self, pod, folder: Path) -> None:
+    def _write_volumes(self, pod, folder: Path) -> dict[str, Path]:
+        """The pod's ConfigMap and Secret volumes as local folders (the config at `folder/config`):
+        mount path -> local folder."""
         mounts = {m.name: m.mount_path for m in pod.spec.containers[0].volume_mounts or []}
+        out = {}
         for volume in pod.spec.volumes or []:
-            if volume.config_map is not None and mounts.get(volume.name) == CONFIG_DIR:
+            path = mounts.get(volume.name)
+            if path is None:
+                continue
+            if volume.config_map is not None:
                 data = self.core.read_namespaced_config_map(volume.config_map.name, self.namespace).data or {}
-                for key, text in data.items():
-                    (folder / key).write_text(text)
+                files = {k: v.encode() for k, v in data.items()}
+            elif volume.secret is not None:
+                data = self.core.read_namespaced_secret(volume.secret.secret_name, self.namespace).data or {}
+                files = {k: base64.b64decode(v) for k, v in data.items()}
+            else:
+                continue
+            local = folder / "config" if path == CONFIG_DIR else folder / "volumes" / volume.name
+            local.mkdir(parents=True, exist_ok=True)
+            for key, content in files.items():
+                (local / key).write_bytes(content)
+                if volume.secret is not None:
+                    (local / key).chmod(0o600)
+            out[path] = local
+        return out
+
+    def _pod_kubeconfig(self, pod, folder: Path) -> Path:
+        """A kubeconfig logging in as the pod's ServiceAccount, with a TokenRequest token (what the
+        kubelet projects into a pod)."""
+        account = pod.spec.service_account_name or "default"
+        token = self.core.create_namespaced_service_account_token(
+            account, self.namespace, {"spec": {"expirationSeconds": 86400}}).status.token
+        config = self.api_client.configuration
+        cluster = {"server": config.host}
+        if config.ssl_ca_cert:
+            cluster["certificate-authority-data"] = base64.b64encode(Path(config.ssl_ca_cert).read_bytes()).decode()
+        body = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": account, "context": {"cluster": "cluster", "user": account, "namespace": self.namespace}}],
+            "current-context": account,
+        }
+        path = folder / "pod.kubeconfig"
+        path.write_text(yaml.safe_dump(body))
+        path.chmod(0o600)
+        return path
 
     @staticmethod
     def _container_env(pod, container) -> dict[str, str]:

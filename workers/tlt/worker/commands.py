@@ -115,7 +115,7 @@ def _set_role_of(pod, actor):
     return set_role
 
 
-def _metrics(port: int, actor) -> None:
+def _metrics(port: int, actor, healthy) -> None:
     if not port:
         return
     import ray
@@ -127,7 +127,7 @@ def _metrics(port: int, actor) -> None:
         handle = actor()
         return ray.get(handle.metrics_text.remote(), timeout=2) if handle is not None else ""
 
-    serve_metrics(PodMetrics(REGISTRY, actor_text), port)
+    serve_metrics(PodMetrics(REGISTRY, actor_text), port, healthy=healthy)
 
 
 @contextmanager
@@ -141,23 +141,29 @@ def _joined(pod, args):
         node.start()
         install_sigterm()  # again: connecting to Ray replaces the handler
         actor = PodActor(pod)
-        _metrics(args.metrics_port, actor)
+        # /healthz (the pod's probes) answers 200 while this pod's Ray node is in the job's cluster.
+        _metrics(args.metrics_port, actor, healthy=node.alive)
         yield node, actor
     finally:
         node.stop()
 
 
 def run_head(job, pod, api, args) -> int:
-    from tlt.coordinator.cluster import ClusterRun, node_names
+    from tlt.coordinator.cluster import ClusterRun, ConfigurationError, node_names
     from tlt.worker.pod import Terminated, wait_for_nodes
     from tlt.worker.role_watcher import RoleWatcher
-    from tlt.worker.status import JobStatusWriter
+    from tlt.worker.status import ProgressWriter
 
-    status = JobStatusWriter.for_job(pod.namespace, pod.job, api).start()
+    status = ProgressWriter.for_job(pod.namespace, pod.job, api).start()
     watcher = None
     try:
-        with _joined(pod, args) as (_, actor):
+        try:
             run = ClusterRun(job, status=status, run_dir=args.run_dir, progress=False)
+        except OSError as err:  # the run folder cannot be made: spec.output.path is not writable here
+            raise ConfigurationError(f"spec.output.path: {err}") from err
+        # Before anything else: what the spec gets wrong is the only permanent failure (exit 2).
+        run.check_configuration()
+        with _joined(pod, args) as (_, actor):
             watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api,
                                   on_consolidate=run.request_consolidation).start()
             wait_for_nodes(node_names(job.spec))
@@ -167,10 +173,11 @@ def run_head(job, pod, api, args) -> int:
     except Terminated:
         log.info("terminated (the pod is being deleted)")
         return EXIT_TERMINATED
-    except (FileNotFoundError, ValueError) as err:
+    except ConfigurationError as err:
         log.error("%s", err)
         return EXIT_CONFIG
     except Exception:
+        # Everything after the configuration check is retried: the operator restarts the job from its checkpoint.
         log.exception("the coordinator failed; the operator restarts the job from its last checkpoint")
         return EXIT_RETRY
     finally:

@@ -106,7 +106,9 @@ def ray_env(env=os.environ) -> dict:
         # torch would otherwise start a thread per core of the node, not of the pod.
         out.setdefault("OMP_NUM_THREADS", str(limit))
     out.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    out.setdefault("RAY_AUTH_MODE", "disabled")
+    # A job's pods carry its Ray token (RAY_AUTH_TOKEN_PATH, from the job's Secret): Ray then refuses
+    # anyone without it. Without a token (a local run) there is nothing to check against.
+    out.setdefault("RAY_AUTH_MODE", "token" if out.get("RAY_AUTH_TOKEN_PATH") or out.get("RAY_AUTH_TOKEN") else "disabled")
     out.setdefault("TOKENIZERS_PARALLELISM", "false")
     return out
 
@@ -293,7 +295,8 @@ class PodMetrics:
                 yield family
 
 
-def serve_metrics(collector: PodMetrics, port: int) -> http.server.ThreadingHTTPServer:
+def serve_metrics(collector: PodMetrics, port: int, healthy=lambda: True) -> http.server.ThreadingHTTPServer:
+    """/metrics, and /healthz for the pod's probes: 200 while `healthy()`, else 503."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
@@ -304,6 +307,13 @@ def serve_metrics(collector: PodMetrics, port: int) -> http.server.ThreadingHTTP
             if self.path.startswith("/metrics"):
                 body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
             elif self.path.startswith("/healthz"):
+                try:
+                    ok = bool(healthy())
+                except Exception:
+                    ok = False
+                if not ok:
+                    self.send_error(503, "this pod's Ray node is not in the job's Ray cluster")
+                    return
                 body, kind = b"ok\n", "text/plain"
             else:
                 self.send_error(404)

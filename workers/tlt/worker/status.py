@@ -1,22 +1,26 @@
-"""The coordinator's writes to its job's status: progress (rate-limited), step and drafter.
+"""The coordinator's report to the operator: progress (rate-limited), completed step and drafter.
 
-Status ownership: the coordinator writes `status.progress`, `status.step` and
-`status.drafter`; the operator writes everything else. Progress goes out at most
-once per `interval` seconds (the operator plans on it; more often would only load
-the API server); the latest report always gets out, from a background thread, so
-a phase change during a long blocking call (training) is not lost. A failed write
-is logged and retried with the next one: the run never stops for the API server.
+The pods may not write their job's status (the operator alone does): the head pod
+writes its report into the job's progress ConfigMap (`<job>-progress`, the one
+object its Role lets it patch), as JSON under the keys `progress`, `step` and
+`drafter`; the operator validates it and copies it into `status.progress`,
+`status.step` and `status.drafter`. Progress goes out at most once per `interval`
+seconds (the operator plans on it; more often would only load the API server); the
+latest report always gets out, from a background thread, so a phase change during a
+long blocking call (training) is not lost. A failed write is logged and retried with
+the next one: the run never stops for the API server.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from tlt.api.model import API_GROUP, API_VERSION, PLURAL, DrafterStatus, ProgressStatus, ShardProgress
+from tlt.api.model import DrafterStatus, ProgressStatus, ShardProgress
 
 log = logging.getLogger("tlt.worker.status")
 
@@ -29,8 +33,19 @@ def progress_body(step: int, phase: str, shards: list[ShardProgress], now: datet
     return ProgressStatus(step=step, phase=phase, shards=sorted(shards, key=lambda s: s.shard), updated_at=stamp).to_manifest()
 
 
-class JobStatusWriter:
-    """Patches one job's status subresource; `patch(body)` is the only I/O (tests pass their own)."""
+def progress_map_name(job: str) -> str:
+    """The ConfigMap the coordinator reports into (the only object the pods may write)."""
+    return f"{job}-progress"
+
+
+def report_data(body: dict) -> dict[str, str]:
+    """A report (`progress`, `step`, `drafter` as the status has them) as the ConfigMap's data."""
+    return {k: (str(v) if k == "step" else json.dumps(v, sort_keys=True, separators=(",", ":"))) for k, v in body.items()}
+
+
+class ProgressWriter:
+    """Writes the coordinator's report; `patch(body)` is the only I/O (tests pass their own).
+    `body` holds the status fields being reported: progress, step, drafter."""
 
     def __init__(self, patch: Callable[[dict], None], interval: float = PROGRESS_INTERVAL, clock=time.monotonic):
         self._patch = patch
@@ -46,13 +61,15 @@ class JobStatusWriter:
         self.writes = 0
 
     @classmethod
-    def for_job(cls, namespace: str, name: str, api_client=None, **options) -> "JobStatusWriter":
+    def for_job(cls, namespace: str, name: str, api_client=None, **options) -> "ProgressWriter":
+        """Into the job's progress ConfigMap (the operator creates it with the job's other children)."""
         from kubernetes import client
 
-        custom = client.CustomObjectsApi(api_client)
+        core = client.CoreV1Api(api_client)
+        config_map = progress_map_name(name)
 
         def patch(body: dict) -> None:
-            custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": body})
+            core.patch_namespaced_config_map(config_map, namespace, {"data": report_data(body)})
 
         return cls(patch, **options)
 
@@ -99,7 +116,7 @@ class JobStatusWriter:
             self._io.release()
 
     # ---- background delivery of the latest report ----
-    def start(self) -> "JobStatusWriter":
+    def start(self) -> "ProgressWriter":
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
         self._thread.start()
         return self
