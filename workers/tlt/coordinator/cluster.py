@@ -93,9 +93,9 @@ class ClusterRun(EmbeddedRun):
         does not load. Anything failing later (or a network error here) is retried by the operator."""
         try:
             model_dir = resolve_model(self.spec, progress=False, download=True)
-            from transformers import AutoTokenizer
+            from tlt.coordinator.prompts import load_tokenizer
 
-            AutoTokenizer.from_pretrained(str(model_dir))
+            load_tokenizer(self.spec, model_dir)  # spec.model.tokenizer when set
         except (FileNotFoundError, ValueError) as err:
             raise ConfigurationError(str(err)) from err
         except Exception as err:
