@@ -11,7 +11,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 
 from tlt.api.model import AlgorithmSpec
 from tlt.tasks.tokenizer import save_tokenizer
-from tlt.trainer import PolicyTrainer, Rollouts, TrainerConfig
+from tlt.trainer import AGGREGATIONS, PolicyTrainer, Rollouts, TrainerConfig
 
 TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
@@ -125,6 +125,80 @@ def test_micro_batches_give_the_same_update_as_one_forward_per_mini_batch(llama,
     assert _relative_gap(whole.state_dict(), split.state_dict(), start) <= 1e-4
 
 
+def _ragged(trainer: PolicyTrainer) -> Rollouts:
+    """Long-tailed lengths (1 to 40 response tokens, prompts of 1 to 12), a partly masked response, and old
+    log-probs off by -1, 0 or +1 per token: ratios far from the clip bounds, so both branches are exercised
+    and float rounding cannot flip a token between them."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [(3, 40), (1, 1), (12, 5), (2, 23), (7, 2), (5, 31), (1, 9), (9, 3)]
+    prompts = [torch.randint(3, 100, (p,), generator=g).tolist() for p, _ in lengths]
+    responses = [torch.randint(3, 100, (r,), generator=g).tolist() for _, r in lengths]
+    masks = [[float(j % 3 != 1) if i == 0 else 1.0 for j in range(len(r))] for i, r in enumerate(responses)]
+    plain = Rollouts(prompts, responses, [0.0] * len(lengths))
+    old = [lp + torch.randint(-1, 2, lp.shape, generator=g).float() for lp in trainer.compute_logprobs(plain)]
+    return Rollouts(prompts, responses, [1.0, -0.5, 0.3, -1.2, 0.8, 0.1, -0.7, 0.4], old_logprobs=old,
+                    response_masks=masks)
+
+
+def _with_gradients(trainer: PolicyTrainer) -> list[dict]:
+    """Records the gradients of every optimizer step (before clipping) into the returned list."""
+    seen, step = [], trainer.backend.step
+
+    def recording():
+        seen.append({n: p.grad.detach().clone() for n, p in trainer.module.named_parameters() if p.grad is not None})
+        return step()
+
+    trainer.backend.step = recording
+    return seen
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_packed_micro_batches_give_the_loss_and_gradients_of_padded_ones(llama, aggregation):
+    # Two optimizer steps of two micro-batches each, a KL term, a masked token: everything the loss adds up.
+    cfg = dict(learning_rate=1e-2, loss_aggregation=aggregation, kl_coef=0.1, mini_batch_size=4, micro_batch_size=2)
+    packed = PolicyTrainer(llama, TrainerConfig(**cfg), device="cpu")
+    padded = PolicyTrainer(llama, TrainerConfig(**cfg, remove_padding=False), device="cpu")
+    batch = _ragged(padded)
+    grads_packed, grads_padded = _with_gradients(packed), _with_gradients(padded)
+    for _ in range(2):  # the second step runs on moved weights, with a non-zero KL
+        m_packed, m_padded = packed.train(batch), padded.train(batch)
+        for key in ("loss", "pg_loss", "kl_loss", "kl", "ppo_kl", "entropy"):
+            assert m_packed[key] == pytest.approx(m_padded[key], rel=1e-5, abs=1e-6), key
+        assert m_packed["clip_fraction"] == m_padded["clip_fraction"] > 0
+    assert m_packed["kl"] > 0
+    assert len(grads_packed) == len(grads_padded) == 4
+    for a, b in zip(grads_packed, grads_padded):
+        assert a.keys() == b.keys()
+        for name in a:
+            scale = b[name].abs().max().item()
+            assert (a[name] - b[name]).abs().max().item() <= 1e-4 * scale + 1e-7, name
+
+
+def test_old_logprobs_from_the_rollout_are_not_recomputed(llama):
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-3, mini_batch_size=2), device="cpu")
+    forwards = []
+    trainer.module.register_forward_hook(lambda *_: forwards.append(1))
+    current = trainer.compute_logprobs(_batch())
+    forwards.clear()
+    trainer.train(_batch(old_logprobs=current))
+    assert len(forwards) == 2  # one per optimizer step, none for old log-probs
+    forwards.clear()
+    trainer.train(_batch())
+    assert len(forwards) == 3  # without them: one more, before the first update
+
+
+def test_train_reports_trained_tokens_per_second(llama):
+    import time
+
+    trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-3), device="cpu")
+    started = time.perf_counter()
+    m = trainer.train(_batch())
+    elapsed = time.perf_counter() - started
+    assert m["tokens"] == 10
+    # tokens over the call's own time, which lies within what the caller measured
+    assert m["tokens_per_second"] >= m["tokens"] / elapsed
+
+
 def test_kl_to_the_frozen_reference_grows_as_the_policy_moves(llama):
     trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-2, kl_coef=0.1), device="cpu")
     first = trainer.train(_batch())
@@ -164,6 +238,7 @@ def test_resuming_from_a_checkpoint_continues_exactly_like_an_uninterrupted_run(
     got = resumed.train(_batch(advantages=(0.5, 1.0, -1.0, 0.0)))
     # Same weights, Adam moments and shuffling order: the next step is bit for bit the same.
     assert _max_diff(straight.state_dict(), resumed.state_dict()) == 0.0
+    got.pop("tokens_per_second"), expected.pop("tokens_per_second")  # wall time
     assert got == expected
     assert (resumed.steps, resumed.updates) == (2, 4)
 

@@ -14,7 +14,7 @@ set; each calls `train` with the same whole batch and trains on its share.
 """
 
 from tlt.trainer.algorithm import shaped_rewards, step_advantages
-from tlt.trainer.batch import Collated, Rollouts, collate, pad_per_token, plan_micro_batches
+from tlt.trainer.batch import Collated, Rollouts, collate, pack, pad_per_token, plan_micro_batches
 from tlt.trainer.losses import (
     AGGREGATIONS,
     SamplingDecision,
@@ -32,5 +32,5 @@ from tlt.trainer.policy import PolicyTrainer, TrainerConfig
 __all__ = [
     "AGGREGATIONS", "Collated", "PolicyTrainer", "Rollouts", "SamplingDecision", "TrainerConfig", "aggregate",
     "aggregation_weight", "collate", "dynamic_sampling", "group_advantages", "is_mixed", "k3_kl",
-    "overlong_penalty", "pad_per_token", "plan_micro_batches", "ppo_clip_loss", "shaped_rewards", "step_advantages",
+    "overlong_penalty", "pack", "pad_per_token", "plan_micro_batches", "ppo_clip_loss", "shaped_rewards", "step_advantages",
 ]

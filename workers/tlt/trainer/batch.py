@@ -1,14 +1,27 @@
-"""Rollouts as the trainer receives them, and their padding into model inputs.
+"""Rollouts as the trainer receives them, and their layout into model inputs.
 
 A rollout is one sampled response to one prompt. Prompt and response are stored
-separately and unpadded; `collate` lays a chosen subset out for one forward pass:
+separately and unpadded; `pack` (the trainer's default) or `collate` lays a chosen
+subset out for one forward pass.
 
-    input_ids      [b, L]  prompt_i + response_i, right-padded with pad_id
+`pack`: one row, no padding (veRL's remove-padding):
+
+    input_ids      [1, N]  prompt_1 + response_1 + prompt_2 + response_2 + ...
+    position_ids   [1, N]  0, 1, ... restarting at every sequence
+    varlen                 where each sequence is, for attention (`tlt.trainer.varlen`)
+
+`collate`: one row per sequence, right-padded with pad_id to the longest:
+
+    input_ids      [b, L]
     attention_mask [b, L]  1 on real tokens
-    predict_at     [b, T]  index of the position whose logits predict response token j
-                           (= len(prompt_i) + j - 1), 0 on padding
+
+Both then give, per sequence (the loss side, small next to the forward):
+
+    predict_at     [b, T]  index in the sequence's row of the position whose logits
+                           predict response token j, 0 on padding
     response_ids   [b, T]  response tokens, right-padded
     mask           [b, T]  1.0 on response tokens that are trained on
+    valid          [b, T]  True on response tokens
 
 Right padding keeps HF's default positions (0, 1, ...) correct for every real
 token, and the causal mask keeps padding from influencing them.
@@ -20,6 +33,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from tlt.trainer.varlen import VarlenPlan, plan as varlen_plan
 
 IntSeq = Sequence[int] | torch.Tensor
 FloatSeq = Sequence[float] | torch.Tensor
@@ -79,46 +94,81 @@ class Rollouts:
 @dataclass
 class Collated:
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     predict_at: torch.Tensor
     response_ids: torch.Tensor
     mask: torch.Tensor
+    valid: torch.Tensor  # [b, T] bool: True on response tokens (trained on or not)
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None
+    position_ids: torch.Tensor | None = None  # packed only
+    varlen: VarlenPlan | None = None  # packed only
+
+    @property
+    def packed(self) -> bool:
+        return self.varlen is not None
 
     def to(self, device: torch.device | str) -> "Collated":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Collated(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
+def _response_side(rollouts: Rollouts, indices: list[int], pad_id: int, old_logprobs, starts: list[int]):
+    """predict_at (from each sequence's first position `starts[row]` in its row), response_ids, mask, valid, old."""
+    responses = [rollouts.responses[i] for i in indices]
+    t_max = max(1, max(r.numel() for r in responses))
+    predict_at = torch.zeros(len(indices), t_max, dtype=torch.long)
+    response_ids = torch.full((len(indices), t_max), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(indices), t_max)
+    valid = torch.zeros(len(indices), t_max, dtype=torch.bool)
+    for row, (i, r) in enumerate(zip(indices, responses)):
+        n_p, n_r = rollouts.prompts[i].numel(), r.numel()
+        begin = starts[row] + n_p - 1
+        predict_at[row, :n_r] = torch.arange(begin, begin + n_r)
+        response_ids[row, :n_r] = r
+        valid[row, :n_r] = True
+        mask[row, :n_r] = 1.0 if rollouts.response_masks is None else rollouts.response_masks[i]
+    source = old_logprobs if old_logprobs is not None else rollouts.old_logprobs
+    old = None if source is None else pad_per_token(source, indices, t_max)
+    return predict_at, response_ids, mask, valid, old
+
+
+def pack(rollouts: Rollouts, indices: Sequence[int], pad_id: int = 0,
+         old_logprobs: list[torch.Tensor] | None = None) -> Collated:
+    """The rollouts at `indices` back to back in one row, no padding (layout in the module doc).
+
+    `old_logprobs` overrides the batch's own (used when the trainer recomputed them).
+    """
+    indices = list(indices)
+    seqs = [torch.cat([rollouts.prompts[i], rollouts.responses[i]]) for i in indices]
+    lengths = [s.numel() for s in seqs]
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n)
+    input_ids = torch.cat(seqs).unsqueeze(0)
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    predict_at, response_ids, mask, valid, old = _response_side(rollouts, indices, pad_id, old_logprobs, starts)
+    return Collated(input_ids, None, predict_at, response_ids, mask, valid, rollouts.advantages[indices].clone(), old,
+                    position_ids, varlen_plan(lengths))
+
+
 def collate(rollouts: Rollouts, indices: Sequence[int], pad_id: int = 0,
             old_logprobs: list[torch.Tensor] | None = None) -> Collated:
-    """Pads the rollouts at `indices` into one forward pass (layout in the module doc).
+    """Pads the rollouts at `indices` into one row each (layout in the module doc).
 
     `old_logprobs` overrides the batch's own (used when the trainer recomputed them).
     """
     indices = list(indices)
     b = len(indices)
-    prompts = [rollouts.prompts[i] for i in indices]
-    responses = [rollouts.responses[i] for i in indices]
-    lengths = [p.numel() + r.numel() for p, r in zip(prompts, responses)]
-    width, t_max = max(lengths), max(1, max(r.numel() for r in responses))
+    lengths = [rollouts.prompts[i].numel() + rollouts.responses[i].numel() for i in indices]
+    width = max(lengths)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(b, width, dtype=torch.long)
-    predict_at = torch.zeros(b, t_max, dtype=torch.long)
-    response_ids = torch.full((b, t_max), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, t_max)
-    source = old_logprobs if old_logprobs is not None else rollouts.old_logprobs
-    for row, (i, p, r) in enumerate(zip(indices, prompts, responses)):
-        n_p, n_r = p.numel(), r.numel()
-        input_ids[row, :n_p] = p
-        input_ids[row, n_p:n_p + n_r] = r
-        attention_mask[row, :n_p + n_r] = 1
-        predict_at[row, :n_r] = torch.arange(n_p - 1, n_p + n_r - 1)
-        response_ids[row, :n_r] = r
-        mask[row, :n_r] = 1.0 if rollouts.response_masks is None else rollouts.response_masks[i]
-    old = None if source is None else pad_per_token(source, indices, t_max)
-    return Collated(input_ids, attention_mask, predict_at, response_ids, mask,
+    for row, i in enumerate(indices):
+        input_ids[row, :lengths[row]] = torch.cat([rollouts.prompts[i], rollouts.responses[i]])
+        attention_mask[row, :lengths[row]] = 1
+    predict_at, response_ids, mask, valid, old = _response_side(rollouts, indices, pad_id, old_logprobs, [0] * b)
+    return Collated(input_ids, attention_mask, predict_at, response_ids, mask, valid,
                     rollouts.advantages[indices].clone(), old)
 
 
@@ -131,15 +181,15 @@ def pad_per_token(values: list[torch.Tensor], indices: Sequence[int], width: int
 
 
 def plan_micro_batches(lengths: Sequence[int], max_sequences: int | None = None, max_tokens: int | None = None,
-                       count: int | None = None) -> list[list[int]]:
+                       count: int | None = None, packed: bool = False) -> list[list[int]]:
     """Splits sequences (given by their lengths) into micro-batches; returns positions into `lengths`.
 
-    Sequences are ordered longest first, so each micro-batch pads to a width close
-    to its own sequences' lengths (with long-tailed response lengths, padding to the
-    batch's longest would multiply the work). Then, in that order:
+    Sequences are ordered longest first (padded, each micro-batch then pads to a
+    width close to its own sequences' lengths). Then, in that order:
 
-    - `max_tokens`: greedy: a micro-batch grows while (sequences x its longest
-      length) stays within the budget (a longer single sequence gets its own);
+    - `max_tokens`: greedy: a micro-batch grows while its tokens stay within the
+      budget: the sum of lengths when `packed`, else sequences x its longest length
+      (a longer single sequence gets its own);
     - else `max_sequences`: consecutive chunks of that many;
     - else one micro-batch.
 
@@ -160,12 +210,16 @@ def plan_micro_batches(lengths: Sequence[int], max_sequences: int | None = None,
         return out
     if max_tokens is not None:
         out: list[list[int]] = []
+        used = 0
         for i in order:
-            # longest first: the chunk's first sequence fixes its padded width
-            if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+            # padded: longest first, the chunk's first sequence fixes its width
+            grown = used + lengths[i] if packed else (len(out[-1]) + 1) * lengths[out[-1][0]] if out else 0
+            if out and grown <= max_tokens:
                 out[-1].append(i)
+                used = grown
             else:
                 out.append([i])
+                used = lengths[i]
         return out
     size = max_sequences or max(len(order), 1)
     return [order[k:k + size] for k in range(0, len(order), size)]

@@ -7,11 +7,17 @@ One `train(rollouts)` call is one RL step's update:
 2. reference log-probabilities from the frozen initial policy when kl_coef > 0;
 3. `ppo_epochs` passes; each pass shuffles the rollouts and cuts them into
    mini-batches of `mini_batch_size` sequences, one optimizer step each
-   (micro-batches of `micro_batch_size` sequences or `micro_batch_tokens` padded
-   tokens, longest first, accumulate into it, weighted so the result equals one
-   forward over the whole mini-batch);
+   (micro-batches of `micro_batch_size` sequences or `micro_batch_tokens` tokens,
+   longest first, accumulate into it, weighted so the result equals one forward
+   over the whole mini-batch);
 4. loss = aggregate(ppo_clip_loss) + kl_coef * aggregate(k3_kl), aggregated
    with the configured mode over the mini-batch's response tokens.
+
+A micro-batch is packed: its sequences back to back in one row, no padding,
+attention per sequence (`tlt.trainer.varlen`), the LM head only where a response
+token is predicted; with long-tailed response lengths padding would multiply the
+work several times. `remove_padding=False` pads instead (the baseline of
+`bench/trainer.py`); both give the same loss and gradient up to float rounding.
 
 Parameter names stay the Hugging Face ones, so `state_dict()` loads into the
 rollout engines and `export_hf()` writes a folder `from_pretrained` reads.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,8 +38,9 @@ import torch
 import torch.distributed as dist
 
 from tlt.trainer.backends import DeepSpeedBackend, TorchBackend, world
-from tlt.trainer.batch import Collated, Rollouts, collate, pad_per_token, plan_micro_batches
+from tlt.trainer.batch import Collated, Rollouts, collate, pack, pad_per_token, plan_micro_batches
 from tlt.trainer.losses import AGGREGATIONS, aggregate, aggregation_weight, k3_kl, ppo_clip_loss
+from tlt.trainer.varlen import NAME as VARLEN
 
 # Files of a Hugging Face folder that describe the tokenizer, copied as they are by export_hf.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -51,7 +59,7 @@ class TrainerConfig:
     ppo_epochs: int = 1
     mini_batch_size: int | None = None  # sequences per optimizer step; None: the whole batch
     micro_batch_size: int | None = None  # sequences per forward; None: the whole mini-batch
-    micro_batch_tokens: int | None = None  # or: padded tokens per forward (wins over micro_batch_size)
+    micro_batch_tokens: int | None = None  # or: tokens per forward (wins over micro_batch_size)
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
     kl_coef: float = 0.0
@@ -64,6 +72,7 @@ class TrainerConfig:
     seed: int = 0
     gradient_checkpointing: bool = False  # recompute layer activations in backward: memory for time
     precision: Literal["fp32", "bf16"] = "fp32"
+    remove_padding: bool = True  # pack micro-batches (False: pad each sequence to the longest)
 
     def __post_init__(self):
         if self.loss_aggregation not in AGGREGATIONS:
@@ -91,7 +100,10 @@ def _default_device() -> torch.device:
 def _load_hf(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    from tlt.trainer.varlen import register
+
+    # Packed rows need per-sequence attention; without a plan it is plain SDPA.
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=register())
     return model.to(device).eval()
 
 
@@ -166,29 +178,41 @@ class PolicyTrainer:
 
     def _logprobs(self, model: torch.nn.Module, batch: Collated, with_entropy: bool = False):
         """Log-probabilities [b, T] of the response tokens (and token entropies, detached)."""
-        # The LM head runs only from the first position that predicts a response token:
-        # with real vocabularies, logits over long prompts are most of the activation memory.
-        first = int(batch.predict_at[:, 0].min())
-        keep = batch.input_ids.shape[1] - first
+        valid = batch.valid  # [b, T]
+        at = batch.predict_at[valid]  # [n] positions predicting the n response tokens, sequence after sequence
         with self.backend.autocast():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           logits_to_keep=keep, use_cache=False).logits
-        # Only the positions that predict response tokens go through the softmax.
-        rows = torch.arange(batch.predict_at.shape[0], device=logits.device).unsqueeze(-1)
-        # (padding slots hold position 0, before `first`: clamped to a valid row, masked out later)
-        picked = logits[rows, (batch.predict_at - first).clamp(min=0)].float() / self.config.temperature
-        logp_all = torch.log_softmax(picked, dim=-1)
-        logp = logp_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+            if batch.packed:
+                # The LM head runs only where a response token is predicted.
+                logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, logits_to_keep=at,
+                               use_cache=False, **{VARLEN: batch.varlen}).logits[0]  # [n, V]
+            else:
+                # Padded: from the first position that predicts a response token on.
+                first = int(at.min())
+                width = batch.input_ids.shape[1]
+                causal = torch.ones(width, width, dtype=torch.bool, device=valid.device).tril()
+                attend = batch.attention_mask.bool()[:, None, None, :] & causal  # [b, 1, L, L]
+                logits = model(input_ids=batch.input_ids, attention_mask=attend, logits_to_keep=width - first,
+                               use_cache=False).logits  # [b, L - first, V]
+                rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)[valid]
+                logits = logits[rows, at - first]  # [n, V]
+        logp_all = torch.log_softmax(logits.float() / self.config.temperature, dim=-1)
+        picked = logp_all.gather(-1, batch.response_ids[valid].unsqueeze(-1)).squeeze(-1)  # [n]
+        logp = picked.new_zeros(valid.shape).masked_scatter(valid, picked)  # [b, T], 0 on padding
         if not with_entropy:
             return logp, None
         with torch.no_grad():
             entropy = -torch.special.xlogy(logp_all.exp(), logp_all.exp()).sum(-1)  # 0 log 0 = 0
+            entropy = entropy.new_zeros(valid.shape).masked_scatter(valid, entropy)
         return logp, entropy
+
+    def _layout(self, rollouts: Rollouts, indices: list[int], old_logprobs=None) -> Collated:
+        lay = pack if self.config.remove_padding else collate
+        return lay(rollouts, indices, self.pad_id, old_logprobs=old_logprobs).to(self.device)
 
     def _micro_batches(self, rollouts: Rollouts, indices: list[int], world_size: int = 1) -> list[list[int]]:
         cfg = self.config
         lengths = [rollouts.prompts[i].numel() + rollouts.responses[i].numel() for i in indices]
-        plan = plan_micro_batches(lengths, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        plan = plan_micro_batches(lengths, cfg.micro_batch_size, cfg.micro_batch_tokens, packed=cfg.remove_padding)
         if world_size > 1 and cfg.micro_batch_tokens is not None:
             # Every rank must run as many forward/backward passes as the others
             # (ZeRO-3 gathers parameters in each): the largest count wins.
@@ -205,8 +229,7 @@ class PolicyTrainer:
             raise ValueError("no reference model: it is loaded only when kl_coef > 0")
         out: list[torch.Tensor | None] = [None] * len(rollouts)
         for micro in self._micro_batches(rollouts, list(range(len(rollouts)))):  # longest first
-            batch = collate(rollouts, micro, self.pad_id).to(self.device)
-            logp, _ = self._logprobs(model, batch)
+            logp, _ = self._logprobs(model, self._layout(rollouts, micro))
             for row, i in enumerate(micro):
                 out[i] = logp[row, :rollouts.responses[i].numel()].float().cpu()
         return out
@@ -225,8 +248,11 @@ class PolicyTrainer:
         ppo_kl: mean (old - new) log-prob per token; clip_fraction: share of tokens
         whose clipped branch is active (no gradient); entropy: mean token entropy;
         grad_norm: mean gradient norm before clipping; tokens: response tokens
-        trained on (counted once, not per epoch); updates: optimizer steps.
+        trained on (counted once, not per epoch); tokens_per_second: those tokens
+        over this call's wall time (old/reference log-probs included); updates:
+        optimizer steps.
         """
+        started = time.perf_counter()
         cfg = self.config
         n = len(rollouts)
         rank, world_size = world()
@@ -257,6 +283,7 @@ class PolicyTrainer:
         metrics.update({k: values[k] / tokens for k in ("kl", "ppo_kl", "clip_fraction", "entropy")})
         metrics["tokens"] = float(rollouts.num_tokens())
         metrics["updates"] = float(updates)
+        metrics["tokens_per_second"] = metrics["tokens"] / (time.perf_counter() - started)
         return metrics
 
     def _update(self, rollouts: Rollouts, indices: list[int], old: list[torch.Tensor],
@@ -268,7 +295,7 @@ class PolicyTrainer:
         stats = dict.fromkeys(_STATS, 0.0)
         for k, micro in enumerate(micros):
             self.backend.begin_micro(is_last=k == len(micros) - 1)
-            batch = collate(rollouts, micro, self.pad_id, old_logprobs=old).to(self.device)
+            batch = self._layout(rollouts, micro, old_logprobs=old)
             logp, entropy = self._logprobs(self.backend.forward, batch, with_entropy=True)
             pg_tokens, clipped = ppo_clip_loss(logp, batch.old_logprobs, batch.advantages,
                                                cfg.clip_ratio_low, cfg.clip_ratio_high)
