@@ -7,64 +7,18 @@ import pytest
 import torch
 
 from tlt.engine import Request, RequestError, TorchEngine
-from tlt.models import ModelConfig, random_model
+from tlt.models import random_model
 from tlt.models.drafter import EagleDrafter
 from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
 from tlt.speculative.ngram import NgramDrafter
 
+from engine_models import CFG, bigram_drafter, mixed_prompts, mixed_requests, near_bigram_target
+
 torch.set_num_threads(1)  # tiny shapes: threads only add contention on shared CI cores
-
-CFG = ModelConfig(vocab_size=48, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rope_theta=500.0)
-STOP = 7
-
-
-def _near_bigram_target():
-    """A float64 target whose next token depends mostly on the current one (attention
-    and MLP outputs scaled down but not off, so the KV cache still matters), with peaked
-    distributions so that sampled text repeats enough for the n-gram drafter too."""
-    model = random_model(CFG, seed=11, dtype=torch.float64, init_std=0.3)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.mul_(0.005)
-            layer.mlp.down_proj.weight.mul_(0.005)
-        model.lm_head.weight.mul_(6.0)  # peaked next-token distributions, as a trained model's
-    return model
-
-
-def _bigram_drafter(target):
-    """Known-high-acceptance EAGLE drafter: fc passes the token embedding through and the
-    layer's outputs are small, so drafts follow the target's bigram part."""
-    drafter = EagleDrafter.for_target(target, seed=3, init_std=0.05)
-    with torch.no_grad():
-        h = CFG.hidden_size
-        drafter.fc.weight.zero_()
-        drafter.fc.weight[:, :h] = torch.eye(h, dtype=drafter.fc.weight.dtype)
-    return drafter
-
-
-def _prompts(n=56, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        if i % 2:  # repetitive prompts give the n-gram drafter something to find
-            unit = torch.randint(8, 48, (int(torch.randint(2, 5, (1,), generator=g)),), generator=g).tolist()
-            out.append((unit * 4)[: int(torch.randint(4, 12, (1,), generator=g))])
-        else:
-            out.append(torch.randint(0, 48, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g).tolist())
-    return out
-
-
-def _requests(prompts, **kw):
-    # varied max lengths so some sequences end by length, others at the stop token
-    # groups of 4 as in GRPO: the n-gram drafter also searches earlier responses of the group
-    return [Request(prompt=p, max_tokens=20 + (i * 7) % 41, stop_ids=[STOP], id=i, group=i // 4, seed=1000 + i, **kw)
-            for i, p in enumerate(prompts)]
-
 
 @pytest.fixture(scope="module")
 def target():
-    return _near_bigram_target()
+    return near_bigram_target()
 
 
 SAMPLING = {"greedy": dict(temperature=0.0), "t1": dict(temperature=1.0), "t0.7-p0.9": dict(temperature=0.7, top_p=0.9)}
@@ -72,7 +26,7 @@ SAMPLING = {"greedy": dict(temperature=0.0), "t1": dict(temperature=1.0), "t0.7-
 
 @pytest.fixture(scope="module")
 def plain_by_sampling(target):
-    return {name: TorchEngine(target, num_slots=16, max_model_len=80).generate(_requests(_prompts(), **kw))
+    return {name: TorchEngine(target, num_slots=16, max_model_len=80).generate(mixed_requests(mixed_prompts(), **kw))
             for name, kw in SAMPLING.items()}
 
 
@@ -81,10 +35,10 @@ def plain_by_sampling(target):
     ("eagle", "4_1_4"), ("eagle", "3_2_6"), ("eagle", "4_3_10"), ("ngram", "5_1_5")])
 def test_outputs_are_token_identical_with_speculation(target, plain_by_sampling, drafter_kind, strategy, sampling):
     """Coupled verification: greedy and sampled outputs equal plain decoding's token for token."""
-    drafter = _bigram_drafter(target) if drafter_kind == "eagle" else NgramDrafter(max_n=3)
+    drafter = bigram_drafter(target) if drafter_kind == "eagle" else NgramDrafter(max_n=3)
     engine = TorchEngine(target, num_slots=16, max_model_len=80, drafter=drafter,
                          speculation=FixedStrategy(Strategy.parse(strategy)))
-    results = engine.generate(_requests(_prompts(), **SAMPLING[sampling]))
+    results = engine.generate(mixed_requests(mixed_prompts(), **SAMPLING[sampling]))
     plain_results = plain_by_sampling[sampling]
     reasons = {r.finish_reason for r in plain_results}
     assert reasons == {"stop", "length"}, "the workload must exercise both finish reasons"
@@ -96,11 +50,11 @@ def test_outputs_are_token_identical_with_speculation(target, plain_by_sampling,
 
 
 def test_logprobs_equal_a_plain_forward_of_the_whole_sequence(target):
-    drafter = _bigram_drafter(target)
+    drafter = bigram_drafter(target)
     engine = TorchEngine(target, num_slots=4, max_model_len=64, drafter=drafter,
                          speculation=FixedStrategy(Strategy(3, 2, 6)))
     reqs = [Request(prompt=p, max_tokens=20, temperature=t, top_p=tp, seed=i, id=i)
-            for i, (p, t, tp) in enumerate(zip(_prompts(6, seed=4), [0.0, 1.0, 0.7, 1.0, 1.3, 0.0],
+            for i, (p, t, tp) in enumerate(zip(mixed_prompts(6, seed=4), [0.0, 1.0, 0.7, 1.0, 1.3, 0.0],
                                                [1.0, 1.0, 0.9, 0.5, 1.0, 1.0]))]
     for req, res in zip(reqs, engine.generate(reqs)):
         seq = torch.tensor(res.prompt + res.tokens)[None]
@@ -112,7 +66,7 @@ def test_logprobs_equal_a_plain_forward_of_the_whole_sequence(target):
 
 
 def test_sampled_outputs_do_not_depend_on_batch_composition(target):
-    prompts = _prompts(12, seed=5)
+    prompts = mixed_prompts(12, seed=5)
     reqs = lambda: [Request(prompt=p, max_tokens=15, temperature=1.0, top_p=0.9, seed=100 + i, id=i)
                     for i, p in enumerate(prompts)]
     wide = TorchEngine(target, num_slots=12, max_model_len=64).generate(reqs())
@@ -121,7 +75,7 @@ def test_sampled_outputs_do_not_depend_on_batch_composition(target):
 
 
 def test_hidden_states_on_request_equal_a_prefill_of_the_sequence(target):
-    engine = TorchEngine(target, num_slots=2, max_model_len=64, drafter=_bigram_drafter(target),
+    engine = TorchEngine(target, num_slots=2, max_model_len=64, drafter=bigram_drafter(target),
                          speculation=FixedStrategy(Strategy(4, 1, 4)))
     res = engine.generate([Request(prompt=[1, 2, 3], max_tokens=12, temperature=0.0,
                                    return_hidden_states=True)])[0]
@@ -164,7 +118,7 @@ def test_counters_are_readable_from_another_thread_while_generating(target):
 
 def test_adaptive_engine_speculates_only_in_the_tail(target):
     manager = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=2, hysteresis=0)
-    engine = TorchEngine(target, num_slots=8, max_model_len=64, drafter=_bigram_drafter(target),
+    engine = TorchEngine(target, num_slots=8, max_model_len=64, drafter=bigram_drafter(target),
                          speculation=manager)
     engine.submit([Request(prompt=[5], max_tokens=4 + 6 * i, temperature=0.0, id=i) for i in range(6)])
     states = []

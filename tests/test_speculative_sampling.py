@@ -9,7 +9,7 @@ import torch
 
 from tlt.speculative.sampling import sample_from, target_probs, uniforms
 from tlt.speculative.tree import build_tree, chain_tree
-from tlt.speculative.verify import accept
+from tlt.speculative.verify import accept, accept_chain
 
 V = 4  # tiny vocabulary: whole blocks can be enumerated
 BLOCK = 3  # tokens per compared block
@@ -228,3 +228,27 @@ def test_top_p_keeps_the_smallest_nucleus_and_temperature_zero_is_argmax():
     assert torch.allclose(p, torch.tensor([[0.625, 0.375, 0.0, 0.0]], dtype=torch.float64))
     g = target_probs(logits, torch.tensor([0.0]), torch.tensor([1.0]))
     assert g.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.9)])
+def test_the_chain_fast_path_accepts_what_the_tree_rule_accepts(temperature, top_p):
+    """accept_chain (no tree: prefix match against the plain sampler's draws) equals
+    accept on the same chain as a tree, padding drafts included."""
+    g = torch.Generator().manual_seed(9)
+    bsz, steps = 64, 4
+    logits = torch.randn(bsz, steps + 1, V, generator=g, dtype=torch.float64) * 2
+    drafts = logits[:, :-1].argmax(-1)  # often right ...
+    wrong = torch.rand(bsz, steps, generator=g) < 0.3
+    drafts = torch.where(wrong, torch.randint(0, V, (bsz, steps), generator=g), drafts)  # ... sometimes not
+    lengths = torch.randint(0, steps + 1, (bsz,), generator=g)
+    temp = torch.full((bsz,), temperature, dtype=torch.float64)
+    tp = torch.full((bsz,), top_p, dtype=torch.float64)
+    u = uniforms(torch.arange(bsz), torch.arange(steps + 1).expand(bsz, -1), 1)[..., 0]
+    tree = chain_tree(drafts[:, 0] * 0, drafts, lengths)  # the root's token is not checked
+    ref = accept(tree, logits, temp, tp, u, max_depth=steps)
+    got = accept_chain(drafts, logits, temp, tp, u, draft_len=lengths)
+    assert torch.equal(got.num_nodes, ref.num_nodes)
+    assert torch.equal(got.tokens, ref.tokens)
+    assert torch.equal(got.path, ref.path)
+    assert torch.allclose(got.logprobs, ref.logprobs)
+    assert 1.5 < float(ref.num_nodes.float().mean()) < steps + 1  # both accepting and rejecting happened

@@ -114,7 +114,10 @@ def add_rollout_args(b) -> None:
     b.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats per fixed-batch cell (median)")
     b.add_argument("--chain", type=int, default=d.chain, help="draft chain length (default %(default)s)")
     b.add_argument("--threshold", type=int, help="speculation batch threshold (default: auto from the cost table)")
-    b.add_argument("--dtype", default="float32", help="float32 (default) or float64 (exact greedy equality)")
+    b.add_argument("--temperature", type=float, default=d.temperature,
+                   help="sampling temperature of every run (default %(default)s = greedy); outputs must be "
+                   "token-identical to plain decoding's at any temperature")
+    b.add_argument("--dtype", default="float32", help="float32 (default) or float64 (exact equality, no float ties)")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     b.add_argument("--seed", type=int, default=0)
 
@@ -136,6 +139,8 @@ def run_rollout_bench(args) -> int:
         raise CommandError("--batch-sizes must be comma-separated integers, e.g. 1,4,16,64") from None
     if not sizes or min(sizes) < 1:
         raise CommandError("--batch-sizes needs integers >= 1")
+    if args.temperature < 0:
+        raise CommandError("--temperature must be >= 0 (0 = greedy)")
     try:
         folder, target = load_target(args.model, args.dtype)
     except ConfigError as err:
@@ -155,11 +160,16 @@ def run_rollout_bench(args) -> int:
                out, cfg, [tokenizer.eos_token_id])
         drafter = EagleDrafter.load(out, target)
     cfg = BenchConfig(batch_sizes=sizes, tokens=args.tokens, requests=args.requests, max_tokens=args.max_tokens,
-                      repeats=args.repeats, chain=args.chain, threshold=args.threshold, seed=args.seed)
+                      repeats=args.repeats, chain=args.chain, threshold=args.threshold, seed=args.seed,
+                      temperature=args.temperature)
     summary = run_bench(target, drafter, tokenizer, cfg)
     for line in summary.pop("table"):
         print(line)
     print(json.dumps(summary))
+    if not summary["outputs_identical"]:
+        print(f"error: speculative outputs differ from plain decoding's: {summary['mismatched_sequences']}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,8 +6,16 @@ cache of every token but the last (the *pending* token, sampled and emitted but 
 yet fed), and, when an EAGLE drafter or hidden states are wanted, the target's last
 hidden state per position. A step admits waiting requests into free slots (one padded
 prefill), then either decodes one token for every running sequence or runs one
-speculative round: draft, verify all sequences' trees in one target forward, accept
-per row, keep only the accepted KV entries.
+speculative round: the drafter catches up on the committed tokens and drafts, the
+target verifies all sequences' drafts in one forward, each row accepts the prefix
+plain sampling would have emitted, and only the accepted KV entries are kept.
+
+The hot path (decode steps and rounds) keeps its bookkeeping on the device and reads
+back one small tensor of results per step; what it needs to know on the host (lengths
+for the attention window, greedy or sampled) it mirrors from those results. With
+`static=True` (the default on CUDA) shapes are fixed per running-batch bucket and
+attention window (`tlt.engine.static`), and with `cuda_graphs` each step is replayed
+as a CUDA graph; otherwise the same functions run with exact shapes.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -26,15 +34,14 @@ from tlt.models.drafter import EagleDrafter
 from tlt.models.llama import CausalLM
 from tlt.models.loading import load_weights
 from tlt.speculative.adaptive import Strategy
-from tlt.speculative.eagle import draft_tree
+from tlt.speculative.eagle import draft_chain, draft_tree
 from tlt.speculative.ngram import NgramDrafter
-from tlt.speculative.sampling import sample_from, target_probs, token_logprobs, uniforms
-from tlt.speculative.tree import chain_tree
-from tlt.speculative.verify import accept
+from tlt.speculative.sampling import BatchSampling, sample_from, seed_keys, target_probs, token_logprobs, uniforms
+from tlt.speculative.verify import accept, accept_chain
 
 from .metrics import engine_metrics
+from .static import StepGraphs, batch_buckets, bucket_of, window_of
 from .types import Counters, Request, RequestError, Result
-
 
 class SpeculationController(Protocol):
     def decide(self, batch: int) -> Strategy | None: ...
@@ -42,18 +49,41 @@ class SpeculationController(Protocol):
     def record_plain(self, batch: int, tokens: int, seconds: float) -> None: ...
 
 
+@dataclass
+class _Batch:
+    """The running batch as the hot path sees it (rebuilt only when the set changes)."""
+
+    slots: list[int]  # running slots, ascending
+    rows: torch.Tensor  # [bucket] device slot of each row; padding rows on the scratch slot
+    idx: torch.Tensor  # [n] the running slots on the host (index of the host mirrors)
+    read: slice | None  # rows as a slice when they are one contiguous run: cache reads are views
+    sampling: BatchSampling
+    bucket: int
+
+    @property
+    def padded(self) -> bool:
+        return self.bucket > len(self.slots)
+
+
 class TorchEngine:
     def __init__(self, model: CausalLM, *, num_slots: int = 64, max_model_len: int = 2048,
                  drafter: EagleDrafter | NgramDrafter | None = None,
                  speculation: SpeculationController | None = None,
                  store_hidden_states: bool = False, metrics_registry=None,
-                 max_tree_nodes: int = 64):
+                 max_tree_nodes: int = 64, static: bool | None = None, cuda_graphs: bool | None = None):
+        """`static`: fixed shapes per running-batch bucket and attention window (default:
+        on CUDA); `cuda_graphs`: replay those steps as CUDA graphs (default: static on CUDA)."""
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         if speculation is not None and drafter is None:
             raise ValueError("speculation needs a drafter: pass an EagleDrafter or NgramDrafter")
         self.model = model.eval()
         self.device = model.device
+        cuda = self.device.type == "cuda"
+        self.static = cuda if static is None else bool(static)
+        self.cuda_graphs = (self.static and cuda) if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and not (self.static and cuda):
+            raise ValueError("cuda_graphs needs static=True and a model on a CUDA device")
         self.num_slots = num_slots
         self.max_model_len = max_model_len
         self.drafter = drafter
@@ -68,11 +98,15 @@ class TorchEngine:
         self._finished: list[Result] = []
         self._counters = Counters()
         self._slot_req: list[Request | None] = [None] * num_slots
+        self._pad = num_slots  # the scratch slot: padding rows of a bucket read and write there
+        self._buckets = batch_buckets(num_slots) if self.static else None
+        self._graphs = StepGraphs() if self.cuda_graphs else None
+        self._batch: _Batch | None = None
         self._allocate()
 
     # ---------- buffers ----------
     def _allocate(self) -> None:
-        S, dev = self.num_slots, self.device
+        S, dev = self.num_slots + 1, self.device
         cap = self.max_model_len + self.max_tree_nodes + 2
         self.cache = self.model.new_cache(S, cap)
         self.dcache = self.drafter.new_cache(S, cap + self.max_tree_nodes) if self._eagle else None
@@ -80,20 +114,31 @@ class TorchEngine:
         self.prompt_len = torch.zeros(S, dtype=torch.long, device=dev)
         self.gen = torch.zeros(S, dtype=torch.long, device=dev)  # emitted tokens incl. pending
         self.out_lp = torch.zeros(S, cap, dtype=torch.float32, device=dev)
-        self.max_tokens = torch.zeros(S, dtype=torch.long, device=dev)
+        self.max_tokens = torch.zeros(S, dtype=torch.long, device=dev)  # 0 on the scratch slot: it never emits
         self.temperature = torch.zeros(S, dtype=torch.float64, device=dev)
         self.top_p = torch.ones(S, dtype=torch.float64, device=dev)
-        self.seeds = torch.zeros(S, dtype=torch.int64, device=dev)
-        self.stops = torch.full((S, 1), -1, dtype=torch.long, device=dev)
+        self.seed_key = torch.zeros(S, dtype=torch.int64, device=dev)  # sampling.seed_keys of the request's seed
+        self.stops = torch.full((S, 4), -1, dtype=torch.long, device=dev)
         h = self.model.config.hidden_size
         self.hist = torch.zeros(S, cap, h, dtype=self.model.dtype, device=dev) if self._keep_hidden else None
+        # Host mirrors of the device lengths, kept from each step's results (no reads).
+        self._hlen = torch.zeros(S, dtype=torch.long)  # target KV entries committed = position of the pending token
+        self._hdlen = torch.zeros(S, dtype=torch.long)  # drafter KV entries committed
+        self._hgen = torch.zeros(S, dtype=torch.long)  # emitted tokens
+        self._rows_buf = {}  # bucket -> static device rows (CUDA graphs read them in place)
+        self._batch = None
+        if self._graphs is not None:
+            self._graphs.clear()
 
     def sleep(self) -> None:
         """Free the KV caches and buffers (e.g. to lend the device); requires no running work."""
-        if self.running_slots().numel():
+        if any(r is not None for r in self._slot_req):
             raise RuntimeError("cannot sleep with running sequences; wait until the engine is idle")
         self.cache = self.dcache = self.hist = None
         self.seq = self.out_lp = None
+        self._rows_buf = {}
+        if self._graphs is not None:
+            self._graphs.clear()
 
     def wake(self) -> None:
         if self.cache is None:
@@ -134,19 +179,20 @@ class TorchEngine:
         before = self._counters.generated_tokens
         with torch.inference_mode():
             done = self._admit()
-            slots = self.running_slots()
+            batch = self._running()
+            n = len(batch.slots) if batch is not None else 0
             strategy = None
-            if slots.numel():
-                strategy = self.speculation.decide(int(slots.numel())) if self.speculation else None
+            if n:
+                strategy = self.speculation.decide(n) if self.speculation else None
                 if strategy is None:
                     t0 = time.perf_counter()
                     emitted = self._counters.generated_tokens
-                    done += self._decode(slots)
+                    done += self._decode(batch)
                     if self.speculation is not None:
-                        self.speculation.record_plain(int(slots.numel()), self._counters.generated_tokens - emitted,
+                        self.speculation.record_plain(n, self._counters.generated_tokens - emitted,
                                                       time.perf_counter() - t0)
                 else:
-                    done += self._speculate(slots, strategy)
+                    done += self._speculate(batch, strategy)
         elapsed = time.perf_counter() - start
         m = self.metrics
         produced = self._counters.generated_tokens - before
@@ -154,7 +200,7 @@ class TorchEngine:
         m.speculation_seconds.labels(state="on" if strategy else "off").inc(elapsed)
         if elapsed > 0:
             m.tokens_per_second.set(produced / elapsed)
-        m.running_batch.set(int(slots.numel()))
+        m.running_batch.set(n)
         with self._lock:
             self._counters = _replace(self._counters, speculating=strategy is not None)
         return done
@@ -194,7 +240,7 @@ class TorchEngine:
             running = [i for i, r in enumerate(self._slot_req) if r is not None]
             for slot in running[::-1][: max(0, count - len(out))]:
                 req = self._slot_req[slot]
-                plen, gen = int(self.prompt_len[slot]), int(self.gen[slot])
+                plen, gen = len(req.prompt), int(self._hgen[slot])
                 seq = self.seq[slot, : plen + gen].tolist()
                 out.append(replace(req, prompt=seq[:plen], prefix=seq[plen:],
                                    prefix_logprobs=self.out_lp[slot, :gen].tolist()))
@@ -202,6 +248,7 @@ class TorchEngine:
                     self.drafter.finish(req.id)  # forget the suffix index; it is rebuilt on the new engine
                 with self._lock:
                     self._slot_req[slot] = None
+                self._batch = None
             with self._lock:
                 self._counters = _replace(self._counters, waiting=len(self._waiting),
                                           running=sum(r is not None for r in self._slot_req))
@@ -222,6 +269,7 @@ class TorchEngine:
         with torch.inference_mode(False), torch.no_grad():
             self.drafter.load_state(state)
         self.dcache.lengths.zero_()
+        self._hdlen.zero_()
 
     def compute_hidden_states(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> list[torch.Tensor]:
         """Target post-norm last hidden states [len, H] of whole sequences (one prefill each,
@@ -238,7 +286,7 @@ class TorchEngine:
                 out.extend(h[b, :len(s)].clone() for b, s in enumerate(chunk))
         return out
 
-    # ---------- internals ----------
+    # ---------- admission (dynamic shapes: prefill is not on the hot path) ----------
     def _admit(self) -> list[Result]:
         with self._lock:
             free = [i for i, r in enumerate(self._slot_req) if r is None]
@@ -249,6 +297,9 @@ class TorchEngine:
                                       running=sum(r is not None for r in self._slot_req))
         if not take:
             return []
+        self._batch = None
+        for r in take:
+            self._reserve_stops(len(r.stop_ids))
         resumed = [(slot, r) for slot, r in zip(free, take) if r.prefix]
         for slot, r in resumed:
             self._resume(slot, r)
@@ -257,26 +308,24 @@ class TorchEngine:
             return []
         free, take = [s for s, _ in fresh], [r for _, r in fresh]
         dev = self.device
-        slots = torch.tensor(free[:len(take)], dtype=torch.long, device=dev)
-        lens = torch.tensor([len(r.prompt) for r in take], dtype=torch.long, device=dev)
-        width = int(lens.max())
-        ids = torch.zeros(len(take), width, dtype=torch.long, device=dev)
-        max_stops = max([len(r.stop_ids) for r in take] + [self.stops.shape[1]])
-        if max_stops > self.stops.shape[1]:
-            pad = torch.full((self.num_slots, max_stops - self.stops.shape[1]), -1, dtype=torch.long, device=dev)
-            self.stops = torch.cat([self.stops, pad], 1)
+        slots = torch.tensor(free, dtype=torch.long, device=dev)
+        plens = [len(r.prompt) for r in take]
+        lens = torch.tensor(plens, dtype=torch.long, device=dev)
+        width = max(plens)
+        ids = torch.zeros(len(take), width, dtype=torch.long)
+        stops = torch.full((len(take), self.stops.shape[1]), -1, dtype=torch.long)
         for b, r in enumerate(take):
-            ids[b, :len(r.prompt)] = torch.as_tensor(list(r.prompt), device=dev)
-            self.stops[slots[b]] = -1
-            if r.stop_ids:
-                self.stops[slots[b], :len(r.stop_ids)] = torch.as_tensor(list(r.stop_ids), device=dev)
+            ids[b, :len(r.prompt)] = torch.as_tensor(list(r.prompt))
+            stops[b, :len(r.stop_ids)] = torch.as_tensor(list(r.stop_ids), dtype=torch.long)
+        ids = ids.to(dev)
+        self.stops[slots] = stops.to(dev)
         self.seq[slots, :width] = ids
         self.prompt_len[slots] = lens
         self.gen[slots] = 0
         self.max_tokens[slots] = torch.tensor([r.max_tokens for r in take], device=dev)
         self.temperature[slots] = torch.tensor([r.temperature for r in take], dtype=torch.float64, device=dev)
         self.top_p[slots] = torch.tensor([r.top_p for r in take], dtype=torch.float64, device=dev)
-        self.seeds[slots] = torch.tensor([int(r.seed) for r in take], dtype=torch.int64, device=dev)
+        self.seed_key[slots] = seed_keys(torch.tensor([int(r.seed) for r in take], dtype=torch.int64)).to(dev)
         self.cache.reset(slots)
         if self.dcache is not None:
             self.dcache.reset(slots)
@@ -284,25 +333,33 @@ class TorchEngine:
         self.cache.advance(slots, lens)
         if self.hist is not None:
             self.hist[slots, :width] = h
+        idx = torch.tensor(free, dtype=torch.long)
+        self._hlen[idx] = torch.tensor(plens, dtype=torch.long)
+        self._hdlen[idx] = 0
+        self._hgen[idx] = 0
         rows = torch.arange(len(take), device=dev)
         logits = self.model.logits(h[rows, lens - 1])
-        tokens, lp = self._sample(logits, slots)
-        return self._emit(slots, tokens[:, None], lp[:, None], torch.ones_like(lens))
+        sampling = BatchSampling.of([r.temperature for r in take], [r.top_p for r in take])
+        tokens, lp = self._sample(logits, slots, sampling)
+        res = self._emit(slots, tokens[:, None], lp[:, None], torch.ones_like(lens), padded=False)
+        return self._collect(free, idx, res, fed=False)[0]
 
-    def _set_stops(self, slot: int, stop_ids) -> None:
-        if len(stop_ids) > self.stops.shape[1]:
-            pad = torch.full((self.num_slots, len(stop_ids) - self.stops.shape[1]), -1, dtype=torch.long, device=self.device)
+    def _reserve_stops(self, count: int) -> None:
+        if count > self.stops.shape[1]:
+            pad = torch.full((self.num_slots + 1, count - self.stops.shape[1]), -1, dtype=torch.long,
+                             device=self.device)
             self.stops = torch.cat([self.stops, pad], 1)
-        self.stops[slot] = -1
-        if stop_ids:
-            self.stops[slot, :len(stop_ids)] = torch.as_tensor(list(stop_ids), device=self.device)
+            if self._graphs is not None:
+                self._graphs.clear()  # the graphs read the old buffer
 
     def _resume(self, slot: int, r: Request) -> None:
         """Admit a continuation: prefill prompt + prefix but the last token, which is pending."""
         dev = self.device
         full = [*r.prompt, *r.prefix]
         s = torch.tensor([slot], dtype=torch.long, device=dev)
-        self._set_stops(slot, r.stop_ids)
+        self.stops[slot] = -1
+        if r.stop_ids:
+            self.stops[slot, :len(r.stop_ids)] = torch.as_tensor(list(r.stop_ids), device=dev)
         self.seq[slot, :len(full)] = torch.as_tensor(full, device=dev)
         self.prompt_len[slot] = len(r.prompt)
         self.gen[slot] = len(r.prefix)
@@ -310,7 +367,7 @@ class TorchEngine:
         self.max_tokens[slot] = r.max_tokens
         self.temperature[slot] = r.temperature
         self.top_p[slot] = r.top_p
-        self.seeds[slot] = int(r.seed)
+        self.seed_key[slot] = int(seed_keys(torch.tensor([int(r.seed)]))[0])
         self.cache.reset(s)
         if self.dcache is not None:
             self.dcache.reset(s)
@@ -319,123 +376,253 @@ class TorchEngine:
         self.cache.advance(s, torch.tensor([len(full) - 1], device=dev))
         if self.hist is not None:
             self.hist[slot, : len(full) - 1] = h[0]
+        self._hlen[slot], self._hdlen[slot], self._hgen[slot] = len(full) - 1, 0, len(r.prefix)
 
-    def _sample(self, logits: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # ---------- the hot path ----------
+    def _running(self) -> _Batch | None:
+        """The running batch, rebuilt only after admissions, finishes and preemptions."""
+        if self._batch is not None:
+            return self._batch
+        slots = [i for i, r in enumerate(self._slot_req) if r is not None]
+        if not slots:
+            return None
+        n = len(slots)
+        bucket = bucket_of(n, self._buckets) if self.static else n
+        host_rows = torch.tensor(slots + [self._pad] * (bucket - n), dtype=torch.long)
+        if self.cuda_graphs:  # graphs read their rows from one static buffer per bucket
+            buf = self._rows_buf.get(bucket)
+            if buf is None:
+                buf = self._rows_buf[bucket] = torch.empty(bucket, dtype=torch.long, device=self.device)
+            buf.copy_(host_rows.pin_memory(), non_blocking=True)
+            rows = buf
+        else:
+            rows = host_rows.to(self.device)
+        contiguous = not self.cuda_graphs and slots[-1] - slots[0] == n - 1 and bucket == n
+        reqs = [self._slot_req[s] for s in slots]
+        self._batch = _Batch(slots=slots, rows=rows, idx=torch.tensor(slots, dtype=torch.long),
+                             read=slice(slots[0], slots[0] + n) if contiguous else None,
+                             sampling=BatchSampling.of([r.temperature for r in reqs], [r.top_p for r in reqs]),
+                             bucket=bucket)
+        return self._batch
+
+    def _window(self, batch: _Batch, ahead: int, capacity: int) -> int:
+        """Attention window of a forward writing `ahead` entries past the committed ones."""
+        return window_of(int(self._hlen[batch.idx].max()) + ahead, capacity, self.static)
+
+    def _run(self, key, fn):
+        return self._graphs.run(key, fn) if self._graphs is not None else fn()
+
+    def _sample(self, logits: torch.Tensor, slots: torch.Tensor, sampling: BatchSampling):
         temp = self.temperature[slots]
-        if bool((temp <= 0).all()):
+        if sampling.all_greedy:
             tokens = logits.argmax(-1)
         else:
-            probs = target_probs(logits, temp, self.top_p[slots])
-            u = uniforms(self.seeds[slots], self.gen[slots][:, None], 1)[:, 0, 0]
+            probs = target_probs(logits, temp, self.top_p[slots], nucleus=sampling.nucleus,
+                                 any_greedy=sampling.any_greedy)
+            u = self._uniforms(slots, self.gen[slots][:, None])[:, 0]
             tokens = sample_from(probs, u)
         return tokens, token_logprobs(logits, temp, tokens)
 
-    def _decode(self, slots: torch.Tensor) -> list[Result]:
-        pos = self.cache.lengths[slots]
-        pending = self.seq[slots, self.prompt_len[slots] + self.gen[slots] - 1]
-        h = self.model.hidden(pending[:, None], pos[:, None], cache=self.cache, slots=slots)
-        self.cache.advance(slots, 1)
-        if self.hist is not None:
-            self.hist[slots, pos] = h[:, 0]
-        tokens, lp = self._sample(self.model.logits(h[:, 0]), slots)
-        return self._emit(slots, tokens[:, None], lp[:, None], torch.ones_like(pos))
+    def _uniforms(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The plain sampler's uniforms [B, D] at response positions [B, D] (stream 0)."""
+        return uniforms(None, positions, 1, keys=self.seed_key[slots])[..., 0]
 
-    def _speculate(self, slots: torch.Tensor, strategy: Strategy) -> list[Result]:
-        start = time.perf_counter()
-        dev = self.device
-        bsz = slots.numel()
-        base = self.cache.lengths[slots]  # position of the pending token
-        pending = self.seq[slots, base]
-        if self._eagle:
-            root_feature = self._drafter_catch_up(slots, base)
-            tree = draft_tree(self.drafter, self.dcache, slots, pending, root_feature, base, strategy)
-        else:
-            tree = self._ngram_tree(slots, pending, strategy)
-        positions = base[:, None] + tree.depth
-        h = self.model.hidden(tree.tokens, positions, cache=self.cache, slots=slots, tail_mask=tree.mask)
-        logits = self.model.logits(h)
-        steps = tree.max_depth + 1
-        u = uniforms(self.seeds[slots], self.gen[slots][:, None] + torch.arange(steps, device=dev), 1)[..., 0]
-        acc = accept(tree, logits, self.temperature[slots], self.top_p[slots], u, max_depth=steps - 1)
+    def _decode(self, batch: _Batch) -> list[Result]:
+        window = self._window(batch, 1, self.cache.capacity)
+        res = self._run(("decode", batch.bucket, window, batch.sampling), lambda: self._decode_step(batch, window))
+        return self._collect(batch.slots, batch.idx, res)[0]
+
+    def _decode_step(self, batch: _Batch, window: int) -> torch.Tensor:
+        rows = batch.rows
+        base = self.cache.lengths[rows]  # position of the pending token
+        pending = self.seq[rows, base]
+        h = self.model.hidden(pending[:, None], base[:, None], cache=self.cache, slots=rows,
+                              window=window, read_slots=batch.read)
         if self.hist is not None:
-            width = acc.path.shape[1]
-            rows = torch.arange(bsz, device=dev)[:, None]
-            self.hist[slots[:, None], base[:, None] + torch.arange(width, device=dev)] = h[rows, acc.path]
-        self.cache.keep(slots, acc.path, acc.num_nodes)
-        emitted = int(acc.num_nodes.sum())
-        results = self._emit(slots, acc.tokens, acc.logprobs, acc.num_nodes)
-        seconds = time.perf_counter() - start
-        self.speculation.record(strategy, bsz, emitted, seconds)
-        for n in acc.num_nodes.tolist():
-            self.metrics.acceptance_length.labels(strategy=strategy.name).observe(n)
+            self.hist[rows, base] = h[:, 0]
+        tokens, lp = self._sample(self.model.logits(h[:, 0]), rows, batch.sampling)
+        self.cache.lengths[rows] = base + 1
+        return self._emit(rows, tokens[:, None], lp[:, None], torch.ones_like(base), batch.padded)
+
+    def _speculate(self, batch: _Batch, strategy: Strategy) -> list[Result]:
+        start = time.perf_counter()
+        if strategy.verify_tokens + 1 > self.max_tree_nodes:
+            raise ValueError(f"strategy {strategy.name} verifies more than max_tree_nodes={self.max_tree_nodes} "
+                             "tokens; raise max_tree_nodes or lower verifyTokens")
+        if self._eagle:
+            reach = strategy.steps + 1  # the round's catch-up covers this many positions at most
+            self._drafter_catch_up_long(batch, reach)
+            verify = strategy.steps + 1 if strategy.topk == 1 else strategy.verify_tokens + 1
+            window = self._window(batch, verify, self.cache.capacity)
+            dwindow = self._window(batch, max(reach, (strategy.steps - 1) * strategy.topk), self.dcache.capacity)
+            step = self._chain_round if strategy.topk == 1 else self._tree_round
+            res = self._run(("round", strategy, batch.bucket, window, dwindow, batch.sampling),
+                            lambda: step(batch, strategy, window, dwindow))
+            self._hdlen[batch.idx] = self._hlen[batch.idx]  # the round caught the drafter up to the pending token
+        else:
+            res = self._ngram_round(batch, strategy)
+        results, r = self._collect(batch.slots, batch.idx, res)
+        counts = r[:, 0]
+        emitted = int(counts.sum())
+        self.speculation.record(strategy, len(batch.slots), emitted, time.perf_counter() - start)
+        hist = self.metrics.acceptance_length.labels(strategy=strategy.name)
+        for n in counts.tolist():
+            hist.observe(n)
         with self._lock:
             c = self._counters
-            self._counters = _replace(c, verify_rounds=c.verify_rounds + bsz,
+            self._counters = _replace(c, verify_rounds=c.verify_rounds + len(batch.slots),
                                       accepted_tokens=c.accepted_tokens + emitted)
         return results
 
-    def _drafter_catch_up(self, slots: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """Feed the drafter every committed position it has not seen (inputs: token at
-        t+1 and the target's true hidden state at t); return its feature at the last
-        committed position, whose LM head drafts the token after the pending one."""
-        dev = self.device
-        start = self.dcache.lengths[slots]
-        count = base - start  # >= 1: positions start .. base-1
-        width = int(count.max())
-        j = torch.arange(width, device=dev)[None, :]
-        pos = (start[:, None] + j).clamp_max(base[:, None] - 1)
-        tokens = self.seq[slots[:, None], pos + 1]
-        hidden = self.hist[slots[:, None], pos]
-        feat = self.drafter.features(tokens, hidden, pos, cache=self.dcache, slots=slots)
-        self.dcache.advance(slots, count)
-        return feat[torch.arange(slots.numel(), device=dev), count - 1]
+    def _drafter_catch_up(self, rows: torch.Tensor, base: torch.Tensor, width: int, window: int,
+                          read: slice | None) -> torch.Tensor:
+        """Feed the drafter the committed positions it has not seen (inputs: token at t+1
+        and the target's true hidden state at t; at most `width` of them per row, padded
+        by repeating the last); return its feature at the last committed position, whose
+        LM head drafts the token after the pending one: the round's first draft level."""
+        dlen = self.dcache.lengths[rows]
+        count = base - dlen  # positions dlen .. base-1 (0 on padding rows)
+        pos = torch.minimum(dlen[:, None] + torch.arange(width, device=rows.device)[None, :],
+                            (base - 1).clamp_min(0)[:, None])
+        tokens = self.seq[rows[:, None], pos + 1]
+        hidden = self.hist[rows[:, None], pos]
+        feat = self.drafter.features(tokens, hidden, pos, cache=self.dcache, slots=rows, window=window, read_slots=read)
+        self.dcache.lengths[rows] = base
+        return feat[torch.arange(rows.shape[0], device=rows.device), (count - 1).clamp_min(0)]
 
-    def _ngram_tree(self, slots: torch.Tensor, pending: torch.Tensor, strategy: Strategy):
-        steps = strategy.steps
-        drafts = torch.zeros(slots.numel(), steps, dtype=torch.long)
-        lengths = torch.zeros(slots.numel(), dtype=torch.long)
-        totals = (self.prompt_len[slots] + self.gen[slots]).tolist()
-        rows = self.seq[slots].tolist()
-        for b, (slot, total) in enumerate(zip(slots.tolist(), totals)):
+    def _drafter_catch_up_long(self, batch: _Batch, reach: int, chunk: int = 256) -> None:
+        """Eagerly catch the drafter up where it lags more than a round covers (after
+        admission, plain steps or a drafter update), leaving one position per row."""
+        lag = self._hlen[batch.idx] - self._hdlen[batch.idx]
+        if int(lag.max()) <= reach:
+            return
+        behind = batch.idx[lag > reach]
+        rows = behind.to(self.device)
+        read = None
+        while True:
+            dlen, base = self._hdlen[behind], self._hlen[behind]
+            upto = torch.minimum(base - 1, dlen + chunk)  # catch up to positions < upto
+            width = int((upto - dlen).max())
+            if width <= 0:
+                return
+            j = torch.arange(width)
+            pos = torch.minimum(dlen[:, None] + j, (upto - 1)[:, None]).to(self.device)
+            tokens = self.seq[rows[:, None], pos + 1]
+            hidden = self.hist[rows[:, None], pos]
+            window = window_of(int(dlen.max()) + width, self.dcache.capacity, False)
+            self.drafter.features(tokens, hidden, pos, cache=self.dcache, slots=rows, window=window, read_slots=read)
+            self.dcache.lengths[rows] = upto.to(self.device)
+            self._hdlen[behind] = upto
+
+    def _chain_round(self, batch: _Batch, strategy: Strategy, window: int, dwindow: int) -> torch.Tensor:
+        """A top-1 round: catch-up (its last position drafts the first token), steps - 1
+        drafter forwards, one verify forward, and acceptance as a prefix match; the
+        accepted KV entries are already in place."""
+        rows, steps = batch.rows, strategy.steps
+        base = self.cache.lengths[rows]
+        root = self._drafter_catch_up(rows, base, steps + 1, dwindow, batch.read)
+        drafts = draft_chain(self.drafter, self.dcache, rows, root, base, steps, dwindow, batch.read)
+        return self._verify_chain(batch, base, drafts, None, window)
+
+    def _verify_chain(self, batch: _Batch, base: torch.Tensor, drafts: torch.Tensor, draft_len, window: int):
+        rows, steps = batch.rows, drafts.shape[1]
+        j = torch.arange(steps + 1, device=rows.device)
+        pos = base[:, None] + j  # [B, steps + 1]
+        tokens = torch.cat([self.seq[rows, base][:, None], drafts], 1)
+        h = self.model.hidden(tokens, pos, cache=self.cache, slots=rows, window=window, read_slots=batch.read)
+        logits = self.model.logits(h)
+        u = None if batch.sampling.all_greedy else self._uniforms(rows, self.gen[rows][:, None] + j)
+        acc = accept_chain(drafts, logits, self.temperature[rows], self.top_p[rows], u, draft_len, batch.sampling)
+        if self.hist is not None:
+            self.hist[rows[:, None], pos] = h  # entries past the accepted ones are rewritten before use
+        self.cache.lengths[rows] = base + acc.num_nodes
+        return self._emit(rows, acc.tokens, acc.logprobs, acc.num_nodes, batch.padded)
+
+    def _tree_round(self, batch: _Batch, strategy: Strategy, window: int, dwindow: int) -> torch.Tensor:
+        """A tree round (top-k > 1): draft a tree, verify it with a tree mask, accept the
+        path plain sampling follows, gather the accepted KV entries into place."""
+        rows, steps = batch.rows, strategy.steps
+        dev = rows.device
+        base = self.cache.lengths[rows]
+        root = self._drafter_catch_up(rows, base, steps + 1, dwindow, batch.read)
+        pending = self.seq[rows, base]
+        tree = draft_tree(self.drafter, self.dcache, rows, pending, root, base, strategy, dwindow, batch.read)
+        h = self.model.hidden(tree.tokens, base[:, None] + tree.depth, cache=self.cache, slots=rows,
+                              tail_mask=tree.mask, window=window, read_slots=batch.read)
+        logits = self.model.logits(h)
+        j = torch.arange(steps + 1, device=dev)
+        u = None if batch.sampling.all_greedy else self._uniforms(rows, self.gen[rows][:, None] + j)
+        acc = accept(tree, logits, self.temperature[rows], self.top_p[rows], u, max_depth=steps,
+                     sampling=batch.sampling)
+        if self.hist is not None:
+            self.hist[rows[:, None], base[:, None] + j] = h[torch.arange(rows.shape[0], device=dev)[:, None], acc.path]
+        self.cache.keep(rows, acc.path, acc.num_nodes)
+        return self._emit(rows, acc.tokens, acc.logprobs, acc.num_nodes, batch.padded)
+
+    def _ngram_round(self, batch: _Batch, strategy: Strategy) -> torch.Tensor:
+        """N-gram drafts come from the host (the suffix index): read the sequences, draft,
+        verify as a chain. Not captured as a graph."""
+        steps, n = strategy.steps, len(batch.slots)
+        totals = [len(self._slot_req[s].prompt) + int(g) for s, g in zip(batch.slots, self._hgen[batch.idx].tolist())]
+        rows_host = self.seq[batch.rows[:n], : max(totals)].tolist()
+        drafts = torch.zeros(batch.bucket, steps, dtype=torch.long)
+        lengths = torch.zeros(batch.bucket, dtype=torch.long)
+        for b, (slot, total) in enumerate(zip(batch.slots, totals)):
             req = self._slot_req[slot]
-            prop = self.drafter.propose(req.id, rows[b][:total], steps, group=req.group)
+            prop = self.drafter.propose(req.id, rows_host[b][:total], steps, group=req.group)[:steps]
             drafts[b, :len(prop)] = torch.tensor(prop, dtype=torch.long)
             lengths[b] = len(prop)
-        return chain_tree(pending, drafts.to(self.device), lengths.to(self.device))
+        base = self.cache.lengths[batch.rows]
+        window = self._window(batch, steps + 1, self.cache.capacity)
+        return self._verify_chain(batch, base, drafts.to(self.device), lengths.to(self.device), window)
 
     def _emit(self, slots: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor,
-              counts: torch.Tensor) -> list[Result]:
+              counts: torch.Tensor, padded: bool) -> torch.Tensor:
         """Append up to counts[b] tokens per row, cut at the first stop token or at
-        max_tokens; finished rows become results and free their slot."""
-        dev = self.device
+        max_tokens, on the device. Returns the step's results [B, 4]: tokens verified
+        (KV entries committed), tokens emitted, finished, stopped."""
+        dev = slots.device
         width = tokens.shape[1]
         j = torch.arange(width, device=dev)[None, :]
         gen = self.gen[slots]
         room = self.max_tokens[slots] - gen
         is_stop = (tokens[:, :, None] == self.stops[slots][:, None, :]).any(-1) & (j < counts[:, None])
-        first_stop = torch.where(is_stop, j, width).min(1).values
-        take = torch.minimum(torch.minimum(counts, first_stop + 1), room)
-        write = self.prompt_len[slots][:, None] + gen[:, None] + j
-        self.seq[slots[:, None], write] = tokens
+        first_stop = torch.where(is_stop, j, width).amin(1)
+        take = torch.minimum(torch.minimum(counts, first_stop + 1), room).clamp_min(0)
+        self.seq[slots[:, None], self.prompt_len[slots][:, None] + gen[:, None] + j] = tokens
         self.out_lp[slots[:, None], gen[:, None] + j] = logprobs
         self.gen[slots] = gen + take
         stopped = first_stop < torch.minimum(counts, room)
         finished = stopped | (gen + take >= self.max_tokens[slots])
-        produced = int(take.sum())
+        if padded:  # the scratch slot's lengths must not creep towards the capacity
+            self.cache.lengths[self._pad] = 0
+            if self.dcache is not None:
+                self.dcache.lengths[self._pad] = 0
+        return torch.stack([counts, take, finished.long(), stopped.long()], 1)
+
+    def _collect(self, slots: list[int], idx: torch.Tensor, res: torch.Tensor, fed: bool = True):
+        """The step's one read of results: update the host mirrors, finish rows.
+        `fed`: the counted tokens went through the target (not so at admission)."""
+        r = res.cpu()[: len(slots)]
+        if fed:
+            self._hlen[idx] += r[:, 0]
+        self._hgen[idx] += r[:, 1]
+        produced = int(r[:, 1].sum())
         results = []
-        if bool(finished.any()):
-            for b in finished.nonzero()[:, 0].tolist():
-                results.append(self._finish(int(slots[b]), "stop" if bool(stopped[b]) else "length"))
+        if bool(r[:, 2].any()):
+            for b in r[:, 2].nonzero()[:, 0].tolist():
+                results.append(self._finish(slots[b], "stop" if bool(r[b, 3]) else "length"))
+            self._batch = None
         with self._lock:
             c = self._counters
             self._counters = _replace(
                 c, generated_tokens=c.generated_tokens + produced, finished=c.finished + len(results),
-                running=sum(r is not None for r in self._slot_req))
-        return results
+                running=sum(q is not None for q in self._slot_req))
+        return results, r
 
     def _finish(self, slot: int, reason: str) -> Result:
         req = self._slot_req[slot]
-        plen, gen = int(self.prompt_len[slot]), int(self.gen[slot])
+        plen, gen = len(req.prompt), int(self._hgen[slot])
         seq = self.seq[slot, : plen + gen].tolist()
         hidden = None
         if req.return_hidden_states:
@@ -450,5 +637,4 @@ class TorchEngine:
 
 
 def _replace(c: Counters, **kw) -> Counters:
-    from dataclasses import replace
     return replace(c, **kw)

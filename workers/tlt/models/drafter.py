@@ -34,7 +34,7 @@ from torch import nn
 
 from .config import ConfigError, ModelConfig
 from .kv_cache import KVCache
-from .llama import CausalLM, DecoderLayer, rope_cos_sin
+from .llama import CausalLM, DecoderLayer, RopeTable, rope_cos_sin
 from .loading import resolve_dtype
 
 
@@ -51,6 +51,7 @@ class EagleDrafter(nn.Module):
         h = config.hidden_size
         self.fc = nn.Linear(2 * h, h, bias=False)
         self.layers = nn.ModuleList([DecoderLayer(config, input_norm=False)])
+        self.rope = RopeTable(config.head_dim, config.rope_theta)
         self._target: list[CausalLM] = []  # held outside the module tree: shared, frozen, not saved
         if target is not None:
             self.attach(target)
@@ -94,15 +95,22 @@ class EagleDrafter(nn.Module):
     def features(self, input_ids: torch.Tensor, target_hidden: torch.Tensor,
                  positions: torch.Tensor | None = None, cache: KVCache | None = None,
                  slots: torch.Tensor | None = None, write_offset: int = 0,
-                 tail_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted next hidden states [B, T, H] from tokens x_{t+1} and target states h_t."""
+                 tail_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                 window: int | None = None, read_slots: slice | None = None) -> torch.Tensor:
+        """Predicted next hidden states [B, T, H] from tokens x_{t+1} and target states h_t
+        (cache arguments as in `CausalLM.hidden`)."""
         bsz, seq = input_ids.shape
         if positions is None:
             positions = torch.arange(seq, device=input_ids.device).expand(bsz, seq)
         emb = F.embedding(input_ids, self.target.model.embed_tokens.weight.detach())
         x = self.fc(torch.cat((emb, target_hidden.to(emb.dtype)), dim=-1))
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        plan = cache.plan(slots, seq, write_offset, tail_mask) if cache is not None else None
+        if cache is None:
+            cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+            plan = None
+        else:
+            self.rope.reserve(cache.capacity, x.dtype, x.device)
+            cos, sin = self.rope(positions)
+            plan = cache.plan(slots, seq, write_offset, tail_mask, window, read_slots)
         return self.layers[0](x, cos, sin, 0, cache, plan, attn_mask)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ class KVCache:
         shape = (num_layers, num_slots, capacity, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer views
         self.lengths = torch.zeros(num_slots, dtype=torch.long, device=device)
         self.capacity = capacity
 
@@ -47,51 +48,57 @@ class KVCache:
         self.lengths[slots] = 0
 
     def plan(self, slots: torch.Tensor, num_new: int, write_offset: int = 0,
-             tail_mask: torch.Tensor | None = None) -> AttentionPlan:
+             tail_mask: torch.Tensor | None = None, window: int | None = None,
+             read_slots: slice | None = None) -> AttentionPlan:
         """Plan a forward of `num_new` tokens per slot.
 
         `tail_mask[b, t, j]` says whether new token t of row b attends to uncommitted
         entry j (j < write_offset + num_new; entries before write_offset were written by
-        earlier forwards, e.g. earlier tree levels). Default: causal over the new tokens.
+        earlier forwards, e.g. earlier tree levels). Default: causal over all of them.
+
+        `window`: read that many cache positions (the caller knows it covers every row's
+        committed length + write_offset + num_new), so shapes are static and nothing is
+        read back from the device; the mask hides the rest. Without it the read length is
+        the batch's longest (one host read). `read_slots`: `slots` as a slice, read as a
+        view; without it (and a window) the slots are gathered.
         """
         dev = self.lengths.device
         bsz = slots.shape[0]
         base = self.lengths[slots]  # [B]
         width = write_offset + num_new
-        if tail_mask is None:
-            causal = torch.ones(num_new, num_new, dtype=torch.bool, device=dev).tril_()
-            tail_mask = torch.ones(num_new, width, dtype=torch.bool, device=dev)
-            tail_mask[:, write_offset:] = causal
-            tail_mask = tail_mask.expand(bsz, num_new, width)
-        read_len = int(base.max().item()) + width
-        if read_len > self.capacity:
-            raise RuntimeError(
-                f"KV cache capacity {self.capacity} exceeded (needs {read_len}); "
-                "raise the engine's max_model_len"
-            )
+        if window is None:
+            read_len = int(base.max().item()) + width
+            if read_len > self.capacity:
+                raise RuntimeError(
+                    f"KV cache capacity {self.capacity} exceeded (needs {read_len}); "
+                    "raise the engine's max_model_len"
+                )
+            if read_slots is None:
+                read_slots = _as_slice(slots)
+        else:
+            read_len = window
+        new = torch.arange(num_new, device=dev)
         positions = torch.arange(read_len, device=dev)
-        mask = positions[None, None, :] < base[:, None, None]  # committed prefix
-        mask = mask.expand(bsz, num_new, read_len).clone()
-        tail_idx = (base[:, None] + torch.arange(width, device=dev)[None, :])  # [B, W]
-        mask.scatter_(2, tail_idx[:, None, :].expand(bsz, num_new, width), tail_mask)
-        write_pos = base[:, None] + write_offset + torch.arange(num_new, device=dev)[None, :]
+        write_pos = base[:, None] + (new + write_offset)[None, :]  # [B, T]
+        if tail_mask is None:  # causal: token t sees every position up to its own
+            mask = positions[None, None, :] <= write_pos[:, :, None]
+        else:
+            mask = positions[None, None, :] < base[:, None, None]  # committed prefix
+            mask = mask.expand(bsz, num_new, read_len).clone()
+            tail_idx = (base[:, None] + torch.arange(width, device=dev)[None, :])  # [B, W]
+            mask.scatter_(2, tail_idx[:, None, :].expand(bsz, num_new, width), tail_mask)
         rows = slots[:, None].expand(bsz, num_new)
-        read_slots = _as_slice(slots)
-        return AttentionPlan(rows=rows, write_pos=write_pos, read_slots=read_slots,
+        return AttentionPlan(rows=rows, write_pos=write_pos, read_slots=slots if read_slots is None else read_slots,
                              read_len=read_len, mask=mask[:, None])
 
     def write_and_read(self, layer: int, plan: AttentionPlan, k_new: torch.Tensor,
                        v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values ([B, T, Hkv, D]); return all readable ones ([B, Hkv, K, D])."""
-        kc, vc = self.k[layer], self.v[layer]
+        kc, vc = self.k_layers[layer], self.v_layers[layer]
         kc[plan.rows, plan.write_pos] = k_new
         vc[plan.rows, plan.write_pos] = v_new
-        if isinstance(plan.read_slots, slice):
-            keys = kc[plan.read_slots, : plan.read_len]
-            values = vc[plan.read_slots, : plan.read_len]
-        else:
-            keys = kc[plan.read_slots, : plan.read_len]
-            values = vc[plan.read_slots, : plan.read_len]
+        keys = kc[plan.read_slots, : plan.read_len]  # a view for a slice, a gather for a tensor
+        values = vc[plan.read_slots, : plan.read_len]
         return keys.transpose(1, 2), values.transpose(1, 2)
 
     def advance(self, slots: torch.Tensor, counts: torch.Tensor | int) -> None:

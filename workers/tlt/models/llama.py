@@ -25,26 +25,54 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in at least float32 as HF does, then cast back.
-        compute = torch.promote_types(x.dtype, torch.float32)
-        h = x.to(compute)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        # One fused kernel that normalises in at least float32 (as HF does); in float32 and
+        # float64 it equals HF's, in bfloat16 it rounds once where HF rounds twice.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T]."""
+    """cos and sign-folded sin, [B, T, 1, head_dim], for integer positions [B, T]: `sin`
+    is negated on the first half, so `apply_rope` needs one roll where HF's
+    rotate_half needs two slices, a negation and a cat (bitwise the same result)."""
     compute = torch.promote_types(dtype, torch.float32)
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
                                              dtype=torch.int64).to(compute) / head_dim))
     freqs = positions.to(compute)[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    sin = emb.sin()
+    half = head_dim // 2
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return emb.cos().to(dtype)[:, :, None], sin.to(dtype)[:, :, None]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's rotary embedding x*cos + rotate_half(x)*sin, with `rope_cos_sin`'s folded sin."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
+class RopeTable:
+    """cos/sin of every position up to a length, computed once by `rope_cos_sin` (so a
+    lookup is bitwise what the per-call computation gives) and grown on demand. Decode
+    and verify forwards then cost two gathers instead of ten small kernels."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.head_dim, self.theta = head_dim, theta
+        self.cos: torch.Tensor | None = None  # [L, head_dim]
+        self.sin: torch.Tensor | None = None
+
+    def reserve(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Make the table cover positions < length (call outside CUDA graph capture)."""
+        if self.cos is not None and self.cos.shape[0] >= length and self.cos.dtype == dtype \
+                and self.cos.device == device:
+            return
+        size = max(length, 2 * self.cos.shape[0] if self.cos is not None else 0, 256)
+        pos = torch.arange(size, device=device)[None]
+        cos, sin = rope_cos_sin(pos, self.head_dim, self.theta, dtype)
+        self.cos, self.sin = cos[0, :, 0], sin[0, :, 0]
+
+    def __call__(self, positions: torch.Tensor):
+        """cos/sin [B, T, 1, head_dim] for positions [B, T] (covered by `reserve`)."""
+        return self.cos[positions][:, :, None], self.sin[positions][:, :, None]
 
 
 class Attention(nn.Module):
@@ -62,16 +90,15 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, layer: int, cache: KVCache | None, plan: AttentionPlan | None,
                 attn_mask: torch.Tensor | None):
         bsz, seq, _ = x.shape
-        q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        # [B, T, heads, D] until attention: rope and the cache write need no transposes
+        q = apply_rope(self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim), cos, sin).transpose(1, 2)
+        k = apply_rope(self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
         if cache is not None:
-            keys, values = cache.write_and_read(layer, plan, k.transpose(1, 2), v)
+            keys, values = cache.write_and_read(layer, plan, k, v)
             mask = plan.mask
         else:
-            keys, values = k, v.transpose(1, 2)
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
             mask = attn_mask[:, None] if attn_mask is not None else None
         if mask is None:
             out = F.scaled_dot_product_attention(q, keys, values, is_causal=True,
@@ -124,6 +151,7 @@ class CausalLM(nn.Module):
         self.config = config
         self.model = DecoderBody(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rope = RopeTable(config.head_dim, config.rope_theta)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -146,19 +174,28 @@ class CausalLM(nn.Module):
     def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                cache: KVCache | None = None, slots: torch.Tensor | None = None,
                write_offset: int = 0, tail_mask: torch.Tensor | None = None,
-               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+               attn_mask: torch.Tensor | None = None, window: int | None = None,
+               read_slots: slice | None = None) -> torch.Tensor:
         """Post-norm last hidden states [B, T, H].
 
         With a cache: new tokens of `slots` attend to the committed prefix and to each
         other through `tail_mask` (default causal); the cache length does not move.
+        `window` (>= every row's committed length + write_offset + T) fixes how many
+        cache positions attention reads, so the forward has static shapes and no host
+        read; `read_slots`, a slice equal to `slots`, reads the cache as a view.
         Without: plain attention over `input_ids`, causal or `attn_mask` [B, T, T].
         """
         bsz, seq = input_ids.shape
         if positions is None:
             positions = torch.arange(seq, device=input_ids.device).expand(bsz, seq)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        plan = cache.plan(slots, seq, write_offset, tail_mask) if cache is not None else None
+        if cache is None:
+            cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+            plan = None
+        else:  # cached forwards (the engine's hot path): table lookups, no host reads with a window
+            self.rope.reserve(cache.capacity, x.dtype, x.device)
+            cos, sin = self.rope(positions)
+            plan = cache.plan(slots, seq, write_offset, tail_mask, window, read_slots)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, i, cache, plan, attn_mask)
         return self.model.norm(x)

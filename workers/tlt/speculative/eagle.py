@@ -18,13 +18,33 @@ from .adaptive import Strategy
 from .tree import DraftTree, build_tree
 
 
+def draft_chain(drafter: EagleDrafter, cache: KVCache, slots: torch.Tensor, root_feature: torch.Tensor,
+                base_pos: torch.Tensor, steps: int, window: int | None = None,
+                read_slots: slice | None = None) -> torch.Tensor:
+    """Top-1 drafting, the chain fast path of `draft_tree` (no tree bookkeeping):
+    `steps` tokens per row [B, steps], each the argmax of the drafter's LM head on the
+    previous level's feature. Arguments as in `draft_tree`."""
+    tok = drafter.logits(root_feature).argmax(-1)  # [B]
+    out = [tok]
+    feat = root_feature[:, None]
+    pos = base_pos[:, None] + torch.arange(steps, device=base_pos.device)[None, :]  # [B, steps]
+    for level in range(1, steps):
+        feat = drafter.features(tok[:, None], feat, pos[:, level - 1:level], cache=cache, slots=slots,
+                                write_offset=level - 1, window=window, read_slots=read_slots)
+        tok = drafter.logits(feat[:, 0]).argmax(-1)
+        out.append(tok)
+    return torch.stack(out, 1)
+
+
 def draft_tree(drafter: EagleDrafter, cache: KVCache, slots: torch.Tensor, root_tokens: torch.Tensor,
-               root_feature: torch.Tensor, base_pos: torch.Tensor, strategy: Strategy) -> DraftTree:
+               root_feature: torch.Tensor, base_pos: torch.Tensor, strategy: Strategy,
+               window: int | None = None, read_slots: slice | None = None) -> DraftTree:
     """Draft for each row. `root_feature` [B, H] is the drafter's output at the last
     committed position (its LM head gives the distribution of the token after the
     pending `root_tokens`); `base_pos` [B] is the position of that pending token.
     Uncommitted drafter cache entries are written past the committed length and
-    dropped by simply not advancing it."""
+    dropped by simply not advancing it. `window`/`read_slots` as in `CausalLM.hidden`
+    (with a window, drafting reads nothing back from the device)."""
     bsz, hidden = root_feature.shape
     k = strategy.topk
     dev = root_feature.device
@@ -42,7 +62,7 @@ def draft_tree(drafter: EagleDrafter, cache: KVCache, slots: torch.Tensor, root_
         tail = torch.cat([exp_anc, eye], dim=2)
         pos = (base_pos + level - 1)[:, None].expand(bsz, k)
         feat = drafter.features(exp_tok, exp_feat, pos, cache=cache, slots=slots,
-                                write_offset=offset, tail_mask=tail)
+                                write_offset=offset, tail_mask=tail, window=window, read_slots=read_slots)
         logp = torch.log_softmax(drafter.logits(feat).float(), dim=-1).clamp_max(0.0)
         child_score, child_tok = logp.topk(k, dim=-1)  # [B, k, k]
         child_score = (exp_score[:, :, None] + child_score).reshape(bsz, k * k)
@@ -58,7 +78,7 @@ def draft_tree(drafter: EagleDrafter, cache: KVCache, slots: torch.Tensor, root_
             exp_score = child_score.gather(1, sel)
             exp_feat = feat.gather(1, par[:, :, None].expand(bsz, k, hidden))
             prev = exp_anc.gather(1, par[:, :, None].expand(bsz, k, exp_anc.shape[2]))
-            exp_anc = torch.cat([prev, torch.nn.functional.one_hot(par, k).bool()], dim=2)
+            exp_anc = torch.cat([prev, par[:, :, None] == torch.arange(k, device=dev)], dim=2)
             exp_cand = num_cand + sel
         num_cand += k * k
     tokens = torch.cat(cand_tokens, 1)
@@ -71,4 +91,5 @@ def draft_tree(drafter: EagleDrafter, cache: KVCache, slots: torch.Tensor, root_
     node_parents = node_of_cand.gather(1, parents.gather(1, order) + 1)
     all_tokens = torch.cat([root_tokens[:, None], tokens.gather(1, order)], 1)
     all_parents = torch.cat([torch.zeros(bsz, 1, dtype=torch.long, device=dev), node_parents], 1)
-    return build_tree(all_tokens, all_parents, torch.ones_like(all_tokens, dtype=torch.bool))
+    return build_tree(all_tokens, all_parents, torch.ones_like(all_tokens, dtype=torch.bool),
+                      max_depth=strategy.steps, max_children=k)

@@ -11,9 +11,26 @@ are free for other uses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 _M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class BatchSampling:
+    """What the host knows about a batch's sampling parameters: passing it spares the
+    device reads that would otherwise pick the code path (and keeps CUDA graphs static)."""
+
+    all_greedy: bool
+    any_greedy: bool
+    nucleus: bool  # some row has top_p < 1
+
+    @classmethod
+    def of(cls, temperatures, top_ps) -> "BatchSampling":
+        greedy = [t <= 0 for t in temperatures]
+        return cls(all(greedy), any(greedy), any(p < 1.0 for p in top_ps))
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -27,13 +44,20 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def uniforms(seeds: torch.Tensor, positions: torch.Tensor, num_streams: int) -> torch.Tensor:
-    """Uniform(0, 1) float64 numbers [B, D, S] for seeds [B] and positions [B, D]."""
+def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
+    """The per-request part of `uniforms` [B] (an engine computes it once per request)."""
     seeds = seeds.to(torch.int64)
     h = _mix32((seeds & _M32) ^ 0x5BD1E995)
-    h = _mix32(h ^ ((seeds >> 32) & _M32))[:, None]
+    return _mix32(h ^ ((seeds >> 32) & _M32))
+
+
+def uniforms(seeds: torch.Tensor, positions: torch.Tensor, num_streams: int,
+             keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform(0, 1) float64 numbers [B, D, S] for seeds [B] and positions [B, D]
+    (`keys`: `seed_keys(seeds)`, when the caller keeps them)."""
+    h = (seed_keys(seeds) if keys is None else keys)[:, None]
     h = _mix32(h ^ (positions.to(torch.int64) & _M32))[..., None]
-    streams = torch.arange(num_streams, device=seeds.device, dtype=torch.int64)
+    streams = torch.arange(num_streams, device=h.device, dtype=torch.int64)
     h = _mix32(h ^ (streams * 0x3C6EF372 & _M32))
     h2 = _mix32(h ^ 0x1B873593)
     # 53 random bits from two 32-bit words, centred in their cell so 0 and 1 never occur
@@ -41,25 +65,28 @@ def uniforms(seeds: torch.Tensor, positions: torch.Tensor, num_streams: int) -> 
     return (bits.to(torch.float64) + 0.5) / float(1 << 53)
 
 
-def target_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def target_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                 nucleus: bool | None = None, any_greedy: bool | None = None) -> torch.Tensor:
     """The distribution a token is drawn from: float64 [..., V].
 
     Rows with temperature 0 are greedy: a point mass on the argmax, which makes the
     speculative acceptance rule below reduce exactly to greedy verification.
+    `nucleus` (some row has top_p < 1) and `any_greedy` (some row has temperature 0),
+    when the caller knows them, spare two host reads.
     """
     logits = logits.to(torch.float64)
     temperature = temperature.to(torch.float64)
     greedy = temperature <= 0
     safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
     probs = torch.softmax(logits / safe_t[..., None], dim=-1)
-    if bool((top_p < 1.0).any()):
+    if nucleus if nucleus is not None else bool((top_p < 1.0).any()):
         sorted_p, order = probs.sort(dim=-1, descending=True)
         before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each token
         keep_sorted = before < top_p.to(torch.float64)[..., None]
         keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
         probs = torch.where(keep, probs, torch.zeros_like(probs))
         probs = probs / probs.sum(-1, keepdim=True)
-    if bool(greedy.any()):
+    if any_greedy if any_greedy is not None else bool(greedy.any()):
         onehot = torch.zeros_like(probs).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
         probs = torch.where(greedy[..., None], onehot, probs)
     return probs

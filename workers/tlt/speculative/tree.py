@@ -26,8 +26,11 @@ class DraftTree:
         return int(self.depth.max().item()) if self.tokens.numel() else 0
 
 
-def build_tree(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor) -> DraftTree:
-    """Derive depth, ancestor mask and child tables from parent pointers."""
+def build_tree(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor,
+               max_depth: int | None = None, max_children: int | None = None) -> DraftTree:
+    """Derive depth, ancestor mask and child tables from parent pointers. `max_depth` and
+    `max_children`, when the caller knows bounds for them (a drafting strategy does),
+    spare the host reads (the early exit and the child table's width)."""
     bsz, n = tokens.shape
     dev = tokens.device
     parents = torch.where(valid, parents, torch.zeros_like(parents))
@@ -37,12 +40,12 @@ def build_tree(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor)
     depth = torch.zeros(bsz, n, dtype=torch.long, device=dev)
     cur = idx.clone()
     rows = torch.arange(bsz, device=dev)[:, None].expand(bsz, n)
-    # pointer chasing: after n rounds every node has marked all its ancestors
-    for _ in range(n):
+    # pointer chasing: after depth + 1 rounds every node has marked all its ancestors
+    for _ in range(n if max_depth is None else min(n, max_depth + 1)):
         mask[rows, idx, cur] = True
         nxt = parents.gather(1, cur)
         depth += (cur != 0).long()
-        if bool((nxt == cur).all()):
+        if max_depth is None and bool((nxt == cur).all()):
             break
         cur = nxt
     # padding nodes see only themselves (and the committed prefix), never counted as children
@@ -53,7 +56,7 @@ def build_tree(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor)
     is_child[:, 0] = False
     onehot = (parents[:, :, None] == torch.arange(n, device=dev)) & is_child[:, :, None]
     rank = (onehot.long().cumsum(1) * onehot).sum(-1) - 1  # index among siblings
-    k = max(int(onehot.sum(1).max().item()), 1)
+    k = max_children if max_children is not None else max(int(onehot.sum(1).max().item()), 1)
     children = torch.full((bsz, n * k + 1), -1, dtype=torch.long, device=dev)
     flat = torch.where(is_child, parents * k + rank, torch.full_like(parents, n * k))
     children.scatter_(1, flat, torch.where(is_child, idx, torch.full_like(idx, -1)))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling import sample_from, target_probs, token_logprobs
+from .sampling import BatchSampling, sample_from, target_probs, token_logprobs
 from .tree import DraftTree
 
 
@@ -35,21 +35,24 @@ class Acceptance:
     logprobs: torch.Tensor  # [B, D+1] target log-probs of the emitted tokens
 
 
-def draws(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def draws(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor | None,
+          sampling: BatchSampling | None = None) -> torch.Tensor:
     """The plain sampler's token for logits [B, N, V] with uniforms u [B, N]: [B, N].
 
-    Greedy rows take the argmax directly (no float64 softmax when the whole batch is greedy).
+    Greedy rows take the argmax directly (no float64 softmax when the whole batch is
+    greedy; then `u` may be None). `sampling`, when the caller knows it, spares host reads.
     """
-    greedy = temperature <= 0
-    if bool(greedy.all()):
+    if sampling.all_greedy if sampling is not None else bool((temperature <= 0).all()):
         return logits.argmax(-1)
     n = logits.shape[1]
-    probs = target_probs(logits, temperature[:, None].expand(-1, n), top_p[:, None].expand(-1, n))
+    probs = target_probs(logits, temperature[:, None].expand(-1, n), top_p[:, None].expand(-1, n),
+                         nucleus=sampling and sampling.nucleus, any_greedy=sampling and sampling.any_greedy)
     return sample_from(probs, u)
 
 
 def accept(tree: DraftTree, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-           u: torch.Tensor, max_depth: int | None = None) -> Acceptance:
+           u: torch.Tensor | None, max_depth: int | None = None,
+           sampling: BatchSampling | None = None) -> Acceptance:
     """Accept a prefix of `tree` given the target's logits at every node [B, N, V].
 
     `u[b, d]` is the plain sampler's uniform for the d-th token emitted this round
@@ -59,8 +62,8 @@ def accept(tree: DraftTree, logits: torch.Tensor, temperature: torch.Tensor, top
     bsz, n, _ = logits.shape
     dev = logits.device
     depth_max = tree.max_depth if max_depth is None else max_depth
-    node_u = u.gather(1, tree.depth)  # a node at depth d draws the (d)-th emitted token
-    drawn = draws(logits, temperature, top_p, node_u)  # [B, N]: what plain decoding emits after node i
+    node_u = u.gather(1, tree.depth) if u is not None else None  # a node at depth d draws the d-th emitted token
+    drawn = draws(logits, temperature, top_p, node_u, sampling)  # [B, N]: what plain decoding emits after node i
     # A node matches when its token is what its parent's draw emitted; it is accepted when
     # every node on its path from the root matches.
     parent_draw = drawn.gather(1, tree.parents)
@@ -86,4 +89,26 @@ def accept(tree: DraftTree, logits: torch.Tensor, temperature: torch.Tensor, top
     path_logits = logits.gather(1, path[:, :, None].expand(-1, -1, logits.shape[-1]))
     logprobs = token_logprobs(path_logits, temperature[:, None].expand(-1, width), tokens)
     logprobs = torch.where(live, logprobs, torch.zeros_like(logprobs))
+    return Acceptance(path=path, num_nodes=num_nodes, tokens=tokens, logprobs=logprobs)
+
+
+def accept_chain(drafts: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                 u: torch.Tensor | None, draft_len: torch.Tensor | None = None,
+                 sampling: BatchSampling | None = None) -> Acceptance:
+    """`accept` for a chain root -> drafts[:, 0] -> drafts[:, 1] ... (top-1 drafting,
+    n-gram drafts), without a tree: drafts [B, S], logits [B, S+1, V] at root..last
+    draft, u [B, S+1], `draft_len` [B] valid drafts per row (default all). Node j sits at
+    depth j, so the path is the identity and the KV entries are already in place."""
+    bsz, steps = drafts.shape
+    dev = logits.device
+    drawn = draws(logits, temperature, top_p, u, sampling)  # [B, S+1]
+    match = drafts == drawn[:, :-1]  # draft j+1 is what plain decoding emits after node j
+    if draft_len is not None:
+        match &= torch.arange(steps, device=dev)[None, :] < draft_len[:, None]
+    num_nodes = match.long().cumprod(1).sum(1) + 1  # root + accepted prefix
+    idx = torch.arange(steps + 1, device=dev)[None, :]
+    live = idx < num_nodes[:, None]
+    tokens = torch.where(live, drawn, 0)
+    logprobs = torch.where(live, token_logprobs(logits, temperature[:, None].expand(-1, steps + 1), drawn), 0.0)
+    path = torch.where(live, idx, 0)
     return Acceptance(path=path, num_nodes=num_nodes, tokens=tokens, logprobs=logprobs)
