@@ -7,12 +7,12 @@ import threading
 import pytest
 import torch
 
-from tlt.drafter import (DrafterMetrics, DrafterSync, RolloutBuffer, Sample, SpotTrainer, TrainConfig,
+from tlt.drafter import (DrafterMetrics, RolloutBuffer, Sample, SpotTrainer, TrainConfig, average_replicas,
                          loss_terms, make_windows, pack, prefill_hidden, unpacked, weighted_average)
 from tlt.drafter import checkpoint as ckpt_mod
 from tlt.drafter.checkpoint import AsyncCheckpointer
 from tlt.drafter.packing import micro_batches, training_batches
-from tlt.models import ModelConfig, random_model
+from tlt.models import ModelConfig, random_model, save_model
 from tlt.models.drafter import EagleDrafter
 
 pytestmark = pytest.mark.timeout(300)
@@ -277,55 +277,98 @@ def test_average_equals_the_hand_computed_weighted_mean():
     assert torch.allclose(avg["b"], torch.tensor([[(0 + 12 + 4) / 8]]))
 
 
-def test_sync_averages_replicas_weighted_by_steps_with_changing_membership():
-    metrics = DrafterMetrics()
-    sync = DrafterSync({"w": torch.zeros(2)}, metrics=metrics)
-    v, state = sync.checkout("a")
-    sync.checkout("b")
-    sync.report("a", v, 2, {"w": torch.tensor([2.0, 0.0])})
-    sync.report("b", v, 6, {"w": torch.tensor([0.0, 4.0])})
-    sync.leave("b")  # b goes back to rollout; its work still counts
-    sync.checkout("c")  # c joins late and has nothing to report yet
-    assert sync.sync() == 1
-    assert torch.allclose(sync.state["w"], torch.tensor([0.5, 3.0]))
-    assert sync.history[-1]["replicas"] == {"a": 2, "b": 6}
-    # a report against the old version is stale and ignored
-    assert sync.report("c", 0, 5, {"w": torch.tensor([9.0, 9.0])}) is False
-    assert sync.sync() == 1  # nothing new: no new version
-    assert metrics.version._value.get() == 1
+def test_replicas_average_weighted_by_steps_and_untrained_ones_do_not_count():
+    reports = [
+        (2, {"w": torch.tensor([2.0, 0.0])}),
+        (6, {"w": torch.tensor([0.0, 4.0])}),  # went back to rollout: its work still counts
+        (0, {"w": torch.tensor([9.0, 9.0])}),  # lent late: nothing trained in this version
+        (5, None),  # a worker without a trainable drafter (n-gram)
+    ]
+    assert torch.allclose(average_replicas(reports)["w"], torch.tensor([0.5, 3.0]))
+    assert average_replicas([(0, {"w": torch.zeros(2)}), (3, None)]) is None  # nothing new: no new version
 
 
 def test_replica_trainers_average_into_the_next_version(random_batches):
     target, batches = random_batches
     base = make_trainer(target, batches)
-    sync = DrafterSync(base.drafter.state_dict())
+    version, weights = 0, base.drafter.state_dict()
     replicas = []
     for worker, steps in (("a", 1), ("b", 3)):
         tr = make_trainer(target, batches[::-1] if worker == "b" else batches)
-        version, weights = sync.checkout(worker)
         tr.start_version(version, weights)
         tr.run(max_steps=steps)
         assert tr.steps_in_version == steps
-        sync.report(worker, tr.version, tr.steps_in_version, tr.drafter.state_dict())
         replicas.append(tr)
-    sync.sync()
+    merged = average_replicas((r.steps_in_version, r.drafter.state_dict()) for r in replicas)
     a, b = (r.drafter.state_dict() for r in replicas)
     for k in a:
-        assert torch.allclose(sync.state[k], (a[k] * 1 + b[k] * 3) / 4, atol=1e-6)
+        assert torch.allclose(merged[k], (a[k] * 1 + b[k] * 3) / 4, atol=1e-6)
 
 
-def test_push_loads_the_new_version_into_a_torch_engine():
-    from tlt.engine import TorchEngine
+# ---------------------------------------------------------------- the replica in a job: a rollout shard
 
-    target = tiny_target(torch.float32)
-    engine = TorchEngine(target, num_slots=2, max_model_len=64,
-                         drafter=EagleDrafter.for_target(target, seed=1))
-    new = EagleDrafter.for_target(target, seed=2).state_dict()
-    metrics = DrafterMetrics()
-    sync = DrafterSync(new, version=3, metrics=metrics)
-    assert sync.push([engine]) == 1
-    assert state_equal(engine.drafter.state_dict(), new)
-    assert metrics.pushes._value.get() == 1
+@pytest.fixture(scope="module")
+def policy_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("policy")
+    save_model(tiny_target(torch.float32), folder)
+    return folder
+
+
+def rollout_shard(folder, name, **changes):
+    from specs import manifest, spec_of
+
+    from tlt.coordinator.shard import RolloutShard
+
+    spec = spec_of(manifest(), **{"model": {"path": str(folder), "dtype": "float32"}, "rollout.engine": "torch",
+                                  "rollout.maxBatchSize": 8, "algorithm.maxResponseTokens": 32,
+                                  "drafter.windowTokens": 32, **changes})
+    return RolloutShard(name, str(folder), spec, batch_threshold=2)
+
+
+def test_a_new_version_loads_into_the_shards_engine_and_is_counted(policy_folder):
+    from tlt.drafter import drafter_metrics
+
+    shard = rollout_shard(policy_folder, "push-0")
+    new = EagleDrafter.for_target(shard.model, seed=2).state_dict()
+    metrics = drafter_metrics()
+    pushes = metrics.pushes._value.get()
+    shard.set_drafter(3, new)
+    assert state_equal(shard.engine.drafter.state_dict(), new)
+    assert metrics.pushes._value.get() == pushes + 1
+    assert metrics.version._value.get() == 3
+
+
+def test_lent_shard_trains_until_reclaimed_and_reports_its_steps(policy_folder):
+    from prometheus_client import generate_latest
+
+    from tlt.engine.metrics import REGISTRY
+
+    shard = rollout_shard(policy_folder, "lent-0")
+    for sample in random_samples(12, seed=9):
+        shard.buffer.add(sample, 0)
+    trained = threading.Event()
+    shard.trainer.on_micro_step = lambda tr: trained.set() if tr.state.step >= 2 else None
+    assert shard.lend() and shard.role == "drafter"
+    assert trained.wait(120)
+    shard.reclaim()  # preempted within one micro-step
+    assert shard.role == "rollout" and not shard._train_thread
+    version, steps, weights = shard.drafter_report()
+    assert version == 0 and steps >= 2
+    merged = average_replicas([(steps, weights)])
+    assert state_equal(merged, weights)  # the only replica: the average is its weights
+    # what the pod serves on /metrics: the shard's drafter training
+    text = generate_latest(REGISTRY).decode()
+    assert f'tlt_drafter_steps_total{{worker="lent-0"}} {float(shard.trainer.state.step)}' in text
+    assert f'tlt_drafter_tokens_trained_total{{worker="lent-0"}} {float(shard.trainer.state.tokens)}' in text
+    # the new version comes back: lent again, it trains on from the averaged weights
+    shard.set_drafter(1, merged)
+    assert shard.drafter_report()[1] == 0 and shard.trainer.version == 1
+    trained.clear()
+    shard.trainer.on_micro_step = lambda tr: trained.set()
+    assert shard.lend()
+    assert trained.wait(120)
+    shard.reclaim()
+    assert shard.trainer.version == 1 and shard.drafter_report()[1] >= 1
 
 
 # ---------------------------------------------------------------- tracking
@@ -400,26 +443,21 @@ def test_warmup_command_names_the_fix_for_a_bad_model(tmp_path, capsys):
     assert "model folder" in capsys.readouterr().err
 
 
-def test_lent_replica_trains_until_reclaimed_and_reports_its_steps(random_batches):
-    from tlt.drafter.replica import DrafterReplica
+def test_a_shards_acceptance_length_is_tracked_per_drafter_and_policy_version(policy_folder):
+    from prometheus_client import generate_latest
 
-    target, _ = random_batches
-    replica = DrafterReplica(target, worker="shard-0", max_response_tokens=32, row_tokens=96, rows_per_batch=2)
-    replica.record(random_samples(12, seed=9), step=0)
-    sync = DrafterSync(replica.drafter.state_dict())
-    trained = threading.Event()
-    replica.trainer.on_micro_step = lambda tr: trained.set() if tr.state.step >= 2 else None
-    replica.lend(sync)
-    assert trained.wait(120)
-    result = replica.reclaim(timeout=120)
-    assert result.reason == "preempted" and not replica.training
-    steps = replica.trainer.steps_in_version
-    assert steps >= 2
-    assert sync.reports["shard-0"].steps == steps
-    weights = {k: v.clone() for k, v in replica.drafter.state_dict().items()}
-    assert sync.sync() == 1
-    assert state_equal(sync.state, weights)  # the only replica: the average is its weights
-    # lent again on the new version: it starts from the averaged weights and trains on
-    replica.lend(sync)
-    replica.reclaim(timeout=120)
-    assert replica.trainer.version == 1
+    from tlt.engine.metrics import REGISTRY
+    from tlt.engine.types import Request
+
+    shard = rollout_shard(policy_folder, "accept-0", **{"speculative.mode": "always"})
+    shard.set_drafter(17, shard.eagle.state_dict())  # a version no other test's shard runs
+    shard.start_rollout(1, [Request(prompt=[1, 5, 6, 7], max_tokens=20, temperature=1.0, seed=i, id=i) for i in range(2)])
+    while shard.progress().busy:
+        threading.Event().wait(0.05)
+    assert len(shard.take_results()) == 2
+    counters = shard.engine.counters()
+    assert counters.verify_rounds > 0
+    text = generate_latest(REGISTRY).decode()
+    line = next(x for x in text.splitlines() if x.startswith('tlt_drafter_acceptance_length{drafter_version="17"'))
+    assert 'policy_version="0"' in line
+    assert float(line.split()[-1]) == pytest.approx(counters.mean_acceptance_length)

@@ -30,7 +30,7 @@ import torch
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.coordinator.shard import RolloutShard, bind_threads
 from tlt.drafter import Sample
-from tlt.drafter.averaging import weighted_average
+from tlt.drafter.averaging import average_replicas
 from tlt.elastic import shard_role
 from tlt.engine.types import Request, Result
 
@@ -436,10 +436,9 @@ class WorkerPool:
     def sync_drafters(self, version: int) -> int:
         """Average the replicas trained in this version (weighted by steps) into version+1."""
         reports = self._each({n: w.drafter_report.remote() for n, w in self._workers().items()}).values()
-        trained = [(steps, state) for _, steps, state in reports if state is not None and steps > 0]
-        if not trained:
+        merged = average_replicas((steps, state) for _, steps, state in reports)
+        if merged is None:
             return version
-        merged = weighted_average([s for _, s in trained], [float(n) for n, _ in trained])
         self._drafter = (version + 1, merged)
         self._each({n: w.set_drafter.remote(version + 1, merged) for n, w in self._workers().items()})
         self._lent.clear()

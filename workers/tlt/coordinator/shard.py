@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tlt.api.model import ReasoningRLJobSpec
-from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig
+from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig, drafter_metrics
 from tlt.drafter.packing import training_batches
 from tlt.engine.torch_engine import TorchEngine
 from tlt.engine.types import Request, Result
@@ -170,13 +170,15 @@ class RolloutShard:
         self.buffer = RolloutBuffer(keep_steps=spec.drafter.buffer_steps)
         self.trainer: SpotTrainer | None = None
         if self.eagle is not None and spec.drafter.train_on_idle:
-            self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate), worker=name)
+            self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate), worker=name,
+                                       metrics=drafter_metrics())
         self._rollout: _Rollout | None = None
         self._data_key: tuple | None = None
         self._data: list = []
         self._preempt = threading.Event()
         self._train_thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._recorded = (0, 0)  # (accepted tokens, verify rounds) already in the drafter metrics
 
     def _vllm_engine(self, model_dir: str, threshold: int, max_slots: int | None):
         from tlt.engine.vllm_backend import VLLMEngine, llm_kwargs
@@ -234,8 +236,19 @@ class RolloutShard:
                         self.buffer.add(Sample.of(r.prompt, r.tokens, self.policy_version))
         except BaseException as err:  # surfaced to the coordinator by take_results()
             rollout.error = err
+        self._record_acceptance()  # before the coordinator moves the versions on
+
+    def _record_acceptance(self) -> None:
+        """The rounds verified since the last call, into the acceptance length of the versions in use."""
+        c = self.engine.counters()
+        with self._lock:
+            tokens, rounds = c.accepted_tokens - self._recorded[0], c.verify_rounds - self._recorded[1]
+            if rounds > 0:
+                self._recorded = (c.accepted_tokens, c.verify_rounds)
+                drafter_metrics().accepted(self.drafter_version, self.policy_version, tokens, rounds)
 
     def progress(self) -> ShardProgressReport:
+        self._record_acceptance()
         c = self.engine.counters()
         rollout = self._rollout
         busy = bool(rollout and rollout.thread and rollout.thread.is_alive())
@@ -339,10 +352,13 @@ class RolloutShard:
 
     def set_drafter(self, version: int, state: dict) -> None:
         self.reclaim()
+        self._record_acceptance()
         if self.eagle is not None:
             self.engine.update_drafter_weights(state)
             if self.engine_kind == "vllm":
                 self.eagle.load_state(state)
             if self.trainer is not None:
                 self.trainer.start_version(version, state)
+            drafter_metrics().pushed()
         self.drafter_version = version
+        drafter_metrics().set_version(version)

@@ -1,13 +1,15 @@
 """Drafter tracking: Prometheus metrics and acceptance length per drafter and policy version.
 
-Metric names (all prefixed `tlt_drafter_`):
+Every rollout shard (`tlt.coordinator.shard.RolloutShard`) records into
+`drafter_metrics()`, which lives in the engine's registry: a job pod serves them on
+/metrics beside the engine's. Metric names (all prefixed `tlt_drafter_`):
 
 - `loss` (gauge, by worker): mean loss of the last optimizer step
 - `tokens_trained_total` (counter, by worker)
 - `steps_total` (counter, by worker): optimizer steps
 - `preemptions_total` (counter, by worker)
-- `version` (gauge): current drafter version
-- `version_pushes_total` (counter): versions pushed to rollout engines
+- `version` (gauge): the drafter version the shard's engine runs
+- `version_pushes_total` (counter): drafter versions loaded into the shard's engine
 - `acceptance_length` (gauge, by drafter_version and policy_version): running mean
   of accepted tokens per verification round (including the bonus token)
 """
@@ -18,6 +20,8 @@ import threading
 from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from tlt.engine.metrics import REGISTRY
 
 
 class AcceptanceTracker:
@@ -72,7 +76,7 @@ class DrafterMetrics:
                                 ["drafter_version", "policy_version"], registry=r)
         self.tracker = AcceptanceTracker()
 
-    # called by the trainer / sync
+    # called by the spot trainer and the shard
     def trained(self, worker: str, loss: float, tokens: int) -> None:
         self.loss.labels(worker).set(loss)
         self.tokens.labels(worker).inc(tokens)
@@ -87,7 +91,21 @@ class DrafterMetrics:
     def pushed(self) -> None:
         self.pushes.inc()
 
-    # called by rollout workers after each verification round or batch of rounds
+    # called by rollout shards with the rounds verified since their last call
     def accepted(self, drafter_version: int, policy_version: int, tokens: float, rounds: int) -> None:
         mean = self.tracker.record(drafter_version, policy_version, tokens, rounds)
         self.acceptance.labels(str(drafter_version), str(policy_version)).set(mean)
+
+
+_lock = threading.Lock()
+_by_registry: dict[int, DrafterMetrics] = {}
+
+
+def drafter_metrics(registry: CollectorRegistry | None = None) -> DrafterMetrics:
+    """The drafter metrics of `registry` (default: the engine's, which job pods serve), made once."""
+    registry = registry if registry is not None else REGISTRY
+    with _lock:
+        metrics = _by_registry.get(id(registry))
+        if metrics is None:
+            metrics = _by_registry[id(registry)] = DrafterMetrics(registry)
+        return metrics
