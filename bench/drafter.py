@@ -94,13 +94,14 @@ def main() -> int:
     from tlt.drafter import RolloutBuffer, SpotTrainer, TrainConfig
     from tlt.drafter.measure import mean_acceptance
     from tlt.drafter.packing import training_batches
-    from tlt.drafter.warmup import generate_samples, load_target, task_prompts, tokenizer_for
+    from tlt.drafter.warmup import generate_samples, task_prompts, tokenizer_for
+    from tlt.models.resolve import load_named
     from tlt.models.drafter import EagleDrafter
     from tlt.speculative.ngram import NgramDrafter
     from tlt.tasks import get_task
 
     started = time.perf_counter()
-    folder, target = load_target(args.model)
+    folder, target = load_named(args.model)
     tok = tokenizer_for(folder)
     eos = [tok.eos_token_id]
     task = get_task("arith", max_response_tokens=args.max_tokens)

@@ -71,11 +71,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from tlt.api.load import load_jobs
-    from tlt.coordinator.loop import resolve_model
+    from tlt.models.resolve import resolve_model
     from tlt.trainer import PolicyTrainer, TrainerConfig
 
     spec = load_jobs(args.job)[0].spec
-    model_dir = resolve_model(spec)
+    model_dir = resolve_model(spec.model)
     batch, lengths = rollouts_of_one_step(spec, model_dir)
     tokens = batch.num_tokens()
     ds = spec.trainer.deepspeed

@@ -241,9 +241,10 @@ def test_training_does_not_wait_for_a_slow_disk(random_batches, tmp_path, monkey
 
 def test_loss_decreases_on_the_builtin_task():
     from tlt.drafter.measure import plain_generate
-    from tlt.drafter.warmup import load_target, task_prompts, tokenizer_for
+    from tlt.drafter.warmup import task_prompts, tokenizer_for
+    from tlt.models.resolve import load_named
 
-    folder, target = load_target("micro-arith")
+    folder, target = load_named("micro-arith")
     tok = tokenizer_for(folder)
     prompts = task_prompts("arith", 48, 3, tok, task_options={"max_response_tokens": 128})
     outputs = plain_generate(target, prompts, 48, temperature=1.0, stop_ids=[tok.eos_token_id], batch_size=48)

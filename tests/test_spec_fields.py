@@ -187,11 +187,11 @@ DATA_SPEC = {"data": {"path": "DATA/train.jsonl", "promptField": "problem", "ans
 
 FIELDS: dict[str, Changes | ReadIn] = {
     # what to train on
-    "model.path": ReadIn("tlt.coordinator.loop", "folder = Path(model.path)", "tests/test_coordinator.py::test_short_run_trains_lends_and_writes_everything"),
-    "model.hub_id": ReadIn("tlt.coordinator.loop", "snapshot_download(model.hub_id, revision=model.revision",
+    "model.path": ReadIn("tlt.models.resolve", "folder = Path(model.path)", "tests/test_coordinator.py::test_short_run_trains_lends_and_writes_everything"),
+    "model.hub_id": ReadIn("tlt.models.resolve", "snapshot_download(model.hub_id, revision=model.revision",
                            "tests/test_worker_pod.py"),
-    "model.builtin": ReadIn("tlt.coordinator.loop", "ensure_base_model(model.builtin", "tests/test_coordinator.py"),
-    "model.revision": ReadIn("tlt.coordinator.loop", "revision=model.revision", "tests/test_worker_pod.py"),
+    "model.builtin": ReadIn("tlt.models.resolve", "_builtin(model.builtin", "tests/test_coordinator.py"),
+    "model.revision": ReadIn("tlt.models.resolve", "revision=model.revision", "tests/test_worker_pod.py"),
     "model.token_secret.name": Changes(children, "hub-token", also=(("model", {"hubId": "org/m", "tokenSecret": {"name": "x"}}),)),
     "model.token_secret.key": Changes(children, "hf", also=(("model", {"hubId": "org/m", "tokenSecret": {"name": "x"}}),)),
     "model.dtype": Changes(rollout_engine, "float16"),

@@ -64,9 +64,9 @@ def _model_dir(spec: ReasoningRLJobSpec, model_dir: str | None) -> str:
     """On a cluster each pod resolves the model itself (a head pod's path means nothing elsewhere)."""
     if model_dir:
         return model_dir
-    from tlt.coordinator.loop import resolve_model
+    from tlt.models.resolve import resolve_model
 
-    return str(resolve_model(spec, progress=False, download=True))
+    return str(resolve_model(spec.model, progress=False, download=True))
 
 
 class TrainerWorker:

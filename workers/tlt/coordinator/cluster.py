@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec, ShardProgress
 from tlt.coordinator.actors import PodNodes, WorkerPool, shard_names
-from tlt.coordinator.loop import Checkpoint, EmbeddedRun, resolve_model
+from tlt.coordinator.loop import Checkpoint, EmbeddedRun
 from tlt.elastic import dedicated_drafters, lending_enabled
+from tlt.models.resolve import resolve_model
 from tlt.worker.status import ProgressWriter
 
 
@@ -92,7 +93,7 @@ class ClusterRun(EmbeddedRun):
         folder without a model, a hub id the hub does not know, missing data files, a tokenizer that
         does not load. Anything failing later (or a network error here) is retried by the operator."""
         try:
-            model_dir = resolve_model(self.spec, progress=False, download=True)
+            model_dir = resolve_model(self.spec.model, progress=False, download=True)
             from tlt.coordinator.prompts import load_tokenizer
 
             load_tokenizer(self.spec, model_dir)  # spec.model.tokenizer when set

@@ -27,6 +27,7 @@ from tlt.coordinator.metrics import coordinator_metrics
 from tlt.coordinator.prompts import PromptSource, load_tokenizer, reward_name
 from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan, shard_role
 from tlt.engine.types import Request
+from tlt.models.resolve import resolve_model
 from tlt.report import MetricsLog, write_report
 from tlt.report.html import summarize
 from tlt.rewards.pool import RewardPool
@@ -41,31 +42,6 @@ def request_seed(seed: int, step: int, group: int, sample: int) -> int:
     """A per-sequence seed: outputs do not depend on which shard or batch runs them."""
     digest = hashlib.blake2b(f"{seed}/{step}/{group}/{sample}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 62) - 1)
-
-
-def resolve_model(spec: ReasoningRLJobSpec, progress: bool = True, download: bool = False) -> Path:
-    """The policy's Hugging Face folder (the built-in model is bootstrapped once and cached).
-
-    `download`: fetch `spec.model.hubId` into the Hugging Face cache (cluster pods do;
-    the token comes from the pod's HF_TOKEN, a Secret reference, never from the spec).
-    """
-    model = spec.model
-    if model.builtin:
-        from tlt.tasks.bootstrap import ensure_base_model
-
-        return Path(ensure_base_model(model.builtin, progress=progress))
-    if model.path:
-        folder = Path(model.path)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"spec.model.path: {folder} holds no config.json; point it at a Hugging Face model folder")
-        return folder
-    if model.hub_id and download:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model.hub_id, revision=model.revision, token=os.environ.get("HF_TOKEN")))
-    raise ValueError(
-        "spec.model.hubId: the embedded runner reads models from disk; download the model and set spec.model.path"
-    )
 
 
 def rollout_digest(tokens) -> str:
@@ -141,7 +117,7 @@ class EmbeddedRun:
     # ---- the run ----
     def run(self) -> dict:
         spec = self.spec
-        model_dir = resolve_model(spec, progress=self.progress, download=self.download_models)
+        model_dir = resolve_model(spec.model, progress=self.progress, download=self.download_models)
         tokenizer = load_tokenizer(spec, model_dir)
         prompts = PromptSource(spec, tokenizer)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -48,7 +48,9 @@ def run_warmup(args) -> int:
 
     from tlt.models.config import ConfigError
 
-    from .warmup import jsonl_prompts, load_target, task_prompts, tokenizer_for, warmup
+    from tlt.models.resolve import load_named
+
+    from .warmup import jsonl_prompts, task_prompts, tokenizer_for, warmup
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,7 +58,7 @@ def run_warmup(args) -> int:
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1")
     try:
-        folder, target = load_target(args.model, args.dtype)
+        folder, target = load_named(args.model, args.dtype)
     except ConfigError as err:
         raise CommandError(str(err)) from None
     tokenizer = tokenizer_for(folder)
@@ -129,7 +131,9 @@ def run_rollout_bench(args) -> int:
     from tlt.models.drafter import EagleDrafter
 
     from .rollout_bench import BenchConfig, run_bench
-    from .warmup import load_target, task_prompts, tokenizer_for, warmup, WarmupConfig
+    from tlt.models.resolve import load_named
+
+    from .warmup import WarmupConfig, task_prompts, tokenizer_for, warmup
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,7 +146,7 @@ def run_rollout_bench(args) -> int:
     if args.temperature < 0:
         raise CommandError("--temperature must be >= 0 (0 = greedy)")
     try:
-        folder, target = load_target(args.model, args.dtype)
+        folder, target = load_named(args.model, args.dtype)
     except ConfigError as err:
         raise CommandError(str(err)) from None
     tokenizer = tokenizer_for(folder)

@@ -48,22 +48,6 @@ class WarmupConfig:
     num_slots: int = 64
 
 
-def load_target(model: str, dtype: str = "float32"):
-    """(model folder, CausalLM): `model` is a folder, or a built-in base model name."""
-    from tlt.models import load_model
-    from tlt.models.config import ConfigError
-
-    folder = Path(model)
-    if not (folder / "config.json").is_file():
-        from tlt.tasks.bootstrap import RECIPES, ensure_base_model
-        if model not in RECIPES:
-            raise ConfigError(
-                f"{model} is neither a model folder (with config.json) nor a built-in base model "
-                f"({', '.join(sorted(RECIPES))})")
-        folder = ensure_base_model(model)
-    return folder, load_model(folder, dtype=dtype)
-
-
 def tokenizer_for(folder: Path):
     from transformers import AutoTokenizer
 

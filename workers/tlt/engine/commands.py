@@ -59,8 +59,9 @@ def run_costs(args) -> int:
 
     from tlt.cli import CommandError
     from tlt.models import ConfigError, load_model, resolve_dtype
+    from tlt.models.resolve import load_named
 
-    from .costs import builtin_model, format_table, measure_costs
+    from .costs import format_table, measure_costs
 
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
     widths = _int_list(args.widths, "--widths")
@@ -75,7 +76,8 @@ def run_costs(args) -> int:
         if args.model:
             model, name = load_model(args.model, dtype=dtype, device=args.device), args.model
         else:
-            model, name = builtin_model(dtype)
+            folder, model = load_named(dtype=dtype)
+            name = str(folder)
             model = model.to(args.device)
     except ConfigError as err:
         raise CommandError(str(err)) from None

@@ -27,14 +27,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from tlt.models import ModelConfig, random_model
 from tlt.models.drafter import EagleDrafter
 from tlt.models.llama import CausalLM
 from tlt.speculative.adaptive import Strategy, threshold_from_costs
-
-# Stand-in until the built-in task model exists: 8 layers, hidden 256, small vocabulary.
-FALLBACK_CONFIG = ModelConfig(vocab_size=512, hidden_size=256, intermediate_size=704, num_hidden_layers=8,
-                              num_attention_heads=8, num_key_value_heads=4)
 
 
 @dataclass
@@ -75,17 +70,6 @@ class CostTable:
 
 
 _BATCH_MAPS = ("drafter_seconds", "step_overhead_seconds", "round_overhead_seconds")
-
-
-def builtin_model(dtype: torch.dtype = torch.float32) -> tuple[CausalLM, str]:
-    """The built-in tiny model if the task package offers it, else the fallback config."""
-    try:
-        from tlt.tasks import ensure_base_model  # type: ignore[attr-defined]
-    except ImportError:
-        return random_model(FALLBACK_CONFIG, seed=0, dtype=dtype), "random-8x256 (fallback)"
-    from tlt.models import load_model
-    path = ensure_base_model()
-    return load_model(path, dtype=dtype), str(path)
 
 
 def _time(fn, repeats: int, stat=statistics.median) -> float:
