@@ -115,6 +115,35 @@ def test_adaptive_threshold_speculates_only_once_the_batch_is_small():
     assert step.speculative_tokens == 24
 
 
+def test_a_job_without_a_drafter_does_not_speculate_in_the_simulator_as_in_the_engine():
+    # drafter.enabled false: the shards build no drafter, so nothing speculates whatever speculative.mode says.
+    acceptance = AcceptanceModel(lengths={"2_1_2": {3: 1.0}})
+    profile = make_profile(FLAT, acceptance=acceptance)
+    for mode in ("always", "adaptive"):
+        spec = make_spec(**{"speculative.mode": mode, "speculative.batchThreshold": 1,
+                            "speculative.strategies": ["2_1_2"], "drafter.enabled": False})
+        step = simulate(spec, profile, [[30, 31]]).steps[0]
+        assert step.speculative_tokens == 0 and step.rollout_seconds == pytest.approx(31.0)
+        assert step.batch_threshold is None
+        assert tlt.sim.cluster.describe_engine(spec) == "torch (no speculation)"
+
+
+def test_the_simulated_shard_speculates_with_the_controller_the_engine_gets():
+    from tlt.speculative.controller import speculation_controller
+
+    spec = make_spec(**{"speculative.mode": "adaptive", "speculative.batchThreshold": 3,
+                        "speculative.strategies": ["2_1_2", "3_2_6"], "speculative.epsilon": 0.3,
+                        "speculative.bucketBounds": [1, 4], "speculative.maxVerifyTokensPerBatch": 64})
+    sim = tlt.sim.cluster.ClusterSimulator(spec, make_profile(FLAT), [np.array([4, 4])], SimOptions(steps=1))
+    simulated = sim.workers["worker-0"].manager
+    engine = speculation_controller(spec, 3, seed=0)  # the rollout shard's (seeds differ per shard)
+    assert type(simulated) is type(engine)
+    assert (simulated.strategies, simulated.switch.threshold, simulated.epsilon, simulated.window,
+            simulated.compute_budget, simulated.bandit.buckets) == (
+        engine.strategies, engine.switch.threshold, engine.epsilon, engine.window, engine.compute_budget,
+        engine.bandit.buckets)
+
+
 def test_vllm_engine_drafts_its_one_fixed_chain_below_the_threshold_without_a_bandit():
     # engine: vllm drafts one EAGLE chain as deep as the first strategy (2_1_2), fixed at start-up: plain
     # decoding until the short sequence finishes (10 s), then every round is that chain (30 tokens, 3 a

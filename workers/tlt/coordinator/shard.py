@@ -29,7 +29,7 @@ from tlt.engine.types import Request, Result
 from tlt.models.config import ConfigError
 from tlt.models.drafter import EagleDrafter
 from tlt.models.loading import load_model, load_weights
-from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
+from tlt.speculative.controller import speculates, speculation_controller
 from tlt.speculative.ngram import NgramDrafter
 
 
@@ -85,25 +85,6 @@ def preflight(spec: ReasoningRLJobSpec, decodes: bool = True) -> str | None:
     return problem
 
 
-def speculation_controller(spec: ReasoningRLJobSpec, threshold: int):
-    """The engine's speculation policy from the spec: None (off), fixed (always) or adaptive."""
-    s = spec.speculative
-    strategies = [Strategy.parse(x) for x in s.strategies]
-    if s.mode == "off" or not spec.drafter.enabled:
-        return None
-    if s.mode == "always":
-        return FixedStrategy(strategies[0])
-    return AdaptiveManager(
-        strategies=strategies,
-        batch_threshold=threshold,
-        epsilon=s.epsilon,
-        window=s.window,
-        compute_budget=s.max_verify_tokens_per_batch,
-        buckets=list(s.bucket_bounds),
-        seed=spec.algorithm.seed,
-    )
-
-
 @dataclass
 class ShardProgressReport:
     """What the control loop sees of a shard (mirrors tlt.api.model.ShardProgress)."""
@@ -152,7 +133,7 @@ class RolloutShard:
         self.max_model_len = max_model_len or spec.algorithm.max_response_tokens + prompt_room
         drafter = None
         self.eagle: EagleDrafter | None = None
-        if spec.drafter.enabled and spec.speculative.mode != "off":
+        if speculates(spec):
             if spec.drafter.architecture == "eagle":
                 self.eagle = drafter = initial_drafter(spec, self.model, drafter_state)
             else:

@@ -44,6 +44,7 @@ from tlt.sim.acceptance import AcceptanceModel
 from tlt.sim.costs import Profile
 from tlt.sim.run import predict_rollout_seconds
 from tlt.speculative.adaptive import Strategy, threshold_from_costs
+from tlt.speculative.controller import speculates
 
 POLL_SECONDS = 0.2  # tlt.coordinator.loop.POLL_SECONDS: the embedded coordinator's poll interval
 PROBE_CONTEXT = 128  # context of the cost table the embedded runner measures for `auto` at start-up
@@ -220,8 +221,7 @@ def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Pat
     # No pod starts, role switches or rewards inside a replayed rollout; the drafter does
     # not learn within it (its measured acceptance stands for it).
     profile = profile.with_changes(pod_start_seconds=0.0, role_switch_seconds=0.0)
-    speculates = spec.speculative.mode != "off" and spec.drafter.enabled
-    if not speculates:
+    if not speculates(spec):
         spec = spec.model_copy(update={"speculative": spec.speculative.model_copy(update={"mode": "off"})})
     threshold = batch_threshold if batch_threshold is not None else embedded_threshold(profile, spec)
     steps = []

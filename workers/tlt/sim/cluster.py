@@ -45,7 +45,8 @@ from tlt.elastic import (
 )
 from tlt.sim.costs import Profile
 from tlt.sim.shard import ShardDecoder
-from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy, ThresholdSwitch, threshold_from_costs
+from tlt.speculative.adaptive import AdaptiveManager, Strategy, ThresholdSwitch, threshold_from_costs
+from tlt.speculative.controller import speculates, speculation_controller
 
 CATEGORIES = ("rollout", "drafter", "train", "sync", "switch", "idle")
 
@@ -78,7 +79,7 @@ def engine_strategies(spec: ReasoningRLJobSpec) -> list[Strategy]:
 def describe_engine(spec: ReasoningRLJobSpec) -> str:
     """Which engine the simulation models, and how it speculates."""
     s = spec.speculative
-    if s.mode == "off" or not spec.drafter.enabled:
+    if not speculates(spec):
         return f"{spec.rollout.engine} (no speculation)"
     when = "always" if s.mode == "always" else (
         "at running batch <= the measured threshold" if s.batch_threshold == "auto" else f"at running batch <= {s.batch_threshold}")
@@ -266,23 +267,18 @@ class ClusterSimulator:
                 self.workers[w.name] = w
 
     def _manager(self, index: int):
-        s = self.spec.speculative
-        if s.mode == "off":
-            return None
-        strategies = engine_strategies(self.spec)
-        if s.mode == "always":
-            return FixedStrategy(strategies[0])
-        threshold = s.batch_threshold if isinstance(s.batch_threshold, int) else 1
-        if self.spec.rollout.engine == "vllm":
-            return VLLMSchedule(strategies[0], threshold)
-        return AdaptiveManager(strategies=strategies, batch_threshold=threshold, epsilon=s.epsilon, window=s.window,
-                               compute_budget=s.max_verify_tokens_per_batch, buckets=list(s.bucket_bounds),
-                               seed=self.options.seed * 100003 + index)
+        """The shard's speculation policy, as its engine builds it (`auto` is resolved per step)."""
+        spec = self.spec
+        threshold = spec.speculative.batch_threshold if isinstance(spec.speculative.batch_threshold, int) else 1
+        if spec.rollout.engine == "vllm" and spec.speculative.mode == "adaptive" and speculates(spec):
+            return VLLMSchedule(engine_strategies(spec)[0], threshold)
+        return speculation_controller(spec, threshold, seed=self.options.seed * 100003 + index,
+                                      strategies=engine_strategies(spec))
 
     def _auto_threshold(self) -> int | None:
         """`batchThreshold: auto`: the engine's rule on the cost table, with the drafter version in use."""
         s = self.spec.speculative
-        if s.mode != "adaptive":
+        if s.mode != "adaptive" or not speculates(self.spec):
             return None
         if isinstance(s.batch_threshold, int):
             return s.batch_threshold
