@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tlt.cli import main
-from tlt.eval import evaluate, generate, load_jsonl, load_model, percentile, task_items
+from tlt.eval import evaluate, generate, load_jsonl, load_policy, percentile, task_items
 from tlt.eval.evaluate import encode_prompts
 from tlt.rewards import get_reward
 from tlt.tasks.bootstrap import ensure_base_model
@@ -29,7 +29,7 @@ def test_percentiles_interpolate_between_ranks():
 
 
 def test_batched_greedy_equals_one_prompt_at_a_time(micro_model):
-    model, _ = load_model(micro_model)
+    model, _ = load_policy(micro_model)
     codec = CharCodec()
     prompts = [[codec.bos_id] + codec.encode(text) for text in ("7", "12 e+3 o+5 n=04\n", "ab cd")]
     batched = generate(model, prompts, max_tokens=12, temperature=0.0)
@@ -39,7 +39,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(micro_model):
 
 
 def test_sampling_is_reproducible_for_a_seed_whatever_the_batch_size(micro_model):
-    model, _ = load_model(micro_model)
+    model, _ = load_policy(micro_model)
     prompts = [[1, 20, 21], [1, 22]] * 3
     first = generate(model, prompts, max_tokens=10, temperature=1.0, seed=5)
     assert first == generate(model, prompts, max_tokens=10, temperature=1.0, seed=5, batch_size=1)
@@ -47,7 +47,7 @@ def test_sampling_is_reproducible_for_a_seed_whatever_the_batch_size(micro_model
 
 
 def test_rows_stop_at_their_first_stop_token_and_keep_it(micro_model):
-    model, _ = load_model(micro_model)
+    model, _ = load_policy(micro_model)
     prompts = [[1, 20 + i] for i in range(8)]
     free = generate(model, prompts, max_tokens=15, temperature=1.0, seed=3)
     stop = free[0][4]  # a token some row produces
@@ -61,7 +61,7 @@ def test_rows_stop_at_their_first_stop_token_and_keep_it(micro_model):
 
 
 def test_top_p_near_zero_is_greedy(micro_model):
-    model, _ = load_model(micro_model)
+    model, _ = load_policy(micro_model)
     prompts = [[1, 30], [1, 40, 41]]
     greedy = generate(model, prompts, max_tokens=8, temperature=0.0)
     assert generate(model, prompts, max_tokens=8, temperature=1.0, top_p=1e-6, seed=9) == greedy
@@ -94,13 +94,26 @@ def test_evaluate_scores_responses_and_reports_the_length_tail(micro_model):
     assert responses[0] == references[items[0].prompt]
 
 
+def test_score_counts_responses_the_reward_calls_correct_and_the_truncated_ones():
+    # What `tlt eval` and a run's held-out evaluation report for the same responses.
+    from tlt.eval import EvalItem, score
+
+    items = [EvalItem(f"p{i}", "a", {}) for i in range(3)]
+    rewards = {"right": 1.0, "close": 0.4, "wrong": 0.0}
+    summary = score(items, ["right", "close", "wrong"], [[5, 6, 0], [5, 0], [5, 6, 7, 8]],
+                    lambda prompt, response, answer: rewards[response], stop_ids=[0], temperature=0.0, max_tokens=4)
+    assert summary.accuracy == pytest.approx(1 / 3)
+    assert (summary.max_length, summary.mean_length, summary.p90_length) == (4, 3.0, percentile([3, 2, 4], 90))
+    assert summary.truncated == 1
+
+
 def _problems(count, seed):
     from tlt.tasks import get_task
     return get_task("arith").problems("heldout", count, seed=seed)
 
 
 def test_chat_template_is_applied_when_the_tokenizer_has_one(micro_model):
-    _, tokenizer = load_model(micro_model)
+    _, tokenizer = load_policy(micro_model)
     assert encode_prompts(tokenizer, ["hi"], chat_template=True) == [tokenizer("hi")["input_ids"]]
     tokenizer.chat_template = (
         "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"

@@ -372,6 +372,7 @@ class EmbeddedRun:
         modes = {"": (0.0, 1.0)}
         if sampled_t > 0:
             modes["_sampled"] = (sampled_t, a.top_p)
+        from tlt.eval import score
         from tlt.rewards import get_reward
 
         reward = get_reward(reward_name(spec))
@@ -383,14 +384,13 @@ class EmbeddedRun:
                 for i, item in enumerate(prompts.heldout)
             ]
             results = self.pool.evaluate(reqs)
-            scores = [reward(item.prompt, self.pool.decode(r.tokens), item.answer, **item.meta)
-                      for item, r in zip(prompts.heldout, results)]
-            lengths = sorted(len(r.tokens) for r in results)
-            figures[f"accuracy{suffix}"] = sum(1 for s in scores if s > 0.5) / len(scores)
-            figures[f"len_mean{suffix}"] = sum(lengths) / len(lengths)
-            figures[f"len_max{suffix}"] = lengths[-1]
+            summary = score(prompts.heldout, [self.pool.decode(r.tokens) for r in results], [r.tokens for r in results],
+                            reward, eos, temperature, a.max_response_tokens)
+            figures[f"accuracy{suffix}"] = summary.accuracy
+            figures[f"len_mean{suffix}"] = summary.mean_length
+            figures[f"len_max{suffix}"] = summary.max_length
             if not suffix:
-                figures["len_p90"] = lengths[int(0.9 * (len(lengths) - 1))]
+                figures["len_p90"] = summary.p90_length
         self.metrics.accuracy.set(figures["accuracy"])
         self.log.write("eval", step=step, **figures)
         sampled = f", pass@1 at t={sampled_t:g} {figures['accuracy_sampled']:.3f}" if "accuracy_sampled" in figures else ""

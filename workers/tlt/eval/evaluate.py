@@ -1,4 +1,8 @@
-"""Held-out accuracy and response-length statistics of a model on a task or a JSONL dataset."""
+"""Held-out accuracy and response-length statistics of a model on a task or a JSONL dataset.
+
+One scoring path for `tlt eval` (`evaluate`) and the evaluation inside a run
+(`tlt.coordinator.loop`, which decodes on its rollout shards and calls `score`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tlt.eval.generate import generate, load_model
+from tlt.eval.generate import generate, load_policy
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class EvalItem:
 @dataclass
 class EvalResult:
     num_prompts: int
-    accuracy: float
+    accuracy: float  # share of responses the reward scores correct (> 0.5)
     mean_length: float
     p50_length: float
     p90_length: float
@@ -48,7 +52,7 @@ def summarize(rewards: Sequence[float], lengths: Sequence[int], truncated: int,
               temperature: float, max_tokens: int) -> EvalResult:
     return EvalResult(
         num_prompts=len(rewards),
-        accuracy=sum(rewards) / len(rewards),
+        accuracy=sum(1 for r in rewards if r > 0.5) / len(rewards),
         mean_length=sum(lengths) / len(lengths),
         p50_length=percentile(lengths, 50),
         p90_length=percentile(lengths, 90),
@@ -111,6 +115,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], chat_template: bool | str)
     return [list(tokenizer(p)["input_ids"]) for p in prompts]
 
 
+def score(items: Sequence, responses: Sequence[str], outputs: Sequence[Sequence[int]], reward: Callable,
+          stop_ids: Sequence[int], temperature: float, max_tokens: int) -> EvalResult:
+    """Score each item's decoded response with `reward` and summarize; `outputs` are the
+    generated token ids (a response without a stop token at its end was truncated)."""
+    rewards = [reward(i.prompt, r, i.answer, **i.meta) for i, r in zip(items, responses)]
+    truncated = sum(1 for o in outputs if not (o and o[-1] in stop_ids))
+    return summarize(rewards, [len(o) for o in outputs], truncated, temperature, max_tokens)
+
+
 def evaluate(model_dir: str | Path, items: Sequence[EvalItem], reward: Callable,
              max_tokens: int = 512, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
              chat_template: bool = True, batch_size: int = 64, progress: bool = True,
@@ -120,15 +133,10 @@ def evaluate(model_dir: str | Path, items: Sequence[EvalItem], reward: Callable,
 
     Returns the summary and the decoded responses (in item order).
     """
-    model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    model, tokenizer = load_policy(model_dir, dtype=dtype, device=device)
     prompt_ids = encode_prompts(tokenizer, [i.prompt for i in items], chat_template)
     stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
     outputs = generate_fn(model, prompt_ids, max_tokens, temperature=temperature, top_p=top_p,
-                          seed=seed, stop_ids=stop_ids, batch_size=batch_size, pad_id=pad_id,
-                          progress=progress)
+                          seed=seed, stop_ids=stop_ids, batch_size=batch_size, progress=progress)
     responses = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
-    rewards = [reward(i.prompt, r, i.answer, **i.meta) for i, r in zip(items, responses)]
-    truncated = sum(1 for o in outputs if not (o and o[-1] in stop_ids))
-    summary = summarize(rewards, [len(o) for o in outputs], truncated, temperature, max_tokens)
-    return summary, responses
+    return score(items, responses, outputs, reward, stop_ids, temperature, max_tokens), responses
