@@ -354,10 +354,10 @@ def test_two_data_parallel_ranks_make_the_same_update_as_one_process(llama, tmp_
     # differ in length and are evened out (ZeRO-3 would hang on unequal passes).
     import multiprocessing
 
-    from tlt.trainer.backends import _free_port
+    from tlt.net import free_port
 
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_data_parallel_rank,
                          args=(r, 2, port, str(llama), backend, stage, micro_tokens, str(tmp_path)))
              for r in range(2)]

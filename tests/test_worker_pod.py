@@ -24,7 +24,7 @@ from specs import manifest, with_fields
 from tlt.api.crd import build_crd
 from tlt.api.model import ReasoningRLJobStatus, ShardProgress
 from tlt.cli import main
-from tlt.dev.pods import free_port
+from tlt.net import free_port
 from tlt.worker.pod import PodIdentity, PodMetrics, ray_start_command, serve_metrics
 from tlt.worker.role_watcher import RoleWatcher
 from tlt.worker.status import ProgressWriter

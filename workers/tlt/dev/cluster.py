@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from tlt.dev.tools import ToolMissing, cache_dir, kubectl_path, repo_root
+from tlt.net import free_port
 
 CONTROLPLANE_SRC = Path("e2e") / "controlplane"
 MULTICALL = "tlt-controlplane"
@@ -119,12 +119,6 @@ def controlplane_binary() -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

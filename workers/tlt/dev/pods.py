@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,13 +31,9 @@ from pathlib import Path
 
 import yaml
 
+from tlt.net import free_port
+
 CONFIG_DIR = "/etc/tlt"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_account_kubeconfig(admin_kubeconfig: Path, namespace: str, account: str, path: Path, kubectl: str = "kubectl") -> Path:
