@@ -9,17 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL
+from tlt.kubeconfig import load_kube_config as load_config  # noqa: F401  (the operator's login, as the pods')
 from tlt_operator.builders import LABEL_JOB, RAY_TOKEN_FILE, progress_map_name
 from tlt_operator.reconcile import Event, Outcome
 
@@ -27,15 +27,6 @@ log = logging.getLogger("tlt_operator.kube")
 
 SUPPORTING_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "NetworkPolicy")
 EVENT_CACHE = 4096  # aggregated events remembered (name -> count), as client-go's recorder keeps an LRU
-
-
-def load_config() -> None:
-    """In-cluster credentials in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        # KUBECONFIG is read now, not when the kubernetes package was imported.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
 def _labelled(obj: dict, job: str) -> bool:

@@ -4,7 +4,8 @@ In embedded mode each rollout shard is a Ray actor bound to its own CPU core(s);
 the trainer is one more actor. On a cluster (`PodNodes`) every pod runs one Ray
 node offering the resource `tlt.pod.<role>-<index>`, and each actor is pinned to
 its pod's node and named after it, so the pod's role watcher can find it.
-`WorkerPool` is the only place that talks to Ray, so the loop reads as plain calls.
+The coordinator talks to Ray only through `WorkerPool`, so the loop reads as plain
+calls (a job pod's own process joins Ray and finds its actor in `tlt.worker`).
 
 Faults: a rollout shard or drafter host whose actor dies (its pod crashed, was
 evicted or its node lost) leaves the pool; its unfinished requests go to the other

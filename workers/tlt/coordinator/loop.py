@@ -77,7 +77,7 @@ def latest_checkpoint(run_dir: Path, spec: ReasoningRLJobSpec | None = None) -> 
 
 class EmbeddedRun:
     def __init__(self, job: ReasoningRLJob, *, run_dir: str | Path | None = None, fresh: bool = False,
-                 progress: bool = True, max_steps: int | None = None, batch_threshold: int | None = None):
+                 progress: bool = True, max_steps: int | None = None):
         self.job = job
         self.spec = job.spec
         self.run_dir = Path(run_dir or self.spec.output.path).absolute()
@@ -89,7 +89,6 @@ class EmbeddedRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.max_steps = max_steps  # stop after this many steps in this invocation (tests, demos)
-        self.batch_threshold = batch_threshold
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.metrics = coordinator_metrics()
         self.roles: dict[str, str] = {}
@@ -107,8 +106,6 @@ class EmbeddedRun:
             self.log.write("role", worker=worker, role=role)
 
     def _threshold(self) -> int:
-        if self.batch_threshold is not None:
-            return self.batch_threshold
         value = self.spec.speculative.batch_threshold
         if value != "auto":
             return int(value)

@@ -257,8 +257,6 @@ class RolloutShard:
         rollout = self._rollout
         if rollout is None or count <= 0:
             return []
-        if not hasattr(self.engine, "preempt"):
-            return []
         return self.engine.preempt(count)
 
     # ---- lending ----

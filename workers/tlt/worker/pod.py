@@ -338,12 +338,11 @@ def serve_metrics(collector: PodMetrics, port: int, healthy=lambda: True) -> htt
 
 def kube_api_client():
     """In a pod its ServiceAccount; elsewhere (local runs, tests) the kubeconfig."""
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    from tlt.kubeconfig import load_kube_config
+
+    load_kube_config()
     return client.ApiClient()
 
 
