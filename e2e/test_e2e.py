@@ -5,7 +5,8 @@ applied, and checks along the way: the operator's pod is up and locked down, the
 pods carry their role labels and owner, the pods run `tlt worker` (the head pod to exit
 code 0), the workers label their active role, the head pod serves /metrics and /healthz
 on 8080, events explain the operator's decisions (Created, StepCompleted, Succeeded),
-the coordinator writes status.progress and status.drafter, the status counts every
+the coordinator's report reaches status.progress and status.drafter (through the job's
+progress ConfigMap: only the operator writes the status), the status counts every
 step, and uninstalling
 leaves no operator behind. Skips (with the reason) without Docker, kind or a cluster.
 """

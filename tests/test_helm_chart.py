@@ -216,7 +216,7 @@ def test_namespaced_podmonitor_watches_only_the_job_namespaces(helm, tmp_path):
 def test_values_schema_rejects_unsafe_values(helm):
     for args, message in [
         (["--set", "image.tag=latest"], "/image/tag"),
-        (["--set", "replicaCount=2"], "/replicaCount"),
+        (["--set", "replicaCount=9"], "/replicaCount"),
         (["--set", "watchNamespaces={Team_A}"], "/watchNamespaces/0"),
         (["--set", "imagee.tag=x"], "imagee"),
     ]:
@@ -244,6 +244,8 @@ OPERATOR_NEEDS = (
     | {("rbac.authorization.k8s.io", r, v) for r in ("roles", "rolebindings") for v in (*READ, "create", "patch")}
     | {("", "events", v) for v in ("create", "get", "patch")}  # a repeated event raises its count
 )
+
+LEASE = {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update")}
 
 DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate"}
 SENSITIVE_RESOURCES = {"secrets", "nodes", "pods/exec", "pods/attach", "pods/portforward", "clusterroles",
@@ -290,14 +292,15 @@ def test_rbac_has_no_wildcards_and_no_sensitive_access(rendered, scenario):
 def test_cluster_wide_install_grants_exactly_what_the_operator_needs(rendered):
     docs = rendered["default"]
     bound = operator_roles(docs)
-    assert bound and all(b["kind"] == "ClusterRoleBinding" for b, _ in bound)
+    assert bound and all(b["kind"] == "ClusterRoleBinding" or b["metadata"]["namespace"] == RELEASE_NS for b, _ in bound)
     granted = set().union(*(grants(role["rules"]) for _, role in bound))
     missing = OPERATOR_NEEDS - granted
     assert not missing, f"the operator lacks {sorted(missing)}"
-    # Beyond its needs: only reading CRDs (so kopf notices a CRD installed or upgraded later).
+    # Beyond its needs: reading CRDs (so kopf notices a CRD installed or upgraded later) and, in its own
+    # namespace only, its leader-election Lease.
     extra = granted - OPERATOR_NEEDS
-    assert extra == {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in READ}, extra
-    assert not any(r["kind"] == "Role" for r in docs)
+    assert extra == {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in READ} | LEASE, extra
+    assert [r["metadata"]["namespace"] for r in objects(docs, "Role")] == [RELEASE_NS]
 
 
 def test_namespaced_install_uses_a_role_per_watched_namespace(rendered):
@@ -305,7 +308,9 @@ def test_namespaced_install_uses_a_role_per_watched_namespace(rendered):
     bound = operator_roles(docs)
     by_ns = {}
     for binding, role in bound:
-        if role["kind"] == "Role":
+        if role["kind"] == "Role" and role["metadata"]["namespace"] == RELEASE_NS:
+            assert grants(role["rules"]) == LEASE, "in its own namespace: its Lease only"
+        elif role["kind"] == "Role":
             assert binding["kind"] == "RoleBinding" and binding["metadata"]["namespace"] == role["metadata"]["namespace"]
             by_ns[role["metadata"]["namespace"]] = grants(role["rules"])
     assert set(by_ns) == {"team-a", "team-b"}
@@ -322,7 +327,7 @@ def test_duplicate_watch_namespaces_render_one_role_each(helm, tmp_path):
     out = run_helm(helm, "template", RELEASE, str(CHART), "-n", RELEASE_NS,
                    "-f", str(write_values(tmp_path, "dup", {"watchNamespaces": ["a", "b", "a"]})))
     docs = load_docs(out.stdout)
-    assert sorted(r["metadata"]["namespace"] for r in objects(docs, "Role")) == ["a", "b"]
+    assert sorted(r["metadata"]["namespace"] for r in objects(docs, "Role")) == ["a", "b", RELEASE_NS]
 
 
 def test_rbac_create_false_renders_no_rbac(helm, tmp_path):
@@ -360,7 +365,8 @@ def test_operator_pod_is_locked_down(rendered, scenario):
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # A new pod waits for the Lease while the old one leads, so a rolling update has no gap and no overlap.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -590,3 +596,20 @@ def test_helm_package_includes_crds_and_dashboard(helm, tmp_path):
         names = set(tar.getnames())
     for wanted in ("crds/reasoningrljob.yaml", "dashboards/tlt.json", "values.schema.json", "README.md", "templates/NOTES.txt"):
         assert f"tlt-operator/{wanted}" in names, wanted
+
+
+def test_two_replicas_elect_a_leader_through_a_lease_in_the_release_namespace(helm, tmp_path):
+    out = run_helm(helm, "template", RELEASE, str(CHART), "-n", RELEASE_NS, "--set", "replicaCount=2",
+                   "--set", "leaderElection.leaseSeconds=20", "--set", "jobNetworkPolicy.metricsNamespaces={monitoring}")
+    docs = load_docs(out.stdout)
+    deployment, container = operator_container(docs)
+    assert deployment["spec"]["replicas"] == 2
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TLT_LEADER_ELECTION_ID"]["value"] == f"{RELEASE}-tlt-operator" and env["TLT_LEASE_SECONDS"]["value"] == "20"
+    assert env["TLT_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "each replica's identity"
+    assert env["TLT_METRICS_NAMESPACES"]["value"] == "monitoring"
+    lease = one(docs, "Role", f"{RELEASE}-tlt-operator-leader-election")
+    assert lease["metadata"]["namespace"] == RELEASE_NS
+    named = next(r for r in lease["rules"] if "resourceNames" in r)
+    assert named["resourceNames"] == [f"{RELEASE}-tlt-operator"] and named["verbs"] == ["get", "update"]

@@ -18,6 +18,7 @@ BODY = manifest("demo", {
     "speculative": {"batchThreshold": 16},
     "elasticity": {"consolidateTail": {"threshold": 4}},
     "runPolicy": {"backoffLimit": 2},
+    "storage": [{"name": "runs", "claimName": "runs", "mountPath": "/tlt"}],  # output.path /tlt/output is on it
 }, namespace="ns", uid="uid-1", generation=1)
 
 
@@ -629,3 +630,19 @@ def test_every_condition_has_a_reason():
     world = running_world()
     assert all(c["reason"] for c in world.body["status"]["conditions"])
     assert {c["type"] for c in world.body["status"]["conditions"]} >= {"Running", "Degraded", "Blocked"}
+
+
+def test_checkpoints_not_on_a_volume_are_warned_about_once_per_spec():
+    body = copy.deepcopy(BODY)
+    body["spec"]["storage"] = [{"name": "models", "claimName": "models", "mountPath": "/models", "readOnly": True}]
+    world = World(body)
+    world.reconcile()
+    warned = [m for r, m in world.events if r == "CheckpointsNotOnVolume"]
+    assert len(warned) == 1 and "/tlt/output/checkpoints" in warned[0] and "models at /models" in warned[0]
+    world.start_pods()
+    world.settle()
+    assert world.reasons().count("CheckpointsNotOnVolume") == 1
+    world.body["spec"]["runPolicy"]["checkpoint"] = {"path": "/models/ckpt"}  # a read-only volume does not do
+    world.body["metadata"]["generation"] = 2
+    world.reconcile()
+    assert "read-only" in [m for r, m in world.events if r == "CheckpointsNotOnVolume"][-1]

@@ -28,9 +28,17 @@ from kubernetes.client.rest import ApiException
 
 from tlt.api.model import API_GROUP, API_VERSION, PLURAL
 from tlt_operator import metrics
-from tlt_operator.builders import ANNOTATION_ASSIGNED_ROLE, GPU_RESOURCE, LABEL_JOB, LABEL_ROLE, OperatorDefaults
+from tlt_operator.builders import (
+    ANNOTATION_ASSIGNED_ROLE,
+    GPU_RESOURCE,
+    LABEL_INDEX,
+    LABEL_JOB,
+    LABEL_ROLE,
+    OperatorDefaults,
+    pod_name,
+    progress_map_name,
+)
 from tlt_operator.kube import Kube, WriteError, load_config
-from tlt_operator.builders import progress_map_name
 from tlt_operator.reconcile import RECONCILE_ERROR, Event, Observed, Outcome, pod_phase, reconcile, rfc3339
 
 log = logging.getLogger("tlt_operator")
@@ -65,6 +73,7 @@ class Runtime:
     mu: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     pool: ThreadPoolExecutor | None = None
+    on_shutdown: list = field(default_factory=list)  # called once the operator stops (the leader's lease release)
 
     # Lifecycle ---------------------------------------------------------------------
 
@@ -84,6 +93,8 @@ class Runtime:
             self.timers.clear()
         if self.pool:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        for call in self.on_shutdown:
+            call()
 
     def track(self, key: Key) -> None:
         with self.mu:
@@ -163,13 +174,20 @@ class Runtime:
             wanted = {"type": RECONCILE_ERROR, "status": "False", "reason": "Reconciled", "message": "the last writes passed"}
         else:
             return
-        if previous is not None and all(previous.get(k) == v for k, v in wanted.items()):
+        # A pod that could not be created waits in `replacing` (uncounted): missing, it is no deleted pod.
+        unmade = {_slot(e.obj) for e in errors if e.obj and e.obj.get("kind") == "Pod"} - {None}
+        replacing = sorted(set(status.get("replacing") or []) | unmade)
+        if previous is not None and all(previous.get(k) == v for k, v in wanted.items()) and replacing == sorted(
+                status.get("replacing") or []):
             return
-        if errors:
+        if errors and not (previous is not None and all(previous.get(k) == v for k, v in wanted.items())):
             self.kube.post_event(body, Event("ReconcileError", wanted["message"], "Warning"))
         wanted["lastTransitionTime"] = rfc3339(datetime.now(timezone.utc))
+        patch = {"conditions": [*conditions, wanted]}
+        if unmade:
+            patch["replacing"] = replacing
         try:
-            self.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], {"conditions": [*conditions, wanted]})
+            self.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], patch)
         except Exception as err:  # the next reconcile tries again
             log.warning("could not set the ReconcileError condition: %s", err)
 
@@ -318,6 +336,14 @@ class Runtime:
                 self.stop.wait(1.0)
             finally:
                 stream.stop()
+
+
+def _slot(pod: dict) -> str | None:
+    """The slot (`<job>-<role>-<index>`) a pod object fills, from its labels."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if not all(k in labels for k in (LABEL_JOB, LABEL_ROLE, LABEL_INDEX)):
+        return None
+    return pod_name(labels[LABEL_JOB], labels[LABEL_ROLE], int(labels[LABEL_INDEX]))
 
 
 RUNTIME = Runtime()

@@ -45,6 +45,7 @@ class WriteError:
     what: str
     status: int | None
     reason: str
+    obj: dict | None = None  # the object being created, if it was a create
 
     def __str__(self) -> str:
         return f"{self.what}: {self.status} {self.reason}".strip()
@@ -256,16 +257,16 @@ class Kube:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         errors: list[WriteError] = []
 
-        def attempt(what: str, call, *args) -> None:
+        def attempt(what: str, call, *args, obj: dict | None = None) -> None:
             try:
                 call(*args)
             except ApiException as err:
                 if err.status in (401, 403) or err.status is None or err.status >= 500:
                     raise  # no access, or the server is away: the reconcile is retried as a whole
-                errors.append(WriteError(what, err.status, _reason(err)))
+                errors.append(WriteError(what, err.status, _reason(err), obj))
 
         for obj in outcome.create:
-            attempt(f"creating {obj['kind']} {obj['metadata']['name']}", self.create, obj)
+            attempt(f"creating {obj['kind']} {obj['metadata']['name']}", self.create, obj, obj=obj)
         for obj in outcome.patch:
             attempt(f"updating {obj['kind']} {obj['metadata']['name']}", self.replace_drifted, obj)
         if outcome.status:

@@ -38,6 +38,8 @@ class OperatorProcess:
         self.proc: subprocess.Popen | None = None
         self.health_port = free_port()
         self.metrics_port = free_port()
+        # Its identity in leader election, the same across restarts (as a pod's name across container restarts).
+        self.identity = f"operator-{self.health_port}"
 
     def start(self, timeout: float = 60) -> "OperatorProcess":
         env = {k: v for k, v in os.environ.items() if not (self.isolated and k.startswith("KUBERNETES_"))}
@@ -49,6 +51,7 @@ class OperatorProcess:
             "TLT_HEALTH_PORT": str(self.health_port),
             "TLT_METRICS_PORT": str(self.metrics_port),
             "TLT_LOG_LEVEL": "INFO",
+            "POD_NAME": self.identity,
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         })
@@ -91,6 +94,15 @@ class OperatorProcess:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) / 1024
         return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or OOM-killed operator pod: no cleanup of any kind."""
+        if self.proc and self.proc.poll() is None:
+            if self.isolated:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -37,6 +37,7 @@ import yaml
 from tlt.api.errors import SpecError
 from tlt.api.load import parse_job
 from tlt.api.model import DrafterStatus, ProgressStatus, ReasoningRLJob
+from tlt.api.storage import checkpoints_off_volume
 from tlt.elastic import PHASES, Consolidate, Lend, Progress, Return, ScaleDrafters, ShardState, Worker, dedicated_drafters, plan
 from tlt_operator.builders import (
     ANNOTATION_ASSIGNED_ROLE,
@@ -552,6 +553,9 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
 
     if phase == "Suspended":
         out.events.append(Event("Resumed", "resumed: recreating the pods"))
+    lost = checkpoints_off_volume(job.spec)
+    if lost and desired["observedGeneration"] != ctx.written.get("observedGeneration"):  # once per spec seen
+        out.events.append(Event("CheckpointsNotOnVolume", lost, "Warning"))
 
     head = pod_name(name, head_role(job), 0)
     started = phase in ("Created", "Running")  # a missing pod is a deleted one only after the pods were created

@@ -14,6 +14,7 @@ Fixtures:
 - `crd`, `operator`, `api` (per module): the CRD installed; one operator process
   (`python -m tlt_operator`, real kopf) watching every namespace with a short backoff;
   (CoreV1Api, CustomObjectsApi) as admin.
+- `micro_model` (session): the built-in micro model's folder, for real jobs (`jobs.small_job`).
 
 Every test in this folder is marked `controlplane` (select with `-m controlplane`,
 leave out with `-m "not controlplane"`).
@@ -131,6 +132,14 @@ def operator(crd, kubeconfig, tmp_path_factory):
     proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def micro_model():
+    """The built-in micro model (bootstrapped in seconds, then cached); real jobs' pods read it from this path."""
+    from tlt.tasks.bootstrap import ensure_base_model
+
+    return ensure_base_model("micro-arith", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from pathlib import Path
 
 import yaml
 from kubernetes import client
 
 import waiting
+from specs import manifest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CRD_NAME = "reasoningrljobs.tlt.dev"
 GROUP, VERSION, PLURAL = "tlt.dev", "v1alpha1", "reasoningrljobs"
@@ -72,3 +76,30 @@ class Job:
 
     def annotation(self, pod: str, key: str = "tlt.dev/assigned-role") -> str | None:
         return (self.pods()[pod].metadata.annotations or {}).get(key)
+
+
+# Real jobs: `tlt worker` in every pod, run by `tlt dev pods`' LocalPods.
+
+
+def small_job(name: str, model: Path, out: Path, steps: int = 2, eval_every: int = 1, prompts: int = 4, samples: int = 2,
+              tokens: int = 40) -> dict:
+    """The quickstart, shrunk: `steps` steps of `prompts` x `samples` sequences of up to `tokens` tokens on two
+    rollout pods and a trainer pod."""
+    spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["spec"]
+    spec.pop("task", None)
+    spec["model"] = {"path": str(model)}
+    spec["algorithm"].update(steps=steps, promptsPerStep=prompts, groupSize=samples, maxResponseTokens=tokens, miniBatchSize=8)
+    spec["eval"] = {"everySteps": eval_every, "numPrompts": 6}
+    spec["rollout"]["maxBatchSize"] = 8
+    spec["speculative"] = {"mode": "adaptive", "batchThreshold": 4, "strategies": ["3_1_3"]}
+    spec["elasticity"] = {"lendIdle": True, "consolidateTail": {"enabled": True, "threshold": 2}}
+    spec["output"] = {"path": str(out)}
+    return manifest(name, {**spec, "task": {"name": "arith"}})
+
+
+def run_pods(controlplane, namespace: str, job: str, workdir: Path, log: list[str]):
+    """`tlt dev pods`' kubelet: each pod runs as a local process, logged in as its own ServiceAccount."""
+    from tlt.dev.pods import LocalPods
+
+    env = {"OMP_NUM_THREADS": "1", "TLT_RAY_OBJECT_STORE_BYTES": str(256 * 1024 * 1024)}
+    return LocalPods(controlplane.api_client(), namespace, job, workdir=workdir / "pods", env=env, log=log.append).start()

@@ -87,12 +87,17 @@ def service_account_kubeconfig(kube: Kube, namespace: str, sa: str, path: Path) 
     return dev_pods.service_account_kubeconfig(kube.cluster.kubeconfig, namespace, sa, path, kubectl=str(kubectl_path()))
 
 
-def start_operator(kubeconfig: Path, namespaces: list[str], log_path: Path) -> OperatorProcess:
-    """`python -m tlt_operator` logged in only through `kubeconfig`, serving `namespaces` (none: all)."""
+def start_operator(kubeconfig: Path, namespaces: list[str], log_path: Path, release: str = "tlt",
+                   release_ns: str = "helm-tlt-system", env: dict | None = None) -> OperatorProcess:
+    """`python -m tlt_operator` logged in only through `kubeconfig`, serving `namespaces` (none: all), with the
+    environment the chart's Deployment gives it (its namespace, its Lease's name)."""
     env = {
         "TLT_RESYNC_SECONDS": "3",
         "TLT_WORKER_IMAGE_CUDA": "registry.test/tlt/worker-cuda:cp",
         "TLT_WORKER_IMAGE_CPU": "registry.test/tlt/worker-cpu:cp",
+        "TLT_OPERATOR_NAMESPACE": release_ns,
+        "TLT_LEADER_ELECTION_ID": f"{release}-tlt-operator",
+        **(env or {}),
     }
     return OperatorProcess(kubeconfig, log_path, env, namespaces=namespaces, isolated=True).start(timeout=60)
 
@@ -164,7 +169,7 @@ def test_install_cluster_wide(kube: Kube, release: str):
     crd = kube.get("crd", CRD)
     assert {c["type"]: c["status"] for c in crd["status"]["conditions"]}.get("Established") == "True"
     deployment = kube.get("deployment", "-n", RELEASE_NS, f"{RELEASE}-tlt-operator")
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deployment["status"].get("readyReplicas") == 1  # kwok runs the pod on a fake node
     # The operator's rights, as the API server sees them.
     assert kube.can_i("create", "pods", "default", SA)
@@ -265,7 +270,7 @@ def test_namespaced_install_serves_only_its_namespaces(kube: Kube, release, tmp_
     assert env["TLT_WATCH_NAMESPACES"] == TEAM_A
 
     kubeconfig = service_account_kubeconfig(kube, ns, f"{release}-tlt-operator", tmp_path / "sa.kubeconfig")
-    operator = start_operator(kubeconfig, [TEAM_A], tmp_path / "operator.log")
+    operator = start_operator(kubeconfig, [TEAM_A], tmp_path / "operator.log", release=release, release_ns=ns)
     try:
         kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("grpo", TEAM_B)))
         kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("grpo", TEAM_A)))
@@ -305,6 +310,46 @@ def test_upgrade_changes_values_and_hands_the_crd_to_the_release(kube: Kube, rel
     chart_crd = yaml.safe_load((CHART / "crds" / "reasoningrljob.yaml").read_text())
     served = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     assert set(served) == set(chart_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+
+
+def test_an_operator_upgrade_to_new_images_leaves_a_running_jobs_pods_untouched(kube: Kube, release, tmp_path):
+    """helm upgrade with new image tags: the Deployment's new operator builds new jobs' pods with the new
+    worker image, and rolls none of a running job's pods (only a change of the job's own spec does)."""
+    ns = "helm-upgrade-jobs"
+    kube.kubectl("create", "namespace", ns)
+    kubeconfig = service_account_kubeconfig(kube, RELEASE_NS, f"{RELEASE}-tlt-operator", tmp_path / "sa.kubeconfig")
+
+    def deployment_env() -> dict:
+        """The worker images the release's Deployment gives its operator pod."""
+        container = kube.get("deployment", "-n", RELEASE_NS, f"{RELEASE}-tlt-operator")["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("TLT_WORKER_IMAGE") and "value" in e}
+
+    def pods(job: str) -> dict:
+        items = kube.get("pods", "-n", ns, "-l", f"tlt.dev/job={job}")["items"]
+        return {p["metadata"]["name"]: (p["metadata"]["uid"], p["spec"]["containers"][0]["image"]) for p in items}
+
+    before_env = deployment_env()
+    operator = start_operator(kubeconfig, [], tmp_path / "before.log", env=before_env)
+    try:
+        kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("steady", ns)))
+        before = wait_for(lambda: len(pods("steady")) == 3 and pods("steady"), 90, what="the running job's pods")
+    finally:
+        operator.stop()  # the Deployment's old pod goes away with the upgrade
+    kube.helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--reuse-values", "--wait", "--timeout", "3m",
+              "--set", "image.tag=0.9.9", "--set", "workerImages.cuda.tag=0.9.9-cuda", "--set", "workerImages.cpu.tag=0.9.9-cpu")
+    after_env = deployment_env()
+    assert after_env["TLT_WORKER_IMAGE_CUDA"].endswith(":0.9.9-cuda") and after_env != before_env
+    operator = start_operator(kubeconfig, [], tmp_path / "after.log", env=after_env)
+    try:
+        kube.kubectl("apply", "-f", "-", input=json.dumps(gpu_job("fresh", ns)))
+        fresh = wait_for(lambda: len(pods("fresh")) == 3 and pods("fresh"), 90, what="a new job's pods")
+        assert {image for _, image in fresh.values()} == {after_env["TLT_WORKER_IMAGE_CUDA"]}, "new jobs get the new image"
+        wait_for(lambda: operator.reconciles() >= 6, 60, what="the new operator's resyncs of both jobs")
+        assert pods("steady") == before, "the running job's pods are the same pods, with the image they started with"
+        events = kube.get("events", "-n", ns, "--field-selector", "involvedObject.name=steady")["items"]
+        assert not [e for e in events if e["reason"] in ("SpecChanged", "PodFailed", "PodReplaced")], events
+    finally:
+        operator.stop()
 
 
 def test_uninstall_removes_the_operator_and_keeps_crd_and_jobs(kube: Kube, release):

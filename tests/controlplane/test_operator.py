@@ -297,3 +297,54 @@ def test_spec_change_rolls_pods_with_one_event_and_lifecycle_changes_do_not(oper
     status = job.status()
     assert status["observedGeneration"] == generation and status.get("failures", 0) == 0
     assert not job.events("PodFailed") and not job.events("PodReplaced") and len(job.events("Created")) == 1
+
+
+def test_a_job_reapplied_under_its_name_ignores_the_deleted_jobs_terminating_pods(operator, api, kubectl, namespace):
+    core, _ = api
+    old_job = Job(api, kubectl, namespace, JOB)
+    old = old_job.running_pods(4)
+    old_uid = old_job.get()["metadata"]["uid"]
+    for name in old:  # they terminate for a while, as pods do on a slow kubelet
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"finalizers": ["test.tlt.dev/terminating"]}})
+    kubectl("delete", "rlj", "demo", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for(lambda: all(p.metadata.deletion_timestamp for p in core.list_namespaced_pod(namespace).items),
+             what="the old pods terminating")
+    # The old coordinator even reports success as it goes, as a kubelet would write it.
+    core.patch_namespaced_pod_status("demo-trainer-0", namespace, {"status": {"phase": "Succeeded"}})
+
+    job = Job(api, kubectl, namespace, JOB)
+    uid = job.get()["metadata"]["uid"]
+    assert uid != old_uid
+    blocked = wait_for(lambda: next((c for c in job.status().get("conditions") or [] if c["type"] == "Blocked"
+                                     and c["status"] == "True"), None), what="the Blocked condition")
+    assert "Pod demo-trainer-0" in blocked["message"] and old_uid in blocked["message"]
+    time.sleep(3)  # resyncs: nothing changes while the old pods terminate
+    status = job.status()
+    assert status["phase"] == "Created" and status.get("failures", 0) == 0, "never finished or failed by another job's pods"
+    assert all(p.metadata.owner_references[0].uid == old_uid for p in core.list_namespaced_pod(namespace).items), "not adopted"
+    events = job.events("ForeignChildren")
+    assert len(events) == 1 and events[0]["count"] == 1, "said once"
+
+    for name in old:
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"finalizers": None}})
+    pods = job.running_pods(4)
+    assert all(p.metadata.owner_references[0].uid == uid for p in pods.values())
+    wait_for(lambda: job.phase() == "Running" and not any(
+        c["type"] == "Blocked" and c["status"] == "True" for c in job.status()["conditions"]), what="the new job running")
+    assert job.status().get("failures", 0) == 0 and len(job.events("Created")) == 1
+
+
+def test_a_pod_the_api_server_refuses_is_a_reconcile_error_event_and_condition_until_fixed(operator, api, kubectl, namespace):
+    # A label key the schema lets through but Kubernetes rejects on the pod: 422 at each create.
+    job = Job(api, kubectl, namespace, named("refused", template={"labels": {"bad key!": "x"}}))
+    condition = wait_for(lambda: next((c for c in job.status().get("conditions") or [] if c["type"] == "ReconcileError"
+                                       and c["status"] == "True"), None), what="the ReconcileError condition")
+    assert condition["reason"] == "APIError" and "creating Pod refused-" in condition["message"]
+    assert "bad key!" in condition["message"], "the API server's own words name the field"
+    event = wait_for(lambda: job.events("ReconcileError"), what="the ReconcileError event")
+    assert event[0]["type"] == "Warning"
+    job.patch({"spec": {"template": {"labels": None}}})
+    job.running_pods(4)
+    assert job.status().get("failures", 0) == 0, "pods that could not be created are no failures"
+    wait_for(lambda: any(c["type"] == "ReconcileError" and c["status"] == "False" and c["reason"] == "Reconciled"
+                         for c in job.status()["conditions"]), what="the condition cleared")

@@ -12,41 +12,14 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import watch
 
-from jobs import Job, wait_for
-from specs import manifest
-from tlt.dev.pods import LocalPods
+from jobs import Job, run_pods, small_job, wait_for
 from tlt.report import read_records
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def micro_model():
-    """The built-in micro model (bootstrapped in seconds, then cached); pods read it from this shared path."""
-    from tlt.tasks.bootstrap import ensure_base_model
-
-    return ensure_base_model("micro-arith", progress=False)
-
-
-def small_job(name: str, model: Path, out: Path) -> dict:
-    """The quickstart, shrunk: 2 steps of 4 prompts x 2 samples on two rollout pods and a trainer pod."""
-    spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["spec"]
-    spec.pop("task", None)
-    spec["model"] = {"path": str(model)}
-    spec["algorithm"].update(steps=2, promptsPerStep=4, groupSize=2, maxResponseTokens=40, miniBatchSize=8)
-    spec["eval"] = {"everySteps": 1, "numPrompts": 6}
-    spec["rollout"]["maxBatchSize"] = 8
-    spec["speculative"] = {"mode": "adaptive", "batchThreshold": 4, "strategies": ["3_1_3"]}
-    spec["elasticity"] = {"lendIdle": True, "consolidateTail": {"enabled": True, "threshold": 2}}
-    spec["output"] = {"path": str(out)}
-    return manifest(name, {**spec, "task": {"name": "arith"}})
 
 
 class PodLabels:
@@ -73,12 +46,6 @@ class PodLabels:
     def stop(self) -> dict[str, list[str]]:
         self.stream.stop()
         return self.seen
-
-
-def run_pods(controlplane, namespace: str, job: str, workdir: Path, log: list[str]) -> LocalPods:
-    """`tlt dev pods`' kubelet: each pod runs as a local process, logged in as its own ServiceAccount."""
-    env = {"OMP_NUM_THREADS": "1", "TLT_RAY_OBJECT_STORE_BYTES": str(256 * 1024 * 1024)}
-    return LocalPods(controlplane.api_client(), namespace, job, workdir=workdir / "pods", env=env, log=log.append).start()
 
 
 def scrape(port: int) -> str:

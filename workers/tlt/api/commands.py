@@ -75,6 +75,11 @@ def run_validate(args) -> int:
                 continue
             if not args.quiet:
                 print(f"{label}: ok (ReasoningRLJob {job.metadata.name})")
+            from tlt.api.storage import checkpoints_off_volume
+
+            lost = checkpoints_off_volume(job.spec)
+            if lost:  # harmless for `tlt run`; a cluster job would restart from step 0
+                print(f"{label}: warning: as a cluster job, {lost}", file=sys.stderr)
     return 1 if failed else 0
 
 

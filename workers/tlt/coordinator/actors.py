@@ -308,7 +308,7 @@ class WorkerPool:
         self._orphans += orphans
         self._started.discard(name)
         self._lent.discard(name)
-        self._lost[name] = time.monotonic() + REVIVE_RETRY_SECONDS
+        self._lost[name] = time.monotonic()  # tried at once: a dead actor's node is dead, a node offering its resource is new
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         self.faults.append({"worker": name, "event": "lost", "step": self._step, "resubmitted": len(orphans), "error": reason})
         log.warning("%s is lost (%s): %d unfinished requests go to the other shards; it is re-created when its pod is back",

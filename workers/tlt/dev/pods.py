@@ -100,6 +100,7 @@ class LocalPods:
         self.ray_port = free_port()
         self.pods: dict[str, LocalPod] = {}
         self.exits: dict[str, int] = {}  # pod name (of the last process run for it) -> exit code
+        self.starts: dict[str, int] = {}  # pod name -> processes started for it (a replaced pod's name runs again)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -137,6 +138,7 @@ class LocalPods:
                 if not pod.spec.node_name or (pod.status.phase not in ("Pending", "Running")):
                     continue
                 self.pods[name] = self._start(pod)
+                self.starts[name] = self.starts.get(name, 0) + 1
 
     def crash(self, name: str) -> list[int]:
         """Kill every process of a pod at once (its worker and its Ray node), as a container crash or

@@ -1,31 +1,12 @@
-"""`tlt bench ...` commands. `bench` is a group: other modules add subcommands with
-`add_bench_command(subparsers, name, help)` (it creates the group on first use)."""
+"""The engine's benchmarks: `tlt bench costs`, `tlt bench engine`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-_BENCH_ATTR = "_tlt_bench_subparsers"
-
-
-def bench_subparsers(subparsers) -> argparse._SubParsersAction:
-    """The `bench` group's subparsers, created once per top-level parser."""
-    existing = getattr(subparsers, _BENCH_ATTR, None)
-    if existing is not None:
-        return existing
-    bench = subparsers.add_parser("bench", help="benchmarks that print ratios and a final JSON line",
-                                  description="Benchmarks run on this machine.")
-    group = bench.add_subparsers(dest="bench_command", metavar="BENCH")
-    bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
-    setattr(subparsers, _BENCH_ATTR, group)
-    return group
-
-
-def add_bench_command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
-    return bench_subparsers(subparsers).add_parser(name, help=help, description=help)
+from tlt.cli import add_bench_command
 
 
 def register(subparsers) -> None:

@@ -110,7 +110,11 @@ def _set_role_of(pod, actor):
         handle = actor()
         if handle is None:
             return role == pod.role  # not created yet: it will start in its own role
-        return bool(ray.get(handle.set_role.remote(role)))
+        try:
+            return bool(ray.get(handle.set_role.remote(role)))
+        except ray.exceptions.RayActorError:  # a dead predecessor's actor: look again, asked again soon
+            actor.forget()
+            return False
 
     return set_role
 
@@ -125,7 +129,13 @@ def _metrics(port: int, actor, healthy) -> None:
 
     def actor_text() -> str:
         handle = actor()
-        return ray.get(handle.metrics_text.remote(), timeout=2) if handle is not None else ""
+        if handle is None:
+            return ""
+        try:
+            return ray.get(handle.metrics_text.remote(), timeout=2)
+        except ray.exceptions.RayActorError:
+            actor.forget()
+            return ""
 
     serve_metrics(PodMetrics(REGISTRY, actor_text), port, healthy=healthy)
 

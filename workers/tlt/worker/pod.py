@@ -232,10 +232,15 @@ def wait_for_nodes(names: list[str], timeout: float = JOIN_TIMEOUT, say=log.info
 
 class PodActor:
     """This pod's actor, looked up by name when asked (the coordinator creates it after every
-    pod joined); calling it gives the handle, or None while it does not exist yet."""
+    pod joined); calling it gives the handle, or None while it does not exist yet. A replacement
+    pod may first find its predecessor's dead actor under the name: a call that fails with it
+    `forget()`s the handle, and the next lookup finds the one the coordinator re-created."""
 
     def __init__(self, pod: PodIdentity):
         self.pod = pod
+        self._handle = None
+
+    def forget(self) -> None:
         self._handle = None
 
     def __call__(self):
