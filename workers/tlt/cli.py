@@ -1,7 +1,8 @@
 """The `tlt` command line.
 
 Each subcommand lives beside the code it drives and exposes `register(subparsers)`;
-this module only collects them, so adding a command never touches the others.
+this module only collects them, so adding a command never touches the others. It
+also owns the `bench` group, to which any of them adds with `add_bench_command`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,27 @@ COMMAND_MODULES = [
 ]
 
 
+_BENCH_ATTR = "_tlt_bench_subparsers"
+
+
 class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit code 1 (or `code`)."""
 
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+def add_bench_command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+    """A `tlt bench NAME` subcommand; the `bench` group is created on first use, once per parser."""
+    group = getattr(subparsers, _BENCH_ATTR, None)
+    if group is None:
+        bench = subparsers.add_parser("bench", help="benchmarks that print ratios and a final JSON line",
+                                      description="Benchmarks run on this machine.")
+        group = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+        bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
+        setattr(subparsers, _BENCH_ATTR, group)
+    return group.add_parser(name, help=help, description=help)
 
 
 def build_parser() -> argparse.ArgumentParser:

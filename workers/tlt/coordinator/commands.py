@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=run_job)
 
-    from tlt.engine.commands import add_bench_command
+    from tlt.cli import add_bench_command
 
     e2e = add_bench_command(
         subparsers, "e2e", "the plain synchronous baseline vs tlt on the same job and seed: step-time ratios, accuracies"

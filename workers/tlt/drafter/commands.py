@@ -88,8 +88,8 @@ __all__ = ["register"]
 
 
 def register_bench(subparsers) -> None:
-    """`tlt bench rollout`, added to the `bench` group that tlt.engine.commands owns."""
-    from tlt.engine.commands import add_bench_command
+    """`tlt bench rollout`."""
+    from tlt.cli import add_bench_command
 
     b = add_bench_command(subparsers, "rollout",
                           "plain vs always-on vs adaptive speculative decoding on the built-in task's "
