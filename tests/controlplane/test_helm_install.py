@@ -128,12 +128,14 @@ def assert_reconciled(kube: Kube, namespace: str, name: str, operator: OperatorP
     for pod in pods:
         assert pod["metadata"]["ownerReferences"][0]["name"] == name
         assert pod["spec"]["containers"][0]["image"] == "registry.test/tlt/worker-cuda:cp"  # from the operator's env
-    for kind in ("serviceaccount", "configmap", "service", "role", "rolebinding"):
+    for kind, count in (("serviceaccount", 3), ("role", 3), ("rolebinding", 3), ("configmap", 2), ("service", 1),
+                        ("networkpolicy", 1)):
         items = kube.get(kind, "-n", namespace, "-l", f"tlt.dev/job={name}")["items"]
-        assert len(items) == 1, (kind, [i["metadata"]["name"] for i in items])
-    # The job pods' Role holds verbs the operator could grant only because it has them.
-    role = kube.get("role", "-n", namespace, f"{name}-worker")
-    assert any("reasoningrljobs/status" in r["resources"] and "patch" in r["verbs"] for r in role["rules"])
+        assert len(items) == count, (kind, [i["metadata"]["name"] for i in items])  # one identity per pod
+    # The pods' Roles hold verbs the operator could grant only because it has them.
+    head = kube.get("role", "-n", namespace, f"{name}-trainer-0")
+    assert any("configmaps" in r["resources"] and "patch" in r["verbs"] for r in head["rules"])
+    assert any("pods" in r["resources"] and "patch" in r["verbs"] for r in head["rules"])
     def written_status():
         status = kube.get("reasoningrljob", "-n", namespace, name).get("status") or {}
         return status if status.get("phase") in ("Created", "Running") and status.get("totalSteps") == 4 else None
