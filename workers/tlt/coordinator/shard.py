@@ -24,6 +24,7 @@ import torch
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig, drafter_metrics
 from tlt.drafter.packing import training_batches
+from tlt.engine.memory import fit_kv_memory
 from tlt.engine.torch_engine import TorchEngine
 from tlt.engine.types import Request, Result
 from tlt.models.config import ConfigError
@@ -141,9 +142,13 @@ class RolloutShard:
         if self.engine_kind == "vllm":
             self.engine = self._vllm_engine(model_dir, batch_threshold, max_slots)
         else:
+            num_slots = max_slots or spec.rollout.max_batch_size
+            if device == "cuda":  # the KV cache must fit spec.rollout.gpuMemoryUtilization (clear error if not)
+                fit_kv_memory(self.model, num_slots, self.max_model_len, spec.rollout.gpu_memory_utilization,
+                              drafter=drafter)
             self.engine = TorchEngine(
                 self.model,
-                num_slots=max_slots or spec.rollout.max_batch_size,
+                num_slots=num_slots,
                 max_model_len=self.max_model_len,
                 drafter=drafter,
                 speculation=speculation_controller(spec, batch_threshold) if drafter is not None else None,

@@ -31,6 +31,8 @@ from tlt.models.drafter import EagleDrafter
 from tlt.models.llama import CausalLM
 from tlt.speculative.adaptive import Strategy, threshold_from_costs
 
+from .static import window_of
+
 
 @dataclass
 class CostTable:
@@ -72,12 +74,21 @@ class CostTable:
 _BATCH_MAPS = ("drafter_seconds", "step_overhead_seconds", "round_overhead_seconds")
 
 
+def _sync() -> None:
+    """Wait for queued device work: on a GPU a timer around launches alone measures the
+    host, not the work (no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _time(fn, repeats: int, stat=statistics.median) -> float:
     fn()  # warm-up
     samples = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         samples.append(time.perf_counter() - start)
     return stat(samples)
 
@@ -102,27 +113,20 @@ def measure_costs(model: CausalLM, drafter: EagleDrafter | None = None,
         for b in batch_sizes:
             cache = model.new_cache(b, context_len + max(widths) + 1)
             dcache = drafter.new_cache(b, context_len + max(widths) + 1)
-            slots = torch.arange(b, device=dev)
             table[b] = {}
             for w in widths:
                 ids = torch.randint(0, model.config.vocab_size, (b, w), device=dev)
                 pos = context_len + torch.arange(w, device=dev).expand(b, w)
 
-                def target_forward():
-                    cache.lengths.fill_(context_len)
-                    model.logits(model.hidden(ids, pos, cache=cache, slots=slots))
-
-                table[b][w] = _time(target_forward, repeats)
+                table[b][w] = _time(_as_engine_runs_it(model.hidden, model.logits, cache, ids, pos, context_len),
+                                    repeats)
                 bar.update(1)
             ids = torch.randint(0, model.config.vocab_size, (b, 1), device=dev)
             hid = torch.randn(b, 1, model.config.hidden_size, device=dev, dtype=model.dtype)
             pos = torch.full((b, 1), context_len, device=dev)
 
-            def drafter_forward():
-                dcache.lengths.fill_(context_len)
-                drafter.logits(drafter.features(ids, hid, pos, cache=dcache, slots=slots))
-
-            dtimes[b] = _time(drafter_forward, repeats)
+            features = lambda ids, pos, **kw: drafter.features(ids, hid, pos, **kw)  # noqa: E731
+            dtimes[b] = _time(_as_engine_runs_it(features, drafter.logits, dcache, ids, pos, context_len), repeats)
             bar.update(1)
     bar.close()
     ratio = statistics.median(dtimes[b] / table[b][1] for b in batch_sizes)
@@ -140,16 +144,33 @@ def _forward_seconds(model: CausalLM, batch: int, width: int, context_len: int, 
     outliers would swamp)."""
     dev = model.device
     cache = model.new_cache(batch, context_len + width + 1)
-    slots = torch.arange(batch, device=dev)
     ids = torch.randint(0, model.config.vocab_size, (batch, width), device=dev)
     pos = context_len + torch.arange(width, device=dev).expand(batch, width)
+    with torch.inference_mode():
+        return _time(_as_engine_runs_it(model.hidden, model.logits, cache, ids, pos, context_len), repeats, min)
+
+
+def _as_engine_runs_it(hidden, logits, cache, ids, pos, context_len: int):
+    """A forward of `ids` over `context_len` cached tokens per row, as the engine's hot path
+    runs it: a static attention window (no host read) and, on CUDA, a CUDA graph replay."""
+    batch, width = ids.shape
+    slots = torch.arange(batch, device=ids.device)
+    cuda = ids.device.type == "cuda"
+    window = window_of(context_len + width, cache.capacity, static=cuda)
 
     def forward():
         cache.lengths.fill_(context_len)
-        model.logits(model.hidden(ids, pos, cache=cache, slots=slots))
+        return logits(hidden(ids, pos, cache=cache, slots=slots, window=window, read_slots=slice(0, batch)))
 
-    with torch.inference_mode():
-        return _time(forward, repeats, min)
+    if not cuda:
+        return forward
+    for _ in range(2):
+        forward()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    return graph.replay
 
 
 def _measure_engine_terms(table: CostTable, model: CausalLM, drafter: EagleDrafter, batch_sizes, repeats: int,
@@ -210,8 +231,10 @@ def _measure_engine_terms(table: CostTable, model: CausalLM, drafter: EagleDraft
 
 
 def _timed(fn) -> float:
+    _sync()
     start = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - start
 
 

@@ -51,7 +51,7 @@ class EagleDrafter(nn.Module):
         h = config.hidden_size
         self.fc = nn.Linear(2 * h, h, bias=False)
         self.layers = nn.ModuleList([DecoderLayer(config, input_norm=False)])
-        self.rope = RopeTable(config.head_dim, config.rope_theta)
+        self.rope = RopeTable(config.head_dim, config.rope_theta, config.max_position_embeddings)
         self._target: list[CausalLM] = []  # held outside the module tree: shared, frozen, not saved
         if target is not None:
             self.attach(target)

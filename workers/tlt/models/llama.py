@@ -55,8 +55,8 @@ class RopeTable:
     lookup is bitwise what the per-call computation gives) and grown on demand. Decode
     and verify forwards then cost two gathers instead of ten small kernels."""
 
-    def __init__(self, head_dim: int, theta: float):
-        self.head_dim, self.theta = head_dim, theta
+    def __init__(self, head_dim: int, theta: float, max_positions: int = 0):
+        self.head_dim, self.theta, self.max_positions = head_dim, theta, max_positions
         self.cos: torch.Tensor | None = None  # [L, head_dim]
         self.sin: torch.Tensor | None = None
 
@@ -65,7 +65,8 @@ class RopeTable:
         if self.cos is not None and self.cos.shape[0] >= length and self.cos.dtype == dtype \
                 and self.cos.device == device:
             return
-        size = max(length, 2 * self.cos.shape[0] if self.cos is not None else 0, 256)
+        # sized for the model's positions at once: a table that moves would strand CUDA graphs reading it
+        size = max(length, 2 * self.cos.shape[0] if self.cos is not None else 0, self.max_positions, 256)
         pos = torch.arange(size, device=device)[None]
         cos, sin = rope_cos_sin(pos, self.head_dim, self.theta, dtype)
         self.cos, self.sin = cos[0, :, 0], sin[0, :, 0]
@@ -151,7 +152,7 @@ class CausalLM(nn.Module):
         self.config = config
         self.model = DecoderBody(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.rope = RopeTable(config.head_dim, config.rope_theta)
+        self.rope = RopeTable(config.head_dim, config.rope_theta, config.max_position_embeddings)
         self.tie_weights()
 
     def tie_weights(self) -> None:

@@ -40,9 +40,10 @@ def build_tree(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor,
     depth = torch.zeros(bsz, n, dtype=torch.long, device=dev)
     cur = idx.clone()
     rows = torch.arange(bsz, device=dev)[:, None].expand(bsz, n)
+    true = torch.ones((), dtype=torch.bool, device=dev)  # a device value: no host copy (CUDA graph capture)
     # pointer chasing: after depth + 1 rounds every node has marked all its ancestors
     for _ in range(n if max_depth is None else min(n, max_depth + 1)):
-        mask[rows, idx, cur] = True
+        mask.index_put_((rows, idx, cur), true)
         nxt = parents.gather(1, cur)
         depth += (cur != 0).long()
         if max_depth is None and bool((nxt == cur).all()):
