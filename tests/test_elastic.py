@@ -197,6 +197,23 @@ def test_with_an_auto_threshold_the_largest_bandit_bucket_bounds_a_consolidated_
     assert sum(1 for w in after if w.shard.remaining) == 2
 
 
+def test_with_an_auto_threshold_the_measured_threshold_bounds_a_consolidated_shard():
+    # `auto` measured at 3: the 12 sequences go to 4 shards of 3, each small enough to speculate; the
+    # bandit's largest bucket (8) would have piled them onto two shards of 8 and 4.
+    spec = make_spec(**{"speculative.batchThreshold": "auto", "speculative.bucketBounds": [1, 2, 4, 8],
+                        "elasticity.consolidateTail.threshold": 3})
+    workers = [rollout(i, running=r) for i, r in enumerate((3, 3, 2, 2, 2))]
+    measured = Progress(step=1, phase="rollout", batch_threshold=3)
+    actions, after = settle(spec, workers, measured)
+    assert [a for a in actions if isinstance(a, Consolidate)] == [
+        Consolidate(target="rollout-2", sources=("rollout-4",), sequences=(1,)),
+        Consolidate(target="rollout-3", sources=("rollout-4",), sequences=(1,)),
+    ]
+    assert sorted(w.shard.remaining for w in after) == [0, 3, 3, 3, 3]
+    _, unmeasured = settle(spec, workers, ROLLOUT)
+    assert sorted(w.shard.remaining for w in unmeasured) == [0, 0, 0, 4, 8]  # the bucket bound, 8: no speculation
+
+
 def test_no_consolidation_when_the_tail_does_not_fit_on_fewer_shards():
     spec = make_spec(**{"speculative.batchThreshold": 2})
     workers = [rollout(0, running=2), rollout(1, running=2)]

@@ -29,7 +29,7 @@ import ray
 import torch
 
 from tlt.api.model import ReasoningRLJobSpec
-from tlt.coordinator.shard import RolloutShard, bind_threads
+from tlt.coordinator.shard import RolloutShard, auto_threshold, bind_threads
 from tlt.drafter import Sample
 from tlt.drafter.averaging import average_replicas
 from tlt.elastic import shard_role
@@ -151,13 +151,15 @@ class ShardWorker(RolloutShard):
             folder = Path(self.eagle.save(tmp))
             return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
-    def measure_threshold(self) -> int:
+    def measure_threshold(self, prompts: list[list[int]], stop_ids: list[int]) -> tuple[dict, float | None]:
+        """What `batchThreshold: auto` is resolved from: this machine's cost table (as JSON), and the
+        acceptance length this worker's drafter reaches on `prompts` (None without a drafter)."""
         from tlt.engine.costs import measure_costs
         from tlt.speculative.adaptive import Strategy
 
         table = measure_costs(self.model, self.eagle, batch_sizes=(1, 2, 4, 8, 16, 32), widths=(1, 4, 8),
                               context_len=128, repeats=3, progress=False, engine_terms=False)
-        return table.auto_threshold(Strategy.parse(self.spec.speculative.strategies[0]))
+        return table.to_json(), self.measure_acceptance(prompts, stop_ids, Strategy.parse(self.spec.speculative.strategies[0]))
 
 
 def _cores(index: int, count: int) -> list[int]:
@@ -192,6 +194,7 @@ class WorkerPool:
         self._lent: set[str] = set()
         # Faults (see the module's docstring).
         self._threshold = 0
+        self._costs = None  # this machine's cost table, when `batchThreshold: auto` was measured
         self._drafter_state: dict | None = None  # what workers start from (a checkpoint's drafter)
         self._drafter: tuple[int, dict] | None = None  # the last averaged drafter pushed
         self._policy_version = 0
@@ -217,20 +220,46 @@ class WorkerPool:
         return {**self.shards, **self.hosts}
 
     # ---- start-up ----
-    def calibrate_threshold(self) -> int:
-        """`batchThreshold: auto`: measure where speculation pays on this machine."""
+    def calibrate_threshold(self, prompts: list[list[int]], stop_ids: list[int]) -> int:
+        """`batchThreshold: auto`: where speculation pays on this machine, at the acceptance length the
+        drafter the shards start from reaches on `prompts` (the job's own)."""
+        from tlt.engine.costs import CostTable
+
         node = self.shard_names[0] if self.nodes else None
         probe = ray.remote(num_cpus=0)(ShardWorker).options(**pinned(node)).remote(
-            "probe", self.actor_model_dir, self.spec, cores=self._cores(0), engine="torch")  # measures torch costs
+            "probe", self.actor_model_dir, self.spec, cores=self._cores(0), engine="torch",  # measures torch costs
+            drafter_state=self._start_drafter())
         try:
-            return max(1, int(ray.get(probe.measure_threshold.remote())))
+            table, acceptance = ray.get(probe.measure_threshold.remote(prompts, stop_ids))
         finally:
             ray.kill(probe)
+        self._costs = CostTable.from_json(table)
+        return auto_threshold(self.spec, self._costs, acceptance)
+
+    def tune_threshold(self) -> int:
+        """`batchThreshold: auto` again, at the acceptance length the shards measured with the drafter
+        version they run; they speculate up to the new threshold from their next rollout on. Unchanged
+        when nothing was measured, and for a fixed threshold or vLLM's fixed schedule."""
+        if self._costs is None or self.spec.speculative.mode != "adaptive" or self.spec.rollout.engine != "torch":
+            return self._threshold
+        counts = self._each({n: w.measured_acceptance.remote() for n, w in self.shards.items()}).values()
+        tokens, rounds = sum(t for t, _ in counts), sum(r for _, r in counts)
+        if rounds:
+            threshold = auto_threshold(self.spec, self._costs, tokens / rounds)
+            if threshold != self._threshold:
+                self._threshold = threshold
+                self._each({n: w.set_threshold.remote(threshold) for n, w in self._workers().items()})
+        return self._threshold
+
+    def _start_drafter(self) -> dict | None:
+        """The drafter weights workers start from: a checkpoint's, else None (initCheckpoint or fresh)."""
+        if self._drafter_state is None and self.checkpoint and (self.checkpoint / DRAFTER_STATE).is_file():
+            self._drafter_state = torch.load(self.checkpoint / DRAFTER_STATE, map_location="cpu")
+        return self._drafter_state
 
     def start_shards(self, threshold: int) -> None:
         self._threshold = threshold
-        if self.checkpoint and (self.checkpoint / DRAFTER_STATE).is_file():
-            self._drafter_state = torch.load(self.checkpoint / DRAFTER_STATE, map_location="cpu")
+        self._start_drafter()
         for name in self.shard_names:
             self.shards[name] = self._new_worker(name)
         for name in self.nodes.drafter_hosts if self.nodes else ():

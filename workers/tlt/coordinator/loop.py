@@ -36,6 +36,7 @@ from tlt.trainer.losses import dynamic_sampling
 
 CHECKPOINTS = "checkpoints"
 POLL_SECONDS = 0.2
+PROBE_PROMPTS = 8  # prompts the drafter's acceptance length is measured on for `batchThreshold: auto`
 
 
 def request_seed(seed: int, step: int, group: int, sample: int) -> int:
@@ -105,11 +106,12 @@ class EmbeddedRun:
             self.roles[worker] = role
             self.log.write("role", worker=worker, role=role)
 
-    def _threshold(self) -> int:
+    def _threshold(self, prompts: PromptSource, position: int, eos) -> int:
         value = self.spec.speculative.batch_threshold
         if value != "auto":
             return int(value)
-        return self.pool.calibrate_threshold()
+        items, _ = prompts.take(position, PROBE_PROMPTS)  # the run's next prompts; its position stays
+        return self.pool.calibrate_threshold([list(item.ids) for item in items], eos)
 
     # ---- the run ----
     def run(self) -> dict:
@@ -126,7 +128,7 @@ class EmbeddedRun:
             self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
         self.pool = self._make_pool(model_dir, ckpt)
         try:
-            threshold = self.threshold = self._threshold()
+            threshold = self.threshold = self._threshold(prompts, position, eos)
             self.pool.start_shards(threshold)
             for w in self.pool.shard_names:
                 self._set_role(w, "rollout")
@@ -157,7 +159,8 @@ class EmbeddedRun:
 
     def _control(self, step: int, progress: dict) -> None:
         """One control tick during rollout: embedded, this process runs the elastic policy itself."""
-        self._apply(plan(self.spec, self._workers(progress), Progress(step=step, phase="rollout")), progress)
+        progress_now = Progress(step=step, phase="rollout", batch_threshold=self.threshold)
+        self._apply(plan(self.spec, self._workers(progress), progress_now), progress)
 
     def _step_done(self, step: int, record: dict) -> None:
         """After a step is logged (a cluster run reports it in the job's status)."""
@@ -257,6 +260,7 @@ class EmbeddedRun:
                        groups=[[len(r.tokens) for r in results] for _, results in groups],
                        prompt_tokens=round(sum(len(item.ids) for item, _ in groups) / max(1, len(groups)), 1),
                        batch_threshold=self.threshold, time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
+        self.threshold = self.pool.tune_threshold()  # `auto`: at the acceptance length this step measured
         self.metrics.record_step(record)
         self._step_done(step, record)
         if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):

@@ -30,11 +30,13 @@ from tlt.engine.types import Request, Result
 from tlt.models.config import ConfigError
 from tlt.models.drafter import EagleDrafter
 from tlt.models.loading import load_model, load_weights
+from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
 from tlt.speculative.controller import speculates, speculation_controller
 from tlt.speculative.ngram import NgramDrafter
 
 
 PREFILL_CHUNK = 8  # sequences per target prefill when preparing drafter data
+PROBE_TOKENS = 128  # response tokens per prompt when measuring a drafter's acceptance length
 
 
 def bind_threads(cores: list[int] | None) -> None:
@@ -68,6 +70,16 @@ def initial_drafter(spec: ReasoningRLJobSpec, target, state: dict | None = None)
             raise ConfigError(f"spec.drafter.initCheckpoint: {folder}: {err} "
                               "(a drafter folder is what `tlt drafter warmup --out DIR` writes)") from None
     return drafter
+
+
+def auto_threshold(spec: ReasoningRLJobSpec, costs, acceptance_length: float | None) -> int:
+    """`batchThreshold: auto`: the largest running batch at which the first strategy pays on this
+    machine's cost table (`tlt.engine.costs.CostTable`), at the acceptance length the drafter was
+    measured to reach (None: nothing measured, e.g. no drafter); at least 1."""
+    strategy = Strategy.parse(spec.speculative.strategies[0])
+    if acceptance_length is None:
+        return max(1, costs.auto_threshold(strategy))
+    return max(1, costs.auto_threshold(strategy, acceptance_length=acceptance_length))
 
 
 def preflight(spec: ReasoningRLJobSpec, decodes: bool = True) -> str | None:
@@ -165,6 +177,7 @@ class RolloutShard:
         self._train_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._recorded = (0, 0)  # (accepted tokens, verify rounds) already in the drafter metrics
+        self._measured: dict[int, tuple[int, int]] = {}  # drafter version -> its (accepted tokens, verify rounds)
 
     def _vllm_engine(self, model_dir: str, threshold: int, max_slots: int | None):
         from tlt.engine.vllm_backend import VLLMEngine, llm_kwargs
@@ -232,6 +245,38 @@ class RolloutShard:
             if rounds > 0:
                 self._recorded = (c.accepted_tokens, c.verify_rounds)
                 drafter_metrics().accepted(self.drafter_version, self.policy_version, tokens, rounds)
+                before = self._measured.get(self.drafter_version, (0, 0))
+                self._measured[self.drafter_version] = (before[0] + tokens, before[1] + rounds)
+
+    # ---- speculation's batch threshold (`auto`) ----
+    def measured_acceptance(self) -> tuple[int, int]:
+        """(accepted tokens, verify rounds) of this shard's rollouts with the drafter version it runs."""
+        self._record_acceptance()
+        with self._lock:
+            return self._measured.get(self.drafter_version, (0, 0))
+
+    def measure_acceptance(self, prompts: list[list[int]], stop_ids: list[int], strategy: Strategy) -> float | None:
+        """The acceptance length this shard's drafter reaches on `prompts` at the rollout's sampling,
+        speculating with `strategy` at every step (None without a drafter)."""
+        drafter = self.engine.drafter if self.engine_kind == "torch" else None
+        if drafter is None or not prompts:
+            return None
+        a = self.spec.algorithm
+        requests = [Request(prompt=list(p), max_tokens=min(a.max_response_tokens, PROBE_TOKENS), stop_ids=list(stop_ids),
+                            temperature=a.temperature, top_p=a.top_p, seed=a.seed + i, id=i)
+                    for i, p in enumerate(prompts)]
+        engine = TorchEngine(self.model, num_slots=len(requests), max_model_len=self.max_model_len,
+                             drafter=NgramDrafter() if isinstance(drafter, NgramDrafter) else drafter,
+                             speculation=FixedStrategy(strategy))
+        engine.generate(requests)
+        c = engine.counters()
+        return c.mean_acceptance_length if c.verify_rounds else None
+
+    def set_threshold(self, threshold: int) -> None:
+        """Speculate at running batches up to `threshold` from now on (the torch engine's adaptive
+        manager; vLLM's schedule is fixed at start-up)."""
+        if self.engine_kind == "torch" and isinstance(self.engine.speculation, AdaptiveManager):
+            self.engine.speculation.switch.threshold = threshold
 
     def progress(self) -> ShardProgressReport:
         self._record_acceptance()

@@ -81,10 +81,12 @@ class Worker:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where the job's current RL step is."""
+    """Where the job's current RL step is. `batch_threshold`: the speculation threshold the
+    shards run (`batchThreshold: auto` as measured); None while it is not known."""
 
     step: int = 0
     phase: Phase = "idle"
+    batch_threshold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,16 +147,18 @@ def lending_enabled(spec: ReasoningRLJobSpec) -> bool:
     return spec.elasticity.lend_idle and drafter.enabled and drafter.train_on_idle and drafter.architecture == "eagle"
 
 
-def consolidation_capacity(spec: ReasoningRLJobSpec) -> int:
-    """Most sequences a consolidation target may hold: the batch limit, and small enough to speculate."""
+def consolidation_capacity(spec: ReasoningRLJobSpec, threshold: int | None = None) -> int:
+    """Most sequences a consolidation target may hold: the batch limit, and small enough to speculate
+    (`threshold`: the batch threshold the shards run, `auto` as measured)."""
     capacity = spec.rollout.max_batch_size
-    threshold = spec.speculative.batch_threshold
     if spec.speculative.mode != "off":
-        # `auto` is measured at run time; until then the bandit's largest bucket bounds the
-        # batches where speculation may run. Piling the tail onto one shard beyond that
-        # makes every step of the longest responses slower (the simulator showed 0.35x).
-        limit = threshold if isinstance(threshold, int) else max(spec.speculative.bucket_bounds)
-        capacity = min(capacity, limit)
+        # Piling the tail onto one shard beyond the threshold turns speculation off there and makes
+        # every step of the longest responses slower (the simulator showed 0.35x). Until `auto` is
+        # measured, the bandit's largest bucket bounds the batches where speculation may run.
+        configured = spec.speculative.batch_threshold
+        if threshold is None:
+            threshold = configured if isinstance(configured, int) else max(spec.speculative.bucket_bounds)
+        capacity = min(capacity, max(1, threshold))
     return capacity
 
 
@@ -197,7 +201,7 @@ def _consolidations(spec: ReasoningRLJobSpec, workers: list[Worker], progress: P
     active = [w for w in workers if w.rolls_out and not w.lent and w.ready and w.has_work]
     if len(active) < 2 or any(w.shard.remaining > tail.threshold for w in active):
         return []
-    capacity = consolidation_capacity(spec)
+    capacity = consolidation_capacity(spec, progress.batch_threshold)
     remaining = sum(w.shard.remaining for w in active)
     needed = math.ceil(remaining / capacity)
     if needed >= len(active):

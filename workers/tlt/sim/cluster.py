@@ -406,7 +406,8 @@ class ClusterSimulator:
     # -- the elastic policy ------------------------------------------------------------
     def _control(self) -> None:
         snapshot = [w.snapshot(self.now) for w in self.workers.values()]
-        for action in plan(self.spec, snapshot, Progress(step=self.step, phase=self.phase)):
+        progress = Progress(step=self.step, phase=self.phase, batch_threshold=self.batch_threshold)
+        for action in plan(self.spec, snapshot, progress):
             kind = type(action).__name__
             self.actions[kind] = self.actions.get(kind, 0) + 1
             if isinstance(action, Lend):

@@ -1,0 +1,68 @@
+"""`batchThreshold: auto`: resolved from this machine's cost table at the acceptance length the
+drafter was measured to reach (not an assumed 2.0), and re-resolved as the drafter improves."""
+
+import threading
+
+import pytest
+from specs import manifest, spec_of
+
+from tlt.coordinator.shard import RolloutShard, auto_threshold
+from tlt.engine.costs import CostTable
+from tlt.engine.types import Request
+from tlt.models import ModelConfig, random_model, save_model
+from tlt.speculative.adaptive import Strategy
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+# A forward costs 1 + 0.1 x tokens in the batch; the drafter a tenth of a width-1 forward.
+COSTS = CostTable(device="cpu", context_len=128, drafter_ratio=0.1,
+                  target_seconds={b: {w: 1 + 0.1 * b * w for w in (1, 2, 4, 8)} for b in BATCHES})
+
+
+def test_the_auto_threshold_follows_the_measured_acceptance_length():
+    spec = spec_of(manifest(), **{"speculative.strategies": ["3_1_3"]})
+    # 3_1_3 verifies 4 tokens and drafts 3 levels: it pays at batch b when acceptance x (1 + 0.1b)
+    # >= 1.05 x (1 + 0.4b + 0.3 (1 + 0.1b)).
+    assert auto_threshold(spec, COSTS, 1.2) == 1  # pays nowhere: speculation only for the last sequence
+    assert auto_threshold(spec, COSTS, 2.0) == 2
+    assert auto_threshold(spec, COSTS, 3.5) == 16
+    assert auto_threshold(spec, COSTS, None) == COSTS.auto_threshold(Strategy(3, 1, 3))  # nothing measured
+
+
+@pytest.fixture(scope="module")
+def policy_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("policy")
+    cfg = ModelConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    save_model(random_model(cfg, seed=0, init_std=0.2), folder)
+    return folder
+
+
+def shard(folder, **changes):
+    spec = spec_of(manifest(), **{"model": {"path": str(folder), "dtype": "float32"}, "rollout.engine": "torch",
+                                  "rollout.maxBatchSize": 8, "algorithm.maxResponseTokens": 32,
+                                  "speculative.strategies": ["3_1_3"], **changes})
+    return RolloutShard("rollout-0", str(folder), spec, batch_threshold=2)
+
+
+def test_a_shard_measures_acceptance_per_drafter_version_and_takes_a_new_threshold(policy_folder):
+    s = shard(policy_folder, **{"speculative.mode": "always"})
+    s.start_rollout(1, [Request(prompt=[1, 5, 6, 7], max_tokens=20, temperature=1.0, seed=i, id=i) for i in range(2)])
+    while s.progress().busy:
+        threading.Event().wait(0.05)
+    assert len(s.take_results()) == 2
+    c = s.engine.counters()
+    assert c.verify_rounds > 0 and s.measured_acceptance() == (c.accepted_tokens, c.verify_rounds)
+    s.set_drafter(1, s.eagle.state_dict())
+    assert s.measured_acceptance() == (0, 0)  # a new version: nothing measured with it yet
+
+    adaptive = shard(policy_folder)
+    adaptive.set_threshold(5)
+    assert adaptive.engine.speculation.switch.threshold == 5
+
+
+def test_a_probe_measures_its_drafters_acceptance_without_touching_its_engine(policy_folder):
+    s = shard(policy_folder)
+    acceptance = s.measure_acceptance([[1, 5, 6, 7], [1, 9, 9]], [0], Strategy(3, 1, 3))
+    assert acceptance is not None and 1.0 <= acceptance <= 4.0
+    assert s.engine.counters().verify_rounds == 0 and s.engine.counters().generated_tokens == 0
+    assert shard(policy_folder, **{"drafter.enabled": False}).measure_acceptance([[1, 5]], [0], Strategy(3, 1, 3)) is None
