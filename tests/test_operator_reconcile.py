@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from specs import manifest
+from specs import manifest, with_fields
 from tlt_operator.builders import OperatorDefaults
 from tlt_operator.reconcile import Observed, backoff_seconds, reconcile, rfc3339
 
@@ -94,13 +94,15 @@ class World:
             "containerStatuses": [{"name": "tlt", "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}],
         }
 
-    def report(self, step, phase, shards, completed=None, updated_at=None):
+    def report(self, step, phase, shards, completed=None, updated_at=None, batch_threshold=None):
         """What the coordinator does: write its report into the job's progress ConfigMap."""
         progress = {
             "step": step,
             "phase": phase,
             "shards": [{"shard": i, "running": r, "waiting": 0, "finished": f} for i, (r, f) in enumerate(shards)],
         }
+        if batch_threshold is not None:
+            progress["batchThreshold"] = batch_threshold
         if updated_at:
             progress["updatedAt"] = updated_at
         cm = self.report_map or copy.deepcopy(self.supporting[("ConfigMap", "demo-progress")])
@@ -343,6 +345,16 @@ def test_drained_shard_is_lent_and_returned_when_the_next_step_starts():
     assert all(world.annotation(f"demo-rollout-{i}", "tlt.dev/assigned-role") == "rollout" for i in range(3))
     assert world.reasons().count("GPUReturned") == 3 and "StepCompleted" in world.reasons()
     assert world.body["status"]["stepText"] == "1/3"
+
+
+def test_tail_consolidation_keeps_shards_within_the_threshold_the_coordinator_measured():
+    # batchThreshold auto, measured at 3 by the coordinator: 6 sequences go to two shards of 3, not one of 6.
+    world = running_world(body=with_fields(BODY, **{"speculative.batchThreshold": "auto"}))
+    world.report(1, "rollout", [(3, 29), (2, 30), (1, 31)], batch_threshold=3)
+    world.reconcile()
+    assert world.body["status"]["progress"]["batchThreshold"] == 3
+    request = json.loads(world.annotation("demo-trainer-0", "tlt.dev/consolidate"))
+    assert request == {"step": 1, "moves": [{"target": "demo-rollout-1", "sources": ["demo-rollout-2"], "sequences": [1]}]}
 
 
 def test_tail_consolidation_is_requested_from_the_coordinator_once():
@@ -619,7 +631,9 @@ def test_step_events_are_one_series_and_lending_stops_after_the_last_step():
     world.reconcile()
     world.report(3, "rollout", [(8, 0), (8, 0), (8, 0)], completed=2)
     out = world.reconcile()
-    assert {e.key for e in out.events if e.reason == "StepCompleted"} == {"Normal/StepCompleted/steps"}
+    steps = [e for e in out.events if e.reason == "StepCompleted"]
+    assert {e.key for e in steps} == {"Normal/StepCompleted/steps"}
+    assert [e.count for e in steps] == [1, 2], "the series' count is the completed steps (a lost post is made good)"
     world.report(3, "idle", [(0, 8), (0, 8), (0, 8)], completed=3)
     out = world.reconcile()
     assert "GPULent" not in [e.reason for e in out.events], "nothing is lent once the last step completed"

@@ -857,7 +857,9 @@ def progress_of(status: dict) -> Progress | None:
     if not isinstance(progress, dict):
         return None
     phase = progress.get("phase") if progress.get("phase") in PHASES else "idle"
-    return Progress(step=int(progress.get("step") or 0), phase=phase)
+    threshold = progress.get("batchThreshold")  # `auto` as the coordinator measured it
+    threshold = threshold if isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 1 else None
+    return Progress(step=int(progress.get("step") or 0), phase=phase, batch_threshold=threshold)
 
 
 def _progress_predates_head(ctx: _Context, pods: dict[str, dict]) -> bool:

@@ -677,6 +677,9 @@ class ProgressStatus(SpecModel):
 
     step: int = Field(0, ge=0, description="Step the progress belongs to.")
     phase: str = Field("", description="Phase of the step: rollout, reward, train, sync.")
+    batch_threshold: int | None = Field(
+        None, ge=1, description="Speculation's batch threshold the shards run (`auto` as measured); tail consolidation keeps each shard within it."
+    )
     shards: list[ShardProgress] = Field(default_factory=list, description="Per-shard progress.")
     updated_at: str | None = Field(None, description="When the coordinator wrote it (RFC 3339).")
 

@@ -120,13 +120,13 @@ class ClusterRun(EmbeddedRun):
         for fault in self.pool.take_faults():  # a lost rollout or drafter pod, and its worker re-created
             self.log.write("fault", **fault)
         self._last_progress = progress
-        self.status.progress(step, "rollout", shard_progress(progress))
+        self.status.progress(step, "rollout", shard_progress(progress), self.threshold)
         self._consolidate(step)
 
     def _phase_roles(self, step: int, phase: str) -> None:
         # The operator returns lent pods when it sees the phase; shards also reclaim on their own
         # as soon as new weights or work arrive, so nothing waits for it here.
-        self.status.progress(step, phase, shard_progress(self._last_progress))
+        self.status.progress(step, phase, shard_progress(self._last_progress), self.threshold)
         if phase == "train":
             self._set_role(self.pool.trainer_name, "trainer")
 

@@ -27,10 +27,12 @@ log = logging.getLogger("tlt.worker.status")
 PROGRESS_INTERVAL = 2.0
 
 
-def progress_body(step: int, phase: str, shards: list[ShardProgress], now: datetime | None = None) -> dict:
+def progress_body(step: int, phase: str, shards: list[ShardProgress], now: datetime | None = None,
+                  batch_threshold: int | None = None) -> dict:
     """`status.progress` as the operator reads it (camelCase, shards by index)."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return ProgressStatus(step=step, phase=phase, shards=sorted(shards, key=lambda s: s.shard), updated_at=stamp).to_manifest()
+    return ProgressStatus(step=step, phase=phase, batch_threshold=batch_threshold,
+                          shards=sorted(shards, key=lambda s: s.shard), updated_at=stamp).to_manifest()
 
 
 def progress_map_name(job: str) -> str:
@@ -74,10 +76,11 @@ class ProgressWriter:
         return cls(patch, **options)
 
     # ---- what the coordinator calls ----
-    def progress(self, step: int, phase: str, shards: list[ShardProgress]) -> None:
+    def progress(self, step: int, phase: str, shards: list[ShardProgress], batch_threshold: int | None = None) -> None:
         """Report live progress; written now if the interval has passed, else as soon as it has."""
+        body = progress_body(step, phase, shards, batch_threshold=batch_threshold)
         with self._lock:
-            self._pending = {**(self._pending or {}), "progress": progress_body(step, phase, shards)}
+            self._pending = {**(self._pending or {}), "progress": body}
         self._wake.set()
         self.flush(force=False)
 
