@@ -233,6 +233,28 @@ def test_calibrate_uses_the_prompt_length_and_threshold_the_run_logged(tmp_path,
     assert setting["prompt_tokens"] == 7 and setting["batch_threshold"] == 2, "the options override the log"
 
 
+def test_calibrate_replays_each_step_at_the_threshold_it_ran(tmp_path, monkeypatch):
+    # `auto` is re-resolved after every step as the drafter improves: step 2 ran at 4, not at step 1's 1.
+    import tlt.sim.calibrate as calibrate
+    from tlt.api.load import load_jobs
+
+    records = [
+        {"kind": "lengths", "step": step, "shards": 2, "groups": [[3, 3], [5, 5]], "time_rollout": 1.0,
+         "sampling_rounds": 1, "batch_threshold": threshold}
+        for step, threshold in ((1, 1), (2, 4))
+    ]
+    run, job, costs = calibration_inputs(tmp_path, records)
+    seen = []
+    real = calibrate.predict_rollout_seconds
+    monkeypatch.setattr(calibrate, "predict_rollout_seconds",
+                        lambda *a, **kw: seen.append(kw["batch_threshold"]) or real(*a, **kw))
+    calibrate.calibrate_run(load_jobs(job)[0].spec, load_profile(costs), run)
+    assert seen == [1, 4]
+    seen.clear()
+    calibrate.calibrate_run(load_jobs(job)[0].spec, load_profile(costs), run, batch_threshold=2)
+    assert seen == [2, 2], "the option overrides the log"
+
+
 @pytest.mark.parametrize("case, message", [
     ("no-dir", "does not exist"),
     ("no-metrics", "holds no metrics.jsonl"),

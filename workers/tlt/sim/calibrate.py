@@ -205,6 +205,14 @@ def _chain_with_mean(depth: int, mean: float) -> dict[int, float]:
     return {j + 1: q for j, q in enumerate(dist((lo + hi) / 2.0))}
 
 
+def _step_threshold(record: dict, override: int | None, default: int) -> int:
+    """The threshold a logged step ran with (`--batch-threshold` overrides it)."""
+    if override is not None:
+        return override
+    logged = record.get("batch_threshold")
+    return int(logged) if isinstance(logged, int) and not isinstance(logged, bool) else default
+
+
 def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Path, *, prompt_tokens: int | None = None,
               batch_threshold: int | None = None, poll_seconds: float = POLL_SECONDS, seed: int = 0) -> Calibration:
     """Each logged step's rollout replayed in the simulator next to its measured time."""
@@ -213,6 +221,8 @@ def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Pat
     logged_prompts = [float(r["prompt_tokens"]) for r in records if isinstance(r.get("prompt_tokens"), (int, float))]
     if prompt_tokens is None and logged_prompts:
         prompt_tokens = round(sum(logged_prompts) / len(logged_prompts))
+    # `auto` is re-resolved after every step: each step replays with the threshold it ran.
+    override = batch_threshold
     logged_threshold = next((int(r["batch_threshold"]) for r in records if isinstance(r.get("batch_threshold"), int)), None)
     if batch_threshold is None:
         batch_threshold = logged_threshold
@@ -247,7 +257,7 @@ def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Pat
             step_profile = profile.with_changes(acceptance=acceptance_with_mean(spec, acceptance))
             replay.simulated_seconds = predict_rollout_seconds(
                 step_profile, flat, step_spec, mode="tlt", seed=seed, control_interval_s=poll_seconds,
-                batch_threshold=threshold, poll_seconds=poll_seconds)
+                batch_threshold=_step_threshold(record, override, threshold), poll_seconds=poll_seconds)
         steps.append(replay)
     setting = {
         "run_dir": str(run_dir),
