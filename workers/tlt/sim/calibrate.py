@@ -48,7 +48,7 @@ from tlt.speculative.controller import speculates
 
 POLL_SECONDS = 0.2  # tlt.coordinator.loop.POLL_SECONDS: the embedded coordinator's poll interval
 PROBE_CONTEXT = 128  # context of the cost table the embedded runner measures for `auto` at start-up
-PROBE_ACCEPTANCE = 2.0  # the acceptance length that rule assumes
+PROBE_ACCEPTANCE = 2.0  # the acceptance length that rule assumed before runs measured it (and logged the threshold)
 
 
 class CalibrationError(ValueError):
@@ -167,7 +167,8 @@ def _check_lengths(record: dict, path: Path, number: int) -> None:
 
 
 def embedded_threshold(profile: Profile, spec: ReasoningRLJobSpec) -> int:
-    """`batchThreshold: auto` as the embedded runner resolves it (its cost table, first strategy)."""
+    """`batchThreshold: auto` as the embedded runner resolved it before it logged it (its cost table, first
+    strategy, an assumed acceptance length): for runs whose records lack `batch_threshold`."""
     s = spec.speculative
     if isinstance(s.batch_threshold, int):
         return s.batch_threshold
