@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from tlt.engine.metrics import REGISTRY
+from tlt.engine.metrics import metric_set
 
 
 class AcceptanceTracker:
@@ -97,15 +97,7 @@ class DrafterMetrics:
         self.acceptance.labels(str(drafter_version), str(policy_version)).set(mean)
 
 
-_lock = threading.Lock()
-_by_registry: dict[int, DrafterMetrics] = {}
-
 
 def drafter_metrics(registry: CollectorRegistry | None = None) -> DrafterMetrics:
     """The drafter metrics of `registry` (default: the engine's, which job pods serve), made once."""
-    registry = registry if registry is not None else REGISTRY
-    with _lock:
-        metrics = _by_registry.get(id(registry))
-        if metrics is None:
-            metrics = _by_registry[id(registry)] = DrafterMetrics(registry)
-        return metrics
+    return metric_set(DrafterMetrics, registry)

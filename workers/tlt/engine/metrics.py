@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _lock = threading.Lock()
-_by_registry: dict[int, "EngineMetrics"] = {}
+_made: dict[tuple, object] = {}  # (metric set class, id(registry)) -> the set
 
 
 class EngineMetrics:
@@ -30,10 +30,16 @@ class EngineMetrics:
             "tlt_engine_running_batch_size", "Sequences in the running batch", registry=registry)
 
 
-def engine_metrics(registry: CollectorRegistry | None = None) -> EngineMetrics:
+def metric_set(make, registry: CollectorRegistry | None = None):
+    """`make(registry)`, once per registry (default: this module's, which job pods and `tlt run` serve):
+    a collector's names may be registered once only."""
     registry = registry if registry is not None else REGISTRY
     with _lock:
-        metrics = _by_registry.get(id(registry))
-        if metrics is None:
-            metrics = _by_registry[id(registry)] = EngineMetrics(registry)
-        return metrics
+        key = (make, id(registry))
+        if key not in _made:
+            _made[key] = make(registry)
+        return _made[key]
+
+
+def engine_metrics(registry: CollectorRegistry | None = None) -> EngineMetrics:
+    return metric_set(EngineMetrics, registry)
