@@ -34,6 +34,7 @@ from tlt.drafter import Sample
 from tlt.drafter.averaging import average_replicas
 from tlt.elastic import shard_role
 from tlt.engine.types import Request, Result
+from tlt.net import free_port
 
 TRAINER_STATE = "trainer"
 DRAFTER_STATE = "drafter.pt"
@@ -71,24 +72,97 @@ def _model_dir(spec: ReasoningRLJobSpec, model_dir: str | None) -> str:
 
 
 class TrainerWorker:
-    """The policy trainer (torch or DeepSpeed) inside its own process."""
+    """One rank of the policy trainer (torch or DeepSpeed) in its own process.
 
-    def __init__(self, spec: ReasoningRLJobSpec, model_dir: str | None, cores: list[int] | None, checkpoint: str | None):
+    All ranks are called together (each call is collective: train, save, export, send_weights,
+    weights). Rank 0 also sends every new policy to the rollout workers over the weight
+    broadcast group (`tlt.trainer.sync`), which meets in its rendezvous store.
+    """
+
+    def __init__(self, spec: ReasoningRLJobSpec, model_dir: str | None, cores: list[int] | None, checkpoint: str | None,
+                 rank: int = 0, world_size: int = 1, rendezvous: tuple[str, int] | None = None, local_rank: int = 0):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         bind_threads(cores)
+        address, port = rendezvous or ("127.0.0.1", free_port())
+        # With a GPU of its own (Ray's num_gpus=1 makes it the only one visible) a rank's device is cuda:0.
+        local = 0 if ray.get_gpu_ids() else local_rank
+        os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                          LOCAL_RANK=str(local))
         from tlt.trainer.policy import PolicyTrainer
 
-        self.trainer = PolicyTrainer.from_spec(spec, _model_dir(spec, model_dir))
+        self.rank, self.world_size, self.rendezvous = rank, world_size, (address, port)
+        self.trainer = PolicyTrainer.from_spec(spec, _model_dir(spec, model_dir), join=True)
         if checkpoint:
             self.trainer.load_checkpoint(Path(checkpoint) / TRAINER_STATE)
+        self._group = None  # (WeightGroup, wire dtype) once the weight group is formed
+        self.counts = {"updates": 0, "tokens": 0.0, "sent_bytes": 0, "broadcasts": 0}
 
-    def train(self, prompts, responses, advantages, old_logprobs) -> dict:
-        from tlt.trainer.batch import Rollouts
+    def describe(self) -> dict:
+        """Who this rank is (the pods log it and export it as metrics)."""
+        t = self.trainer
+        stage = getattr(t.backend, "zero_stage", None)
+        return {"rank": self.rank, "world_size": self.world_size, "backend": t.backend.name, "zero_stage": stage,
+                "device": str(t.device), "process_group": "nccl" if t.device.type == "cuda" else "gloo",
+                "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), **self.counts}
 
-        return self.trainer.train(Rollouts(prompts, responses, advantages, old_logprobs=old_logprobs))
+    def train(self, batch) -> dict:
+        metrics = self.trainer.train(batch)
+        self.counts["updates"] += int(metrics["updates"])
+        self.counts["tokens"] += metrics["tokens"]
+        return {**metrics, "world_size": float(self.world_size)}
 
-    def weights(self) -> dict:
-        return {k: v.detach().to("cpu") for k, v in self.trainer.state_dict().items()}
+    def weights(self) -> dict | None:
+        """The policy on the CPU under HF names (rank 0; every rank must be called: ZeRO-3 gathers)."""
+        state = self.trainer.state_dict()
+        return {k: v.detach().to("cpu") for k, v in state.items()} if self.rank == 0 else None
+
+    # ---- the weight broadcast group (rank 0 sends; the others only join ZeRO-3's gathers) ----
+    def weight_manifest(self):
+        return self.trainer.weight_manifest()
+
+    def device_type(self) -> str:
+        return self.trainer.device.type
+
+    def open_weight_group(self, epoch: int, size: int, backend: str, dtype: str) -> None:
+        from tlt.trainer.sync import WeightGroup
+
+        self.close_weight_group()
+        address, port = self.rendezvous
+        self._group = (WeightGroup(address, port, epoch, 0, size, backend), dtype)
+
+    def close_weight_group(self) -> None:
+        if self._group is not None:
+            self._group[0].close()
+            self._group = None
+
+    def send_weights(self) -> int:
+        """Stream the policy, layer by layer, to the weight group; bytes sent (0 on ranks > 0).
+
+        Under ZeRO-3 every rank walks all layers (each is gathered collectively), also when
+        the broadcast failed half-way: the ranks stay in step for their next collective."""
+        from tlt.models.loading import resolve_dtype
+
+        if self.rank != 0:
+            if getattr(self.trainer.backend, "zero_stage", 0) == 3:
+                for _ in self.trainer.policy_layers():  # rank 0 sends each gathered layer
+                    pass
+            return 0
+        if self._group is None:
+            raise RuntimeError("no weight group: open_weight_group first")
+        group, dtype = self._group
+        sent, failure = 0, None
+        for layer in self.trainer.policy_layers():
+            if failure is None:
+                try:
+                    sent += group.send_layer(layer, resolve_dtype(dtype))
+                except Exception as err:  # a member is gone: the coordinator forms the group again
+                    failure = err
+        if failure is not None:
+            self.close_weight_group()
+            raise failure
+        self.counts["sent_bytes"] += sent
+        self.counts["broadcasts"] += 1
+        return sent
 
     def save(self, folder: str) -> None:
         self.trainer.save_checkpoint(Path(folder) / TRAINER_STATE)
@@ -162,9 +236,40 @@ class ShardWorker(RolloutShard):
         return table.to_json(), self.measure_acceptance(prompts, stop_ids, Strategy.parse(self.spec.speculative.strategies[0]))
 
 
+def _available_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def _cores(index: int, count: int) -> list[int]:
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    available = _available_cores()
     return [available[index % len(available)]] if count > 0 else available
+
+
+def _rank_cores(rank: int, world_size: int) -> list[int]:
+    """Embedded: the machine's cores dealt out to the trainer's ranks (each at least one)."""
+    available = _available_cores()
+    return available[rank::world_size] or [available[rank % len(available)]]
+
+
+def _reason(err: Exception) -> str:
+    """The last line of an error (a Ray task error's is the exception raised in the actor)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
+
+
+def rendezvous_address(nodes: "PodNodes | None") -> tuple[str, int]:
+    """Where the trainer's ranks meet. Embedded: loopback and a free port. On a cluster: MASTER_ADDR and
+    MASTER_PORT of the head pod's environment (the builders set trainer-0's stable DNS name on the job's
+    headless Service, and the port they expose)."""
+    if nodes is None:
+        return "127.0.0.1", free_port()
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not address or not port:
+        from tlt.api.ranks import RENDEZVOUS_PORT
+
+        # An operator that predates rendezvous variables: this pod's own address as Ray sees it.
+        return ray.util.get_node_ip_address(), RENDEZVOUS_PORT
+    return address, int(port)
 
 
 class WorkerPool:
@@ -186,9 +291,11 @@ class WorkerPool:
                      object_store_memory=256 * 1024 * 1024, configure_logging=False)
         self.shard_names = shard_names(spec)
         self.trainer_name = "trainer-0"
-        trainer_cls = ray.remote(num_cpus=0)(TrainerWorker).options(**pinned(nodes.head if nodes else None))
-        self.trainer = trainer_cls.remote(spec, self.actor_model_dir, None if nodes else _cores(0, 0),
-                                          str(checkpoint) if checkpoint else None)
+        self.ranks = self._start_ranks()
+        self.trainer = self.ranks[0]  # rank 0: metrics, the weight group's sender
+        self._weight_members: tuple[str, ...] | None = None  # who is in the weight group now
+        self._weight_epoch = 0
+        self._manifest = None
         self.shards: dict = {}  # the live rollout shards (a lost one leaves until re-created)
         self.hosts: dict = {}  # drafter hosts (cluster only)
         self._lent: set[str] = set()
@@ -211,6 +318,42 @@ class WorkerPool:
 
     def _placed(self, name: str) -> dict:
         return {"name": name, **pinned(name)} if self.nodes else {}
+
+    def _start_ranks(self) -> list:
+        """The trainer's ranks (`tlt.api.ranks`): on a cluster each pinned to its pod, with a GPU of its own
+        (Ray's num_gpus) when the spec gives the trainer GPUs; embedded, each on its share of the cores."""
+        from tlt.api.ranks import RANK_ACTOR, trainer_ranks
+        from tlt.trainer.policy import STATE_FILE, resume_problem
+
+        plan = trainer_ranks(self.spec)
+        world = plan.world_size
+        state = self.checkpoint / TRAINER_STATE / STATE_FILE if self.checkpoint else None
+        if state is not None and state.is_file():
+            backend = "deepspeed" if self.spec.trainer.deepspeed.enabled else "torch"
+            problem = resume_problem(torch.load(state, weights_only=False), backend, world)
+            if problem:
+                raise ValueError(f"cannot resume from {self.checkpoint}: {problem}")
+        rendezvous = self.rendezvous = rendezvous_address(self.nodes)
+        gpus = plan.gpus_per_rank if self.nodes or torch.cuda.is_available() else 0
+        ranks = []
+        for rank in range(world):
+            options = {"num_gpus": gpus}
+            if self.nodes:
+                options.update(name=RANK_ACTOR.format(rank), **pinned(plan.pod_of(rank)))
+            cls = ray.remote(num_cpus=0)(TrainerWorker).options(**options)
+            ranks.append(cls.remote(self.spec, self.actor_model_dir, None if self.nodes else _rank_cores(rank, world),
+                                    str(self.checkpoint) if self.checkpoint else None, rank=rank, world_size=world,
+                                    rendezvous=rendezvous, local_rank=plan.local_rank(rank)))
+        return ranks
+
+    def _all_ranks(self, method: str, *args) -> list:
+        """Call `method` on every rank at once (the calls are collective) and wait; rank 0's answer first."""
+        return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def _weights_ref(self):
+        """An object ref of the policy's weights (rank 0's; every rank gathers under ZeRO-3)."""
+        refs = [r.weights.remote() for r in self.ranks]
+        return refs[0]
 
     def _everyone(self) -> list:
         return [*self.shards.values(), *self.hosts.values()]
@@ -267,8 +410,7 @@ class WorkerPool:
         # Every worker starts from the trainer's weights: a checkpoint's, or on a cluster the one
         # built-in model each pod bootstrapped for itself.
         if self.checkpoint or (self.nodes and self.spec.model.builtin):
-            weights = ray.get(self.trainer.weights.remote())
-            ray.get([s.set_policy.remote(0, weights) for s in self._everyone()])
+            self._sync_policy(0)
 
     def _new_worker(self, name: str):
         """A rollout shard's actor, or a drafter host's, created (again) for worker `name`."""
@@ -377,7 +519,7 @@ class WorkerPool:
             try:
                 ray.get(ready)
                 if version != self._policy_version:  # a policy update came meanwhile
-                    ray.get(actor.set_policy.remote(self._policy_version, self.trainer.weights.remote()))
+                    ray.get(actor.set_policy.remote(self._policy_version, self._weights_ref()))
                 if self._drafter is not None:
                     ray.get(actor.set_drafter.remote(*self._drafter))
             except ray.exceptions.RayActorError as err:
@@ -402,7 +544,7 @@ class WorkerPool:
                 log.info("re-creating %s: %s", name, err)
                 continue
             version = self._policy_version
-            self._reviving[name] = (actor, actor.set_policy.remote(version, self.trainer.weights.remote()), version)
+            self._reviving[name] = (actor, actor.set_policy.remote(version, self._weights_ref()), version)
 
     def take_faults(self) -> list[dict]:
         out, self.faults = self.faults, []
@@ -456,12 +598,88 @@ class WorkerPool:
 
     # ---- training and sync ----
     def train(self, prompts, responses, advantages, old_logprobs, policy_version: int) -> dict:
-        metrics = ray.get(self.trainer.train.remote(prompts, responses, advantages, old_logprobs))
-        weights = ray.get(self.trainer.weights.remote())
+        """One update on every rank (each gets the whole batch and trains its share), then the new
+        policy to every rollout worker; metrics of the update plus policy_sync_seconds and
+        policy_sync_broadcast (1 when every worker got it over the weight group)."""
+        from tlt.trainer.batch import Rollouts
+
+        if self.spec.placement == "colocated":
+            # The workers' GPUs train now: rollout KV caches are freed (re-allocated when weights arrive).
+            self._each({n: s.free_for_training.remote() for n, s in self.shards.items()})
+        batch = ray.put(Rollouts(prompts, responses, advantages, old_logprobs=old_logprobs))
+        metrics = self._all_ranks("train", batch)[0]
         self._policy_version = policy_version
-        self._each({n: w.set_policy.remote(policy_version, weights) for n, w in self._workers().items()})
+        started = time.perf_counter()
+        broadcast = self._sync_policy(policy_version)
+        metrics.update(policy_sync_seconds=time.perf_counter() - started, policy_sync_broadcast=float(broadcast))
         self._lent.clear()
         return metrics
+
+    # ---- the policy to the workers: the weight broadcast group (tlt.trainer.sync) ----
+    def _sync_policy(self, version: int) -> bool:
+        """The trainer's rank 0 broadcasts the policy to every live worker; True when all got it that way.
+        A worker the broadcast missed (one failed or died meanwhile) gets it as a Ray object instead, and
+        the group is formed again next time."""
+        members = self._workers()
+        if not members:
+            return True
+        got: set[str] = set()
+        try:
+            self._form_weight_group(members)
+            sends = [r.send_weights.remote() for r in self.ranks]
+            got = {n for n, ok in self._answers({n: w.receive_policy.remote(version) for n, w in members.items()}).items()
+                   if ok}
+            ray.get(sends)
+        except Exception as err:  # a member died or failed mid-way: the others still need the weights
+            log.warning("policy broadcast failed (%s); sending the weights as objects", _reason(err))
+            self._weight_members = None
+        missed = {n: w for n, w in self._workers().items() if n not in got}
+        if missed:
+            self._weight_members = None
+            ref = self._weights_ref()
+            self._each({n: w.set_policy.remote(version, ref) for n, w in missed.items()})
+        return not missed
+
+    def _form_weight_group(self, members: dict) -> None:
+        names = tuple(sorted(members))
+        if names == self._weight_members:
+            return
+        self._weight_epoch += 1
+        if self._manifest is None:
+            self._manifest = ray.get(self.trainer.weight_manifest.remote())
+        info = self._answers({n: w.policy_receiver.remote() for n, w in members.items()})
+        if len(info) != len(members):
+            raise RuntimeError(f"workers did not answer: {sorted(set(members) - set(info))}")
+        devices = {d for d, _ in info.values()} | {ray.get(self.trainer.device_type.remote())}
+        backend = "nccl" if devices == {"cuda"} else "gloo"
+        from tlt.trainer.sync import wire_dtype
+
+        dtype = wire_dtype(t for _, t in info.values())
+        address, port = self.rendezvous  # the weight group meets in the trainer's rendezvous store
+        size = 1 + len(names)
+        calls = {"trainer-rank-0": self.trainer.open_weight_group.remote(self._weight_epoch, size, backend, dtype)}
+        calls.update({n: members[n].join_weight_group.remote(address, port, self._weight_epoch, i + 1, size, backend,
+                                                            dtype, self._manifest) for i, n in enumerate(names)})
+        answers = self._answers(calls)
+        if len(answers) != len(calls):
+            raise RuntimeError(f"could not form the weight group: {sorted(set(calls) - set(answers))} failed")
+        self._weight_members = names
+        log.info("weight group %d: trainer rank 0 and %d workers (%s, %s)", self._weight_epoch, len(names), backend, dtype)
+
+    def _answers(self, calls: dict) -> dict:
+        """Like `_each`, and a call that raised is left out too (logged)."""
+        out = {}
+        for name, ref in calls.items():
+            try:
+                out[name] = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                continue
+            except ray.exceptions.RayActorError as err:
+                if name in self._workers():
+                    self._lose(name, err)
+            except ray.exceptions.RayTaskError as err:
+                log.warning("%s failed: %s", name, _reason(err))
+        return out
 
     def sync_drafters(self, version: int) -> int:
         """Average the replicas trained in this version (weighted by steps) into version+1."""
@@ -475,13 +693,13 @@ class WorkerPool:
         return version + 1
 
     def save(self, folder: Path) -> None:
-        ray.get(self.trainer.save.remote(str(folder)))
+        self._all_ranks("save", str(folder))  # each rank writes its own shard (a volume every trainer pod mounts)
         state = self._first_answer("drafter_state")
         if state is not None:
             torch.save(state, folder / DRAFTER_STATE)
 
     def export(self, policy_dir: Path, drafter_dir: Path | None) -> None:
-        ray.get(self.trainer.export.remote(str(policy_dir)))
+        self._all_ranks("export", str(policy_dir))  # gathered under ZeRO-3; rank 0 (the head pod) writes
         files = self._first_answer("drafter_files") if drafter_dir is not None else None
         if files:
             drafter_dir.mkdir(parents=True, exist_ok=True)
@@ -497,7 +715,7 @@ class WorkerPool:
         return None
 
     def shutdown(self) -> None:
-        for actor in [*self._everyone(), *(a for a, _, _ in self._reviving.values()), self.trainer]:
+        for actor in [*self._everyone(), *(a for a, _, _ in self._reviving.values()), *self.ranks]:
             try:
                 ray.kill(actor)
             except Exception:

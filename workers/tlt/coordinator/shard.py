@@ -33,6 +33,7 @@ from tlt.models.loading import load_model, load_weights
 from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
 from tlt.speculative.controller import speculates, speculation_controller
 from tlt.speculative.ngram import NgramDrafter
+from tlt.trainer.sync import receiver_metrics
 
 
 PREFILL_CHUNK = 8  # sequences per target prefill when preparing drafter data
@@ -178,6 +179,7 @@ class RolloutShard:
         self._lock = threading.Lock()
         self._recorded = (0, 0)  # (accepted tokens, verify rounds) already in the drafter metrics
         self._measured: dict[int, tuple[int, int]] = {}  # drafter version -> its (accepted tokens, verify rounds)
+        self._weights = None  # (WeightGroup, manifest, dtype) once in the trainer's weight group
 
     def _vllm_engine(self, model_dir: str, threshold: int, max_slots: int | None):
         from tlt.engine.vllm_backend import VLLMEngine, llm_kwargs
@@ -364,12 +366,60 @@ class RolloutShard:
 
     # ---- weights ----
     def set_policy(self, version: int, state: dict) -> None:
+        """New policy weights given as a state dict (a Ray object: start-up, a re-created worker, a fallback)."""
         self.reclaim()
+        self._load_policy(state)
+        self.policy_version = version
+        receiver_metrics().updates.labels(via="object").inc()
+
+    def _load_policy(self, state: dict) -> None:
+        """Some or all policy weights (HF names) into the engine's model."""
         self.engine.update_policy_weights(state)
         if self.engine_kind == "vllm":  # the torch copy computes the drafter's training data
             with torch.no_grad():
                 load_weights(self.model, dict(state), strict=False)
+
+    def policy_receiver(self) -> tuple[str, str]:
+        """(device type, dtype) this worker wants policy weights in (the weight group's transport)."""
+        device = "cpu" if self.engine_kind == "vllm" else self.model.device.type  # vLLM takes weights as CPU tensors
+        return device, str(self.model.dtype).removeprefix("torch.")
+
+    def join_weight_group(self, address: str, port: int, epoch: int, rank: int, size: int, backend: str, dtype: str,
+                          plan) -> None:
+        """Join the trainer's weight broadcast group (`tlt.trainer.sync`), leaving an earlier one."""
+        from tlt.trainer.sync import WeightGroup
+
+        if self._weights is not None:
+            self._weights[0].close()
+            self._weights = None
+        self._weights = (WeightGroup(address, port, epoch, rank, size, backend), plan, dtype)
+
+    def receive_policy(self, version: int) -> bool:
+        """New policy weights from the trainer's rank 0 over the weight group, loaded layer by layer."""
+        import time
+
+        from tlt.models.loading import resolve_dtype
+
+        group, plan, dtype = self._weights
+        self.reclaim()
+        started = time.perf_counter()
+        try:
+            for part in group.receive(plan, resolve_dtype(dtype)):
+                self._load_policy(part)
+        except Exception:
+            group.close()  # the coordinator forms the group again, and sends these weights another way
+            self._weights = None
+            raise
+        metrics = receiver_metrics()
+        metrics.updates.labels(via="broadcast").inc()
+        metrics.seconds.inc(time.perf_counter() - started)
         self.policy_version = version
+        return True
+
+    def free_for_training(self) -> None:
+        """Colocated: this worker's GPU trains next; free the rollout KV cache (re-allocated with the next weights)."""
+        self.reclaim()
+        self.engine.sleep()
 
     def drafter_report(self) -> tuple[int, int, dict | None]:
         """(version, optimizer steps trained in this version, weights) for averaging."""

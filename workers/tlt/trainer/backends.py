@@ -5,8 +5,9 @@ Both backends expose the same small surface to `PolicyTrainer`:
 the module, its DDP wrapper, or the DeepSpeed engine, whose bookkeeping ZeRO-3's
 gradient accumulation relies on), `begin_micro(is_last)` before each
 micro-batch, `backward(loss)`, `step()` -> gradient norm before clipping,
-`full_state_dict()` (HF names, gathered under ZeRO-3), `save(dir)` / `load(dir)`
-for policy and optimizer state.
+`full_state_dict()` (HF names, gathered under ZeRO-3), `gathered(params)` (a
+context in which ZeRO-3's partitioned parameters are whole), `save(dir)` /
+`load(dir)` for policy and optimizer state.
 
 Data parallel: several processes (ranks) each run a `PolicyTrainer`; the
 rendezvous comes from the usual environment (MASTER_ADDR, MASTER_PORT, RANK,
@@ -43,17 +44,19 @@ def _single_process_defaults() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
 
 
-def ensure_process_group(device: torch.device, for_deepspeed: bool) -> None:
+def ensure_process_group(device: torch.device, for_deepspeed: bool, join: bool = False) -> None:
     """Joins the process group once: gloo on CPU, NCCL on GPU.
 
-    DeepSpeed always needs one (world size 1 included); plain torch only when
-    WORLD_SIZE > 1.
+    DeepSpeed always needs one (world size 1 included); plain torch when
+    WORLD_SIZE > 1, or when `join` (a rank of a trainer group: its rendezvous store
+    also serves the weight broadcast group, `tlt.trainer.sync`).
     """
     if dist.is_available() and dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not for_deepspeed:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if join or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _single_process_defaults()
             dist.init_process_group(backend)
         return
     import deepspeed
@@ -75,8 +78,8 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
-                 max_grad_norm: float, precision: str, device: torch.device):
-        ensure_process_group(device, for_deepspeed=False)
+                 max_grad_norm: float, precision: str, device: torch.device, join: bool = False):
+        ensure_process_group(device, for_deepspeed=False, join=join)
         self.module = self.forward = model.to(device)
         self.ddp = None
         if world()[1] > 1:
@@ -111,6 +114,9 @@ class TorchBackend:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
+    def gathered(self, params: list[torch.nn.Parameter]):
+        return contextlib.nullcontext()
+
     def save(self, folder: Path) -> None:
         if world()[0] != 0:
             return  # replicas are identical: rank 0 writes for all
@@ -135,7 +141,8 @@ class DeepSpeedBackend:
     name = "deepspeed"
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
-                 max_grad_norm: float, precision: str, device: torch.device, zero_stage: int, offload: str):
+                 max_grad_norm: float, precision: str, device: torch.device, zero_stage: int, offload: str,
+                 join: bool = False):
         import deepspeed
 
         ensure_process_group(device, for_deepspeed=True)
@@ -194,6 +201,14 @@ class DeepSpeedBackend:
         params = list(self.module.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def gathered(self, params: list[torch.nn.Parameter]):
+        """Collective over the ranks under ZeRO-3: every rank enters with the same parameters."""
+        if self.zero_stage < 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     def save(self, folder: Path) -> None:
         self.engine.save_checkpoint(str(folder), tag="ds")

@@ -92,6 +92,26 @@ class TrainerConfig:
         return cls(**fields)
 
 
+def checkpoint_world_size(path: str | Path) -> int:
+    """The world size of the trainer that wrote the checkpoint at `path` (1 for checkpoints before it was kept)."""
+    return int(torch.load(Path(path) / STATE_FILE, weights_only=False).get("world_size", 1))
+
+
+def resume_problem(state: dict, backend: str, world_size: int) -> str | None:
+    """Why a trainer of `world_size` ranks cannot resume from a checkpoint's `state` (its STATE_FILE), or None.
+
+    DeepSpeed writes each rank's partition of the optimizer state (and, ZeRO-3, of the
+    weights) in its own files: another number of ranks would find partitions of the
+    wrong size. The torch backend's checkpoint is whole and resumes at any world size.
+    """
+    written = int(state.get("world_size", 1))
+    if backend != "deepspeed" or written == world_size:
+        return None
+    return (f"it was written by a DeepSpeed trainer of {written} rank(s), each saving its own ZeRO partitions; "
+            f"this trainer has {world_size}. Resume with trainer.replicas x gpusPerReplica giving {written} ranks, "
+            f"or start fresh (`tlt run --fresh`, or a new runPolicy.checkpoint.path)")
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
         else torch.device("cpu")
@@ -126,13 +146,15 @@ class PolicyTrainer:
 
     backend: "torch" (AdamW on the module) or "deepspeed" (ZeRO `zero_stage`,
     optimizer state offloaded per `offload`). Both take the same inputs and give
-    the same updates up to floating-point summation order.
+    the same updates up to floating-point summation order. `join`: join the process
+    group of the environment's rendezvous even at world size 1 (a rank of a trainer
+    group, whose store the weight broadcast group meets in).
     """
 
     def __init__(self, model_path: str | Path, config: TrainerConfig | None = None, *,
                  backend: Literal["torch", "deepspeed"] = "torch", zero_stage: int = 2,
                  offload: Literal["none", "optimizer", "all"] = "none", device: str | torch.device | None = None,
-                 pad_id: int | None = None):
+                 pad_id: int | None = None, join: bool = False):
         self.config = config or TrainerConfig()
         self.model_path = Path(model_path)
         self.device = torch.device(device) if device is not None else _default_device()
@@ -147,7 +169,8 @@ class PolicyTrainer:
         self.model_config = model.config
         self.pad_id = pad_id if pad_id is not None else (model.config.pad_token_id or 0)
         common = dict(lr=self.config.learning_rate, weight_decay=self.config.weight_decay, betas=self.config.betas,
-                      max_grad_norm=self.config.max_grad_norm, precision=self.config.precision, device=self.device)
+                      max_grad_norm=self.config.max_grad_norm, precision=self.config.precision, device=self.device,
+                      join=join)
         if backend == "torch":
             self.backend = TorchBackend(model, **common)
         elif backend == "deepspeed":
@@ -164,9 +187,17 @@ class PolicyTrainer:
 
     @classmethod
     def from_spec(cls, spec, model_path: str | Path, **kwargs) -> "PolicyTrainer":
-        """Backend, ZeRO stage and offload from `spec.trainer.deepspeed`; hyperparameters from `spec.algorithm`."""
+        """Backend, ZeRO stage and offload from `spec.trainer.deepspeed`; hyperparameters from `spec.algorithm`.
+
+        On a GPU: bf16 (fp32 master weights in the optimizer's, or ZeRO's, partitions)
+        unless `model.dtype` is float32, and gradient checkpointing.
+        """
         ds = spec.trainer.deepspeed
-        config = kwargs.pop("config", None) or TrainerConfig.from_algorithm(spec.algorithm)
+        device = torch.device(kwargs["device"]) if kwargs.get("device") is not None else _default_device()
+        gpu = {}
+        if device.type == "cuda":
+            gpu = dict(precision="fp32" if spec.model.dtype == "float32" else "bf16", gradient_checkpointing=True)
+        config = kwargs.pop("config", None) or TrainerConfig.from_algorithm(spec.algorithm, **gpu)
         return cls(model_path, config, backend="deepspeed" if ds.enabled else "torch",
                    zero_stage=ds.zero_stage, offload=ds.offload, **kwargs)
 
@@ -338,6 +369,22 @@ class PolicyTrainer:
             state.pop("lm_head.weight", None)
         return state
 
+    def weight_manifest(self):
+        """The policy's parameters (HF names, full shapes) grouped into the layers `policy_layers` yields."""
+        from tlt.trainer.sync import full_shape, manifest
+
+        return manifest((n, full_shape(p)) for n, p in self.module.named_parameters())
+
+    def policy_layers(self):
+        """The policy's parameters one layer at a time: lists of (HF name, whole tensor), as in
+        `weight_manifest` (a tied LM head is the embedding: listed once). Under ZeRO-3 each layer
+        is gathered while the caller holds it and released after, so every rank must iterate."""
+        params = dict(self.module.named_parameters())
+        for layer in self.weight_manifest():
+            tensors = [params[name] for name, _ in layer]
+            with self.backend.gathered(tensors):
+                yield [(name, t) for (name, _), t in zip(layer, tensors)]
+
     def export_hf(self, path: str | Path) -> Path:
         """Writes a Hugging Face folder: config, safetensors, and the source's tokenizer files.
 
@@ -387,7 +434,8 @@ class PolicyTrainer:
         barrier()
         if rank == 0:
             torch.save({"backend": self.backend.name, "updates": self.updates, "steps": self.steps,
-                        "config": asdict(self.config), "rng": self._rng_state()}, tmp / STATE_FILE)
+                        "world_size": world_size, "config": asdict(self.config), "rng": self._rng_state()},
+                       tmp / STATE_FILE)
             shutil.rmtree(old, ignore_errors=True)
             if path.exists():
                 path.rename(old)
@@ -397,12 +445,15 @@ class PolicyTrainer:
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restores what `save_checkpoint` wrote (same backend)."""
+        """Restores what `save_checkpoint` wrote (same backend; DeepSpeed: same world size)."""
         path = Path(path)
         state = torch.load(path / STATE_FILE, weights_only=False)
         if state["backend"] != self.backend.name:
             raise ValueError(f"checkpoint {path} was written by the {state['backend']} backend, "
                              f"this trainer uses {self.backend.name}")
+        problem = resume_problem(state, self.backend.name, world()[1])
+        if problem:
+            raise ValueError(f"checkpoint {path}: {problem}")
         self.backend.load(path)
         self.updates, self.steps = state["updates"], state["steps"]
         rng = state["rng"]
