@@ -194,7 +194,8 @@ class Kube:
 
     def post_event(self, job: dict, event: Event) -> None:
         """One Event object per series of the job (its name is a digest of the job's uid and the series):
-        the first occurrence creates it, repeats raise its count and update its message and lastTimestamp."""
+        the first occurrence creates it, repeats raise its count (or set it, for an Event with a `count`) and
+        update its message and lastTimestamp."""
         meta = job["metadata"]
         now = _stamp(datetime.now(timezone.utc))
         digest = hashlib.sha1(f"{meta.get('uid')}/{event.key}".encode()).hexdigest()[:12]
@@ -217,26 +218,27 @@ class Kube:
             "reportingComponent": "tlt-operator",
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": event.count or 1,
         }
         try:
             self.calls += 1
             try:
                 self.core.create_namespaced_event(meta["namespace"], body)
-                self._remember(name, 1)
+                self._remember(name, body["count"])
                 return
             except ApiException as err:
                 if err.status != 409:
                     raise
             with self._event_lock:
                 count = self._event_counts.get(name)
-            if count is None:  # not seen by this process (restarted, or another replica posted it)
+            if count is None and event.count is None:  # not seen by this process (restarted, or another replica's)
                 self.calls += 1
                 count = int(self.core.read_namespaced_event(name, meta["namespace"]).count or 1)
+            count = event.count if event.count is not None else count + 1
             self.calls += 1
             self.core.patch_namespaced_event(name, meta["namespace"],
-                                             {"count": count + 1, "message": body["message"], "lastTimestamp": now})
-            self._remember(name, count + 1)
+                                             {"count": count, "message": body["message"], "lastTimestamp": now})
+            self._remember(name, count)
         except ApiException as err:  # events are best effort: never fail a reconcile over one
             log.warning("could not post event %s: %s", event.reason, err.reason)
 

@@ -97,12 +97,15 @@ class Event:
     """A Kubernetes Event about the job: `reason` is what an SRE greps for.
 
     Events of one `series` (default: the same reason and message) are one Event object
-    whose count goes up, as client-go's recorder aggregates repeats."""
+    whose count goes up, as client-go's recorder aggregates repeats. `count`, when set, is
+    the series' count itself (derived from the job's state, e.g. the completed steps), so a
+    post lost to an operator crash is made good by the next one, and none is counted twice."""
 
     reason: str
     message: str
     type: str = "Normal"
     series: str = ""
+    count: int | None = None
 
     @property
     def key(self) -> str:
@@ -399,7 +402,8 @@ def _finish_status(ctx: _Context, desired: dict, phase: str, conditions: dict) -
             total = job.spec.algorithm.steps
             done = range(previous_step + 1, step + 1)
             texts = [f"step {n}/{total} completed" for n in done] if len(done) <= 10 else [f"steps {done[0]}-{step}/{total} completed"]
-            ctx.out.events += [Event("StepCompleted", text, series="steps") for text in texts]
+            ends = list(done) if len(done) <= 10 else [step]
+            ctx.out.events += [Event("StepCompleted", text, series="steps", count=n) for text, n in zip(texts, ends)]
     ctx.out.status = _status_patch(ctx.written, desired)
     return ctx.out
 
