@@ -23,6 +23,7 @@ import yaml
 
 import tlt
 from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL, PodTemplate, ReasoningRLJob
+from tlt.api.ranks import RENDEZVOUS_PORT, trainer_ranks
 from tlt.elastic import dedicated_drafters
 from tlt.worker.status import progress_map_name  # noqa: F401  (the operator creates it, the coordinator writes it)
 
@@ -354,6 +355,7 @@ def build_service(job: ReasoningRLJob) -> dict:
             "ports": [
                 {"name": "ray", "port": RAY_PORT, "targetPort": RAY_PORT, "protocol": "TCP"},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT, "protocol": "TCP"},
+                {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"},
             ],
         },
     }
@@ -409,7 +411,20 @@ def _env(job: ReasoningRLJob, slot: PodSlot, template: PodTemplate) -> list[dict
         # Ray refuses every connection without the job's token (tlt.worker.pod reads it from here).
         {"name": "RAY_AUTH_MODE", "value": "token"},
         {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{RAY_TOKEN_DIR}/{RAY_TOKEN_FILE}"},
+        # The pod's Ray node offers its GPUs: the trainer's ranks ask Ray for one each.
+        {"name": "TLT_NUM_GPUS", "value": str(slot.gpus)},
     ]
+    ranks = trainer_ranks(job.spec)
+    here = ranks.ranks_on(f"{slot.role}-{slot.index}")
+    if here:
+        # The trainer's ranks in this pod meet at rank 0's pod (the head) on the rendezvous port;
+        # the weight broadcast group to the rollout workers meets there too.
+        env += [
+            {"name": "MASTER_ADDR", "value": head},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            {"name": "TLT_TRAINER_WORLD_SIZE", "value": str(ranks.world_size)},
+            {"name": "TLT_TRAINER_RANKS", "value": f"{here.start}-{here.stop - 1}"},
+        ]
     model = job.spec.model
     if model.token_secret is not None:
         # The hub token reaches the pods only as a secret reference, never as a value.
@@ -497,7 +512,9 @@ def build_pod(
         "command": _command(job, slot),
         "env": _env(job, slot, template),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
-        + ([{"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"}] if slot.role == head_role(job) and slot.index == 0 else []),
+        + ([{"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"},
+            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
+           if slot.role == head_role(job) and slot.index == 0 else []),
         "volumeMounts": mounts,
         # /healthz answers 200 once the pod's Ray node is in the job's cluster and 503 when it lost it;
         # startup allows for image pulls, model downloads and the wait for the head (tlt.worker.pod.JOIN_TIMEOUT).

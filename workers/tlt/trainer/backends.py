@@ -129,6 +129,27 @@ class TorchBackend:
                                                   weights_only=True))
 
 
+def deepspeed_config(zero_stage: int, offload: str, precision: str, max_grad_norm: float) -> dict:
+    zero: dict = {"stage": zero_stage}
+    if offload in ("optimizer", "all") and zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if offload == "all" and zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        # A torch optimizer on offloaded state is slower than DeepSpeedCPUAdam but needs no compiled ops.
+        "zero_force_ds_cpu_optimizer": False,
+        # bf16 compute; the optimizer keeps fp32 master weights in ZeRO's partitions.
+        "bf16": {"enabled": precision == "bf16"},
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+
+
 class DeepSpeedBackend:
     """DeepSpeed ZeRO (stage 0-3) driving a torch AdamW passed in.
 
@@ -150,23 +171,7 @@ class DeepSpeedBackend:
         self.zero_stage = zero_stage
         model = model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
-        zero: dict = {"stage": zero_stage}
-        if offload in ("optimizer", "all") and zero_stage > 0:
-            zero["offload_optimizer"] = {"device": "cpu"}
-        if offload == "all" and zero_stage == 3:
-            zero["offload_param"] = {"device": "cpu"}
-        config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": max_grad_norm,
-            "zero_optimization": zero,
-            "zero_allow_untested_optimizer": True,
-            # A torch optimizer on offloaded state is slower than DeepSpeedCPUAdam but needs no compiled ops.
-            "zero_force_ds_cpu_optimizer": False,
-            "bf16": {"enabled": precision == "bf16"},
-            "steps_per_print": 2**62,
-            "wall_clock_breakdown": False,
-        }
+        config = deepspeed_config(zero_stage, offload, precision, max_grad_norm)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.module = self.engine.module
         self.forward = self.engine

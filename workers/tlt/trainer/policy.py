@@ -158,7 +158,10 @@ class PolicyTrainer:
         self.config = config or TrainerConfig()
         self.model_path = Path(model_path)
         self.device = torch.device(device) if device is not None else _default_device()
-        model = _load_hf(self.model_path, self.device, torch.float32)
+        # DeepSpeed's bf16 keeps the fp32 master weights in ZeRO's partitions: each rank loads the
+        # (bf16) checkpoint as it is, half what an fp32 copy per rank would take before ZeRO partitions it.
+        bf16_weights = backend == "deepspeed" and self.config.precision == "bf16"
+        model = _load_hf(self.model_path, self.device, torch.bfloat16 if bf16_weights else torch.float32)
         if self.config.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
                 model.activation_checkpointing_enable({"use_reentrant": False})

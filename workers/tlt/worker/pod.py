@@ -83,6 +83,8 @@ def ray_start_command(pod: PodIdentity, env=os.environ) -> list[str]:
         command += ["--head", "--port", pod.ray_head.rsplit(":", 1)[1], "--include-dashboard", "false"]
     else:
         command += ["--address", pod.ray_head]
+    if env.get("TLT_NUM_GPUS"):  # the pod's GPUs, as the operator set them (Ray would detect the node's)
+        command += ["--num-gpus", env["TLT_NUM_GPUS"]]
     if env.get("TLT_RAY_OBJECT_STORE_BYTES"):
         command += ["--object-store-memory", env["TLT_RAY_OBJECT_STORE_BYTES"]]
     return command
