@@ -77,19 +77,18 @@ class KVCache:
                 read_slots = _as_slice(slots)
         else:
             read_len = window
-        new = torch.arange(num_new, device=dev)
-        positions = torch.arange(read_len, device=dev)
-        write_pos = base[:, None] + (new + write_offset)[None, :]  # [B, T]
+        positions = torch.arange(read_len, device=dev).view(1, 1, read_len)
+        write_pos = base.view(bsz, 1) + torch.arange(write_offset, width, device=dev)  # [B, T]
         if tail_mask is None:  # causal: token t sees every position up to its own
-            mask = positions[None, None, :] <= write_pos[:, :, None]
+            mask = positions <= write_pos.view(bsz, num_new, 1)
         else:
-            mask = positions[None, None, :] < base[:, None, None]  # committed prefix
+            mask = positions < base.view(bsz, 1, 1)  # committed prefix
             mask = mask.expand(bsz, num_new, read_len).clone()
             tail_idx = (base[:, None] + torch.arange(width, device=dev)[None, :])  # [B, W]
             mask.scatter_(2, tail_idx[:, None, :].expand(bsz, num_new, width), tail_mask)
-        rows = slots[:, None].expand(bsz, num_new)
+        rows = slots.view(bsz, 1).expand(bsz, num_new)
         return AttentionPlan(rows=rows, write_pos=write_pos, read_slots=slots if read_slots is None else read_slots,
-                             read_len=read_len, mask=mask[:, None])
+                             read_len=read_len, mask=mask.view(bsz, 1, num_new, read_len))
 
     def write_and_read(self, layer: int, plan: AttentionPlan, k_new: torch.Tensor,
                        v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
