@@ -14,4 +14,4 @@ bash scripts/install-tools.sh
 bash scripts/build-controlplane.sh
 
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -ra "$@"
+exec .venv/bin/python -m pytest -ra --durations=25 "$@"

@@ -345,6 +345,9 @@ def _data_parallel_rank(rank: int, world_size: int, port: int, folder: str, back
     state = trainer.state_dict()  # every rank: ZeRO-3 gathers collectively
     if rank == 0:
         torch.save({"metrics": metrics, "state": state}, Path(out) / "result.pt")
+    # Leave together: a rank whose peer has gone can abort in gloo's teardown at exit.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow

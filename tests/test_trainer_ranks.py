@@ -128,10 +128,13 @@ def local_ray():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 1024 * 1024, configure_logging=False)
+    started = not ray.is_initialized()  # an earlier test's WorkerPool may have started this process's Ray
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 1024 * 1024, configure_logging=False)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def _quickstart(model: Path, out: Path | None = None, *, replicas: int = 1, stage: int = 2, **spec):
@@ -250,3 +253,21 @@ def test_rollout_workers_get_the_policy_over_the_broadcast_group_and_a_checkpoin
     with pytest.raises(ValueError, match="written by a DeepSpeed trainer of 2 rank.*this trainer has 1"):
         WorkerPool(_quickstart(micro_model, tmp_path / "run", replicas=1, stage=3), str(micro_model),
                    checkpoint=tmp_path / "ckpt")
+
+
+def test_a_pod_exports_the_trainer_ranks_it_hosts_and_skips_a_rank_that_does_not_answer():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tlt.trainer.pod_ranks import RankCollector
+
+    answers = {4: {"rank": 4, "world_size": 8, "backend": "deepspeed", "zero_stage": 3, "device": "cuda:0",
+                   "updates": 5, "tokens": 1200.0, "sent_bytes": 0}}
+    collector = RankCollector("job-ns", range(4, 6))
+    collector.ask = lambda rank, timeout=2.0: answers.get(rank)  # rank 5 is not up yet
+    registry = CollectorRegistry()
+    registry.register(collector)  # the registry asks a collector for its names on registration
+    text = generate_latest(registry).decode()
+    assert ('tlt_trainer_rank{backend="deepspeed",device="cuda:0",rank="4",world_size="8",zero_stage="3"} 1.0'
+            in text)
+    assert 'tlt_trainer_updates_total{rank="4"} 5.0' in text and 'tlt_trainer_tokens_total{rank="4"} 1200.0' in text
+    assert 'rank="5"' not in text

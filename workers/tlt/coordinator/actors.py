@@ -337,7 +337,7 @@ class WorkerPool:
         gpus = plan.gpus_per_rank if self.nodes or torch.cuda.is_available() else 0
         ranks = []
         for rank in range(world):
-            options = {"num_gpus": gpus}
+            options = {"num_gpus": gpus, "max_concurrency": 2}  # its pod asks `describe` while it trains
             if self.nodes:
                 options.update(name=RANK_ACTOR.format(rank), **pinned(plan.pod_of(rank)))
             cls = ray.remote(num_cpus=0)(TrainerWorker).options(**options)

@@ -8,7 +8,8 @@ command (`tlt worker ...`) on this machine, the way a kubelet would:
   in the command and environment pointing there;
 - logged in as the pod's own ServiceAccount (a TokenRequest token, as the kubelet
   projects one), so the pod's RBAC is what the worker really has;
-- the Ray head address rewritten to loopback, a free metrics port per pod;
+- the Ray head address and the trainer's rendezvous (MASTER_ADDR/PORT) rewritten to
+  loopback, a free metrics port per pod;
 - a pod deleted (or being deleted) gets SIGTERM; a process that exits has its
   pod's status written as a kubelet would (phase, container exit code: 128 + the
   signal for a killed process), so the operator sees real exit codes; a
@@ -98,6 +99,7 @@ class LocalPods:
         self.say = log
         self.grace_seconds = 30.0  # the pod default terminationGracePeriodSeconds
         self.ray_port = free_port()
+        self.rendezvous_port = free_port()  # the trainer ranks' (MASTER_PORT), one per job like Ray's
         self.pods: dict[str, LocalPod] = {}
         self.exits: dict[str, int] = {}  # pod name (of the last process run for it) -> exit code
         self.starts: dict[str, int] = {}  # pod name -> processes started for it (a replaced pod's name runs again)
@@ -164,6 +166,7 @@ class LocalPods:
         env.update({
             "KUBECONFIG": str(self._pod_kubeconfig(pod, folder)),
             "TLT_RAY_HEAD": f"127.0.0.1:{self.ray_port}",
+            **({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.rendezvous_port)} if "MASTER_ADDR" in env else {}),
             "TLT_METRICS_PORT": str(metrics_port),
             "TLT_CONFIG": str(folder / "config" / "job.yaml"),
             **self.extra_env,

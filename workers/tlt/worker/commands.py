@@ -141,7 +141,7 @@ def _metrics(port: int, actor, healthy) -> None:
 
 
 @contextmanager
-def _joined(pod, args):
+def _joined(pod, args, spec=None):
     """This pod's Ray node started (or joined) and its metrics served; the node stopped on the way out.
     Yields the node and the pod's `PodActor`."""
     from tlt.worker.pod import PodActor, RayNode, install_sigterm
@@ -153,6 +153,11 @@ def _joined(pod, args):
         actor = PodActor(pod)
         # /healthz (the pod's probes) answers 200 while this pod's Ray node is in the job's cluster.
         _metrics(args.metrics_port, actor, healthy=node.alive)
+        if spec is not None:  # the trainer ranks this pod hosts: logged once running, in /metrics
+            from tlt.engine.metrics import REGISTRY
+            from tlt.trainer.pod_ranks import serve_pod_ranks
+
+            serve_pod_ranks(spec, pod.node, pod.ray_namespace, REGISTRY, alive=node.alive)
         yield node, actor
     finally:
         node.stop()
@@ -173,7 +178,7 @@ def run_head(job, pod, api, args) -> int:
             raise ConfigurationError(f"spec.output.path: {err}") from err
         # Before anything else: what the spec gets wrong is the only permanent failure (exit 2).
         run.check_configuration()
-        with _joined(pod, args) as (_, actor):
+        with _joined(pod, args, job.spec) as (_, actor):
             watcher = RoleWatcher(_set_role_of(pod, actor), pod.pod_name, pod.namespace, api,
                                   on_consolidate=run.request_consolidation).start()
             wait_for_nodes(node_names(job.spec))
@@ -203,7 +208,7 @@ def run_member(job, pod, api, args) -> int:
 
     watcher = None
     try:
-        with _joined(pod, args) as (node, actor):
+        with _joined(pod, args, job.spec) as (node, actor):
             if pod.node not in actor_nodes(job.spec):
                 # Only a Ray node here (e.g. a second trainer pod while lending is off): it keeps its role.
                 set_role = lambda role: role == pod.role  # noqa: E731
