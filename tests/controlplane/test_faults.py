@@ -1,6 +1,6 @@
 """Faults on the real control plane, with real workers (`tlt dev pods`' LocalPods runs each pod).
 
-One job (`ft`, 8 steps) lives through, in order: every process of a rollout pod killed
+One job (`ft`, `STEPS` steps) lives through, in order: every process of a rollout pod killed
 mid-rollout of step 2 (a container crash); another job's credentials trying its Ray and
 its status; the operator SIGKILLed after step 2 and started again; right after, the
 whole pod group preempted as Kueue does (a DisruptionTarget condition on every pod,
@@ -98,6 +98,10 @@ def generated_tokens(port: int) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("tlt_engine_generated_tokens_total"))
 
 
+# A micro step takes well under a second: 40 leave steps to preempt after the operator's restart.
+STEPS = 40
+
+
 def steps_of(out) -> list[int]:
     path = out / "metrics.jsonl"
     return [r["step"] for r in read_records(path) if r["kind"] == "step"] if path.exists() else []
@@ -119,7 +123,7 @@ def faulty_run(operator, api, kubectl, controlplane, micro_model, tmp_path_facto
                                                       "rollout": {"replicas": 1, "gpusPerReplica": 0, "maxBatchSize": 8},
                                                       "trainer": {"gpusPerReplica": 0}, "algorithm": {"groupSize": 2}}))
     # Steps long enough (2 x 16 sequences of up to 96 tokens per shard) to be caught mid-rollout.
-    job = Job(api, kubectl, ns, small_job("ft", micro_model, tmp / "run", steps=8, eval_every=0, prompts=8, samples=4,
+    job = Job(api, kubectl, ns, small_job("ft", micro_model, tmp / "run", steps=STEPS, eval_every=0, prompts=8, samples=4,
                                           tokens=96))
     job.running_pods(3)
     other.running_pods(2)  # kwok only: its pods never run, but its Secret and identities exist
@@ -152,8 +156,6 @@ def faulty_run(operator, api, kubectl, controlplane, micro_model, tmp_path_facto
         wait_for(lambda: generated_tokens(port) > before, timeout=120, interval=0.05, what="rollout-1 decoding step 2")
         record["crashed_pids"] = pods.crash("ft-rollout-1")
         record["crashed_at_step"] = max(steps_of(tmp / "run")) + 1
-        for probe in probes:
-            probe.join()
 
         # 3. The operator SIGKILLed once step 2 completed, started again a little later.
         wait_for(lambda: job.status().get("step", 0) >= 2, timeout=400, interval=0.5, what="step 2 completed")
@@ -168,7 +170,9 @@ def faulty_run(operator, api, kubectl, controlplane, micro_model, tmp_path_facto
             "events": {r: [(e["count"], e["message"]) for e in job.events(r)] for r in ("PodReplaced", "PodFailed", "Created")},
         }
 
-        assert max(steps_of(tmp / "run")) < 8, "steps remain to be preempted"
+        assert max(steps_of(tmp / "run")) < STEPS, "steps remain to be preempted"
+        for probe in probes:  # the intruders' answers (they take a while: joined only now, steps go fast)
+            probe.join()
         # 4. Kueue's preemption of the pod group: a disruption condition on every pod (with its transition
         #    time: the disruption controller resets one that looks stale), then their deletion; they terminate
         #    for a while (a finalizer holds them, as a kubelet's grace period would).
@@ -236,7 +240,7 @@ def test_an_operator_killed_mid_job_and_started_again_duplicates_no_pods_events_
     assert [count for count, _ in before["events"]["PodReplaced"]] == [1]
     assert before["steps"] == list(range(1, len(before["steps"]) + 1))
     steps = job.events("StepCompleted")
-    assert len(steps) == 1 and steps[0]["count"] == 8 and steps[0]["message"] == "step 8/8 completed", steps
+    assert len(steps) == 1 and steps[0]["count"] == STEPS and steps[0]["message"] == f"step {STEPS}/{STEPS} completed", steps
     assert [e["count"] for e in job.events("Succeeded")] == [1] and [e["count"] for e in job.events("Created")] == [1]
 
 
@@ -279,4 +283,4 @@ def test_a_group_preempted_as_kueue_does_resumes_without_counting_failures(fault
     steps = [r["step"] for r in records if r["kind"] == "step"]
     print(f"\n[faults] ft preempted after step {runs[1]['resumed_from']}: steps logged {steps}")
     # A step finished but not yet checkpointed when the group went is done again: the run is the same either way.
-    assert sorted(set(steps)) == list(range(1, 9))
+    assert sorted(set(steps)) == list(range(1, STEPS + 1))
