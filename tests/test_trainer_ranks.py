@@ -137,9 +137,14 @@ def local_ray():
         ray.shutdown()
 
 
-def _quickstart(model: Path, out: Path | None = None, *, replicas: int = 1, stage: int = 2, **spec):
-    """examples/quickstart.yaml (promptsPerStep 16 x groupSize 8, mini-batches of 64, responses up to 384
-    tokens) on the micro model, with a DeepSpeed trainer of `replicas` CPU ranks."""
+# The quickstart's task and lengths in a smaller step: 8 prompts x 8 responses, two mini-batches.
+SMALL_STEP = {"promptsPerStep": 8, "groupSize": 8, "miniBatchSize": 32}
+
+
+def _quickstart(model: Path, out: Path | None = None, *, replicas: int = 1, stage: int = 2,
+                algorithm_overrides: dict | None = None, **spec):
+    """examples/quickstart.yaml (its task, lengths and response budget) on the micro model, with a DeepSpeed
+    trainer of `replicas` CPU ranks."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
@@ -147,12 +152,13 @@ def _quickstart(model: Path, out: Path | None = None, *, replicas: int = 1, stag
     doc["spec"]["trainer"] = {"replicas": replicas, "gpusPerReplica": 0,
                               "deepspeed": {"enabled": True, "zeroStage": stage}}
     doc["spec"]["output"] = {"path": str(out or model / "unused")}
+    doc["spec"]["algorithm"].update(algorithm_overrides or {})
     doc["spec"].update(spec)
     return parse_job(doc).spec
 
 
 def _batch(spec, model: Path):
-    """One step's rollouts as the quickstart's task gives them: every prompt's group of 8 responses is its
+    """One step's rollouts as the quickstart's task gives them: every prompt's group of responses is its
     trace with slips (so rewards differ within a group), lengths long-tailed up to the response budget."""
     import random
 
@@ -195,22 +201,22 @@ def _train_ranks(ray, spec, model: Path, batch, steps: int) -> tuple[list[float]
 
 
 @pytest.mark.slow
-def test_two_cpu_ranks_with_zero_2_and_zero_3_train_like_one_rank_on_a_quickstart_sized_job(micro_model, local_ray):
-    one = _quickstart(micro_model, replicas=1, stage=2)
+def test_two_cpu_ranks_with_zero_2_and_zero_3_train_like_one_rank_on_a_long_tailed_batch(micro_model, local_ray):
+    one = _quickstart(micro_model, replicas=1, stage=2, algorithm_overrides=SMALL_STEP)
     batch = _batch(one, micro_model)
-    assert len(batch) == 128 and max(r.numel() for r in batch.responses) > 3 * sorted(
-        r.numel() for r in batch.responses)[64]  # a long tail, as the quickstart's
+    assert len(batch) == 64 and max(r.numel() for r in batch.responses) > 3 * sorted(
+        r.numel() for r in batch.responses)[32]  # a long tail, as the quickstart's
     assert batch.advantages.abs().sum() > 0
     losses, start = None, None
-    expected_losses, expected = _train_ranks(local_ray, one, micro_model, batch, steps=3)
+    expected_losses, expected = _train_ranks(local_ray, one, micro_model, batch, steps=2)
     from safetensors.torch import load_file
 
     start = load_file(str(micro_model / "model.safetensors"))
     moved = sum(((expected[k] - start[k]) ** 2).sum().item() for k in expected) ** 0.5
     assert moved > 0
     for stage in (2, 3):
-        losses, state = _train_ranks(local_ray, _quickstart(micro_model, replicas=2, stage=stage), micro_model, batch,
-                                     steps=3)
+        two = _quickstart(micro_model, replicas=2, stage=stage, algorithm_overrides=SMALL_STEP)
+        losses, state = _train_ranks(local_ray, two, micro_model, batch, steps=2)
         assert losses == pytest.approx(expected_losses, rel=1e-5, abs=1e-6), stage
         assert state.keys() == expected.keys()
         gap = sum(((state[k] - expected[k]) ** 2).sum().item() for k in state) ** 0.5
@@ -222,7 +228,7 @@ def test_rollout_workers_get_the_policy_over_the_broadcast_group_and_a_checkpoin
         micro_model, local_ray, tmp_path):
     from tlt.coordinator.actors import WorkerPool
 
-    spec = _quickstart(micro_model, tmp_path / "run", replicas=2, stage=3,
+    spec = _quickstart(micro_model, tmp_path / "run", replicas=2, stage=3, algorithm_overrides=SMALL_STEP,
                        speculative={"mode": "off"}, elasticity={"lendIdle": False})
     batch = _batch(spec, micro_model)
     pool = WorkerPool(spec, str(micro_model))
