@@ -8,7 +8,6 @@ rejected by the server where the structural schema or a CEL rule can express the
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,11 @@ from bad_manifests import BAD_MANIFESTS, base_manifest
 pytestmark = pytest.mark.controlplane
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
 EXAMPLES = ROOT / "examples"
 CRD_NAME = "reasoningrljobs.tlt.dev"
 PRINTER_COLUMNS = ["NAME", "PHASE", "STEP", "ROLLOUT", "DRAFTER", "ACCEPT", "AGE"]
 
 SERVER_REJECTED = [b for b in BAD_MANIFESTS if b.server_rejects]
-
-
-@pytest.fixture(scope="module")
-def crd(kubectl):
-    """The CRD applied from crds/ and Established (left in place: other tests use it)."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
-    # Discovery of the new resource can lag Established by a moment.
-    deadline = time.monotonic() + 30
-    while kubectl("get", "rlj", "-A", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the rlj resource did not appear in discovery"
-        time.sleep(0.5)
-    return CRD_NAME
 
 
 def example_namespaces() -> set[str]:
