@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Regenerates every figure README's "What is measured" quotes, each into its own file here
+# (the full printed table, whose last line is the benchmark's JSON). On 2 cores: about 20 minutes.
+#   bash bench/results/regenerate.sh            # all
+#   bash bench/results/regenerate.sh e2e        # one of: e2e rollout simulate
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source .venv/bin/activate
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
+out=bench/results
+want="${1:-all}"
+run() {  # name, command...: the output of the command, with the machine it ran on
+    local name=$1; shift
+    [[ $want == all || $want == "$name" ]] || return 0
+    echo "[regenerate] $name: $*" >&2
+    { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores: $*"; "$@" 2>/dev/null | tr '\r' '\n' | grep -v '^\s*$'; } > "$out/$name.txt"
+    # the final JSON line (a benchmark's); a command that prints only JSON: all of it, on one line
+    if [[ $(sed -n 2p "$out/$name.txt") == "{" ]]; then
+        tail -n +2 "$out/$name.txt" | python -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' > "$out/$name.json"
+    else
+        tail -n 1 "$out/$name.txt" > "$out/$name.json"
+    fi
+}
+run e2e tlt bench e2e examples/quickstart.yaml --out runs/bench-e2e
+run rollout tlt bench rollout --temperature 1.0
+run simulate tlt simulate --gpus 64 --json
