@@ -23,8 +23,8 @@ import yaml
 
 import tlt
 from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL, PodTemplate, ReasoningRLJob
+from tlt.api import topology
 from tlt.api.ranks import RENDEZVOUS_PORT, trainer_ranks
-from tlt.elastic import dedicated_drafters
 from tlt.worker.status import progress_map_name  # noqa: F401  (the operator creates it, the coordinator writes it)
 
 LABEL_JOB = f"{API_GROUP}/job"
@@ -78,12 +78,9 @@ class OperatorDefaults:
 
 
 @dataclass(frozen=True)
-class PodSlot:
-    """One pod the job wants: role fixed at creation, index within the role."""
+class PodSlot(topology.Slot):
+    """One pod the job wants (`tlt.api.topology.Slot`), with the template it is built from."""
 
-    role: str
-    index: int
-    gpus: int
     template: PodTemplate | None
 
     def name(self, job: str) -> str:
@@ -91,7 +88,7 @@ class PodSlot:
 
 
 def pod_name(job: str, role: str, index: int) -> str:
-    return f"{job}-{role}-{index}"
+    return f"{job}-{topology.node_name(role, index)}"
 
 
 def service_name(job: str) -> str:
@@ -118,31 +115,26 @@ def service_account_name(slot_pod: str) -> str:
     return slot_pod
 
 
-def head_role(job: ReasoningRLJob) -> str:
-    """The role whose pod 0 runs the Ray head and the coordinator."""
-    return "trainer" if job.spec.placement == "disaggregated" else "worker"
+def head_pod_name(job: ReasoningRLJob) -> str:
+    """The pod that runs the Ray head and the coordinator (`tlt.api.topology.head_node`)."""
+    return f"{job.metadata.name}-{topology.head_node(job.spec)}"
+
+
+def is_head(job: ReasoningRLJob, slot: PodSlot) -> bool:
+    return slot.node == topology.head_node(job.spec)
 
 
 def pod_slots(job: ReasoningRLJob, drafters: int | None = None) -> list[PodSlot]:
-    """The pods of the job's placement, in creation order (the head first)."""
+    """The pods of the job's placement, in creation order (the head first): `tlt.api.topology.pod_slots`."""
     spec = job.spec
-    drafters = dedicated_drafters(spec) if drafters is None else drafters
-    slots = []
-    if spec.placement == "disaggregated":
-        slots += [PodSlot("trainer", i, spec.trainer.gpus_per_replica, spec.trainer.template) for i in range(spec.trainer.replicas)]
-        slots += [PodSlot("rollout", i, spec.rollout.gpus_per_replica, spec.rollout.template) for i in range(spec.rollout.replicas)]
-    else:
-        # Colocated: each worker runs rollout and training, so it gets the larger of the two GPU counts.
-        gpus = max(spec.rollout.gpus_per_replica, spec.trainer.gpus_per_replica)
-        slots += [PodSlot("worker", i, gpus, spec.rollout.template) for i in range(spec.rollout.replicas)]
-    slots += [PodSlot("drafter", i, spec.drafter.gpus_per_replica, spec.drafter.template) for i in range(drafters)]
-    return slots
+    templates = {"trainer": spec.trainer.template, "rollout": spec.rollout.template, "worker": spec.rollout.template,
+                 "drafter": spec.drafter.template}
+    return [PodSlot(s.role, s.index, s.gpus, templates[s.role]) for s in topology.pod_slots(spec, drafters)]
 
 
 def max_slots(job: ReasoningRLJob) -> list[PodSlot]:
     """Every pod slot the job can ever have (dedicated drafters at their maximum)."""
-    most = max(dedicated_drafters(job.spec), job.spec.drafter.dedicated_replicas)
-    return pod_slots(job, drafters=most)
+    return pod_slots(job, drafters=job.spec.drafter.dedicated_replicas)
 
 
 # ---------------------------------------------------------------------------------
@@ -233,7 +225,7 @@ def build_role(job: ReasoningRLJob, slot: "PodSlot", pod_names: list[str] | None
         {"apiGroups": [API_GROUP], "resources": [PLURAL], "resourceNames": [job_name], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods"], "resourceNames": names, "verbs": ["get", "list", "watch", "patch"]},
     ]
-    if slot.role == head_role(job) and slot.index == 0:
+    if is_head(job, slot):
         rules.append({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [progress_map_name(job_name)],
                       "verbs": ["get", "patch"]})
     return {
@@ -399,7 +391,7 @@ def _quantity(value) -> str:
 
 def _env(job: ReasoningRLJob, slot: PodSlot, template: PodTemplate) -> list[dict]:
     name = job.metadata.name
-    head = f"{pod_name(name, head_role(job), 0)}.{service_name(name)}.{namespace_of(job)}.svc"
+    head = f"{head_pod_name(job)}.{service_name(name)}.{namespace_of(job)}.svc"
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -460,7 +452,7 @@ def _probe(period: int, failures: int) -> dict:
 
 def _command(job: ReasoningRLJob, slot: PodSlot) -> list[str]:
     command = ["tlt", "worker", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--role", slot.role, "--index", str(slot.index)]
-    if slot.role == head_role(job) and slot.index == 0:
+    if is_head(job, slot):
         command.append("--head")
     return command
 
@@ -514,7 +506,7 @@ def build_pod(
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
         + ([{"name": "ray", "containerPort": RAY_PORT, "protocol": "TCP"},
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
-           if slot.role == head_role(job) and slot.index == 0 else []),
+           if is_head(job, slot) else []),
         "volumeMounts": mounts,
         # /healthz answers 200 once the pod's Ray node is in the job's cluster and 503 when it lost it;
         # startup allows for image pulls, model downloads and the wait for the head (tlt.worker.pod.JOIN_TIMEOUT).

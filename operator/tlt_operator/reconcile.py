@@ -52,7 +52,7 @@ from tlt_operator.builders import (
     build_supporting,
     config_digest,
     config_map_name,
-    head_role,
+    head_pod_name,
     job_uid,
     pod_name,
     pod_slots,
@@ -561,7 +561,7 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
     if lost and desired["observedGeneration"] != ctx.written.get("observedGeneration"):  # once per spec seen
         out.events.append(Event("CheckpointsNotOnVolume", lost, "Warning"))
 
-    head = pod_name(name, head_role(job), 0)
+    head = head_pod_name(job)
     started = phase in ("Created", "Running")  # a missing pod is a deleted one only after the pods were created
 
     # Success: the head (coordinator) finished its last step and exited 0.
@@ -869,7 +869,7 @@ def progress_of(status: dict) -> Progress | None:
 def _progress_predates_head(ctx: _Context, pods: dict[str, dict]) -> bool:
     """A report written before the head pod was created is the previous coordinator's (a
     restarted or resumed job): planning on it would lend the new pods at once."""
-    head = pods.get(pod_name(ctx.job.metadata.name, head_role(ctx.job), 0))
+    head = pods.get(head_pod_name(ctx.job))
     try:
         written = parse_time((ctx.status.get("progress") or {}).get("updatedAt"))
         created = parse_time(head["metadata"].get("creationTimestamp")) if head else None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tlt.api.topology import trainer_slots
+
 RENDEZVOUS_PORT = 29500
 RANK_ACTOR = "trainer-rank-{}"  # the Ray actor of rank r (its pod finds it by name)
 
@@ -41,11 +43,7 @@ class TrainerRanks:
 
 
 def trainer_ranks(spec) -> TrainerRanks:
-    """The trainer's ranks of a `ReasoningRLJobSpec`."""
-    if spec.placement == "colocated":
-        gpus = max(spec.rollout.gpus_per_replica, spec.trainer.gpus_per_replica)
-        pods = tuple(f"worker-{i}" for i in range(spec.rollout.replicas))
-    else:
-        gpus = spec.trainer.gpus_per_replica
-        pods = tuple(f"trainer-{i}" for i in range(spec.trainer.replicas))
-    return TrainerRanks(pods=pods, per_pod=max(1, gpus), gpus_per_rank=1 if gpus > 0 else 0)
+    """The trainer's ranks of a `ReasoningRLJobSpec`: `per_pod` in each of the pods that train (`tlt.api.topology`)."""
+    slots = trainer_slots(spec)
+    gpus = slots[0].gpus
+    return TrainerRanks(pods=tuple(s.node for s in slots), per_pod=max(1, gpus), gpus_per_rank=1 if gpus > 0 else 0)

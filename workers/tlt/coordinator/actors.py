@@ -22,17 +22,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import torch
 
 from tlt.api.model import ReasoningRLJobSpec
+from tlt.api.topology import PodNodes, node_name, shard_names
 from tlt.coordinator.shard import RolloutShard, auto_threshold, bind_threads
 from tlt.drafter import Sample
 from tlt.drafter.averaging import average_replicas
-from tlt.elastic import shard_role
 from tlt.engine.types import Request, Result
 from tlt.net import free_port
 
@@ -44,22 +43,9 @@ REVIVE_RETRY_SECONDS = 5.0  # between attempts to re-create a lost worker (its n
 log = logging.getLogger("tlt.coordinator")
 
 
-def shard_names(spec: ReasoningRLJobSpec) -> list[str]:
-    """The rollout shards, `<role>-<index>`: the names of their workers, actors and (on a cluster) pods."""
-    return [f"{shard_role(spec)}-{i}" for i in range(spec.rollout.replicas)]
-
-
 def pinned(node: str | None) -> dict:
     """Ray options placing an actor on the Ray node of pod `node` ("rollout-3"); nothing embedded."""
     return {"resources": {NODE_RESOURCE.format(node): 0.01}} if node else {}
-
-
-@dataclass(frozen=True)
-class PodNodes:
-    """Where the actors go on a cluster: one Ray node per pod, named `<role>-<index>`."""
-
-    head: str  # the trainer runs here ("trainer-0", or "worker-0" colocated)
-    drafter_hosts: tuple[str, ...] = ()  # pods that only train the drafter while lent (dedicated drafters, trainers)
 
 
 def _model_dir(spec: ReasoningRLJobSpec, model_dir: str | None) -> str:
@@ -290,7 +276,7 @@ class WorkerPool:
             ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                      object_store_memory=256 * 1024 * 1024, configure_logging=False)
         self.shard_names = shard_names(spec)
-        self.trainer_name = "trainer-0"
+        self.trainer_name = node_name("trainer", 0)  # the trainer's row in the run's role log, colocated too
         self.ranks = self._start_ranks()
         self.trainer = self.ranks[0]  # rank 0: metrics, the weight group's sender
         self._weight_members: tuple[str, ...] | None = None  # who is in the weight group now

@@ -16,42 +16,15 @@ import logging
 import queue
 from pathlib import Path
 
-from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec, ShardProgress
-from tlt.coordinator.actors import PodNodes, WorkerPool, shard_names
+from tlt.api.model import ReasoningRLJob, ShardProgress
+from tlt.api.topology import actor_nodes, node_names, pod_nodes  # noqa: F401  (tlt.worker.commands imports them from here)
+from tlt.coordinator.actors import WorkerPool
 from tlt.coordinator.loop import Checkpoint, EmbeddedRun
-from tlt.elastic import dedicated_drafters, lending_enabled
 from tlt.models.resolve import resolve_model
 from tlt.worker.status import ProgressWriter
 
 
 log = logging.getLogger("tlt.coordinator")
-
-
-def pod_nodes(spec: ReasoningRLJobSpec) -> PodNodes:
-    """Which pod runs what (the operator's `pod_slots` creates exactly these pods)."""
-    if spec.placement == "disaggregated":
-        head = "trainer-0"
-        hosts = [f"trainer-{i}" for i in range(spec.trainer.replicas)] if lending_enabled(spec) else []
-    else:
-        head, hosts = "worker-0", []
-    hosts += [f"drafter-{i}" for i in range(dedicated_drafters(spec))]
-    return PodNodes(head=head, drafter_hosts=tuple(hosts))
-
-
-def actor_nodes(spec: ReasoningRLJobSpec) -> set[str]:
-    """The pods whose Ray node hosts a named actor the pod's role watcher switches."""
-    return {*shard_names(spec), *pod_nodes(spec).drafter_hosts}
-
-
-def node_names(spec: ReasoningRLJobSpec) -> list[str]:
-    """Every pod's Ray node name, `<role>-<index>`, the head first."""
-    nodes = pod_nodes(spec)
-    names = [nodes.head]
-    if spec.placement == "disaggregated":
-        names += [f"trainer-{i}" for i in range(1, spec.trainer.replicas)]
-    names += shard_names(spec)
-    names += [h for h in nodes.drafter_hosts if h.startswith("drafter-")]
-    return list(dict.fromkeys(names))
 
 
 def shard_progress(progress: dict) -> list[ShardProgress]:

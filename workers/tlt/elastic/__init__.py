@@ -1,5 +1,6 @@
 """The pure elastic policy shared by the operator, the embedded loop and the simulator."""
 
+from tlt.api.topology import dedicated_drafters, lending_enabled, shard_role  # what the policy reads of the topology
 from tlt.elastic.policy import (
     PHASES,
     ROLES,
@@ -16,10 +17,7 @@ from tlt.elastic.policy import (
     Worker,
     apply_actions,
     consolidation_capacity,
-    dedicated_drafters,
-    lending_enabled,
     plan,
-    shard_role,
 )
 
 __all__ = [

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Union
 
 from tlt.api.model import ReasoningRLJobSpec
+from tlt.api.topology import dedicated_drafters, lending_enabled, node_name
 
 Role = Literal["rollout", "trainer", "drafter", "worker"]
 Phase = Literal["rollout", "reward", "train", "sync", "idle"]
@@ -136,17 +137,6 @@ class Replace:
 Action = Union[Replace, Return, Consolidate, Lend, ScaleDrafters]
 
 
-def shard_role(spec: ReasoningRLJobSpec) -> str:
-    """The role of the workers that roll out: `worker` when colocated (they train too), else `rollout`."""
-    return "worker" if spec.placement == "colocated" else "rollout"
-
-
-def lending_enabled(spec: ReasoningRLJobSpec) -> bool:
-    """Idle workers train the drafter only when there is a trainable drafter to train."""
-    drafter = spec.drafter
-    return spec.elasticity.lend_idle and drafter.enabled and drafter.train_on_idle and drafter.architecture == "eagle"
-
-
 def consolidation_capacity(spec: ReasoningRLJobSpec, threshold: int | None = None) -> int:
     """Most sequences a consolidation target may hold: the batch limit, and small enough to speculate
     (`threshold`: the batch threshold the shards run, `auto` as measured)."""
@@ -160,14 +150,6 @@ def consolidation_capacity(spec: ReasoningRLJobSpec, threshold: int | None = Non
             threshold = configured if isinstance(configured, int) else max(spec.speculative.bucket_bounds)
         capacity = min(capacity, max(1, threshold))
     return capacity
-
-
-def dedicated_drafters(spec: ReasoningRLJobSpec) -> int:
-    """Dedicated drafter replicas: the maximum while a trainable drafter exists, else none."""
-    drafter = spec.drafter
-    if not drafter.enabled or drafter.architecture != "eagle":
-        return 0
-    return drafter.dedicated_replicas
 
 
 def _order(worker: Worker) -> tuple:
@@ -290,7 +272,7 @@ def apply_actions(workers: list[Worker], actions: list[Action]) -> list[Worker]:
             while len(indices) < action.replicas:
                 if index not in indices:
                     indices.add(index)
-                    name = f"drafter-{index}"
+                    name = node_name("drafter", index)
                     names.append(name)
                     by_name[name] = Worker(name=name, role="drafter", index=index, ready=False)
                 index += 1

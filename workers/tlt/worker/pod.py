@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlt.api.topology import default_head_node, node_name
 from tlt.coordinator.actors import NODE_RESOURCE
 
 log = logging.getLogger("tlt.worker")
@@ -51,7 +52,7 @@ class PodIdentity:
     @property
     def node(self) -> str:
         """This pod's Ray node and actor name."""
-        return f"{self.role}-{self.index}"
+        return node_name(self.role, self.index)
 
     @property
     def ray_namespace(self) -> str:
@@ -63,8 +64,8 @@ class PodIdentity:
         """`head_node` (`<role>-<index>`, default the trainer's or worker's first pod) names the
         head pod when TLT_RAY_HEAD (which the operator always sets) is missing."""
         namespace = env.get("POD_NAMESPACE") or namespace
-        pod_name = env.get("POD_NAME") or f"{job}-{role}-{index}"
-        head_node = head_node or ("worker-0" if role == "worker" else "trainer-0")
+        pod_name = env.get("POD_NAME") or f"{job}-{node_name(role, index)}"
+        head_node = head_node or default_head_node(role)
         ray_head = env.get("TLT_RAY_HEAD") or f"{job}-{head_node}.{job}-workers.{namespace}.svc:{RAY_PORT}"
         if head and not env.get("TLT_RAY_HEAD"):
             ray_head = f"127.0.0.1:{RAY_PORT}"
