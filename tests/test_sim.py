@@ -40,7 +40,7 @@ def make_profile(forward, drafter_ratio=0.0, kv=0.0, **changes):
     """Round numbers: no latencies unless asked for; training at 10 tokens/s per GPU."""
     values = dict(
         name="hand",
-        costs=CostTable(forward=forward, drafter_ratio=drafter_ratio, kv_seconds_per_token=kv),
+        costs=CostTable(target_seconds=forward, drafter_ratio=drafter_ratio, kv_seconds_per_token=kv),
         prefill_tokens_per_second=10.0,
         drafter_train_tokens_per_second=100.0,
         train_tokens_per_second=10.0,
@@ -301,8 +301,8 @@ def test_dedicated_drafter_pods_start_with_the_job_and_train_the_whole_step():
 
 
 def test_engine_overheads_are_added_per_plain_iteration_and_per_speculative_round():
-    costs = CostTable(forward={1: {1: 1.0, 3: 2.0}}, drafter_ratio=0.5, step_overhead={1: 0.25, 4: 0.5},
-                      round_overhead={1: 0.75})
+    costs = CostTable(target_seconds={1: {1: 1.0, 3: 2.0}}, drafter_ratio=0.5,
+                      step_overhead_seconds={1: 0.25, 4: 0.5}, round_overhead_seconds={1: 0.75})
     assert costs.iteration_seconds(1, None) == pytest.approx(1.25)
     assert costs.iteration_seconds(2, None) == pytest.approx(1.0 + 0.25 + 0.25 / 3)  # linear between batches
     assert costs.iteration_seconds(9, None) == pytest.approx(1.5)  # the nearest measured batch beyond
@@ -315,7 +315,7 @@ def test_kv_reads_padded_to_the_longest_context_and_a_fixed_prefill_per_admissio
     # 0.001 s per context token read; each admission costs 0.5 s + 10 tokens/s.
     def rollout(reads):
         profile = make_profile({1: {1: 0.01}}, prompt_tokens=10, prefill_fixed_seconds=0.5,
-                               costs=CostTable(forward={1: {1: 0.01}}, kv_seconds_per_token=0.001,
+                               costs=CostTable(target_seconds={1: {1: 0.01}}, kv_seconds_per_token=0.001,
                                                attention_reads=reads))
         spec = make_spec(**{"algorithm.groupSize": 3, "algorithm.promptsPerStep": 1})
         spec = spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"max_batch_size": 2})})

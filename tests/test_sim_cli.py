@@ -315,18 +315,18 @@ def test_bench_engine_terms_are_measured_round_trip_and_move_the_table_to_an_emp
                             target_seconds={1: {1: 0.01, 3: 0.012}, 4: {1: 0.02, 3: 0.03}},
                             kv_seconds_per_token=1e-5, step_overhead_seconds={1: 0.001, 4: 0.002},
                             round_overhead_seconds={1: 0.003}, prefill_fixed_seconds=0.004,
-                            prefill_tokens_per_second=1000.0)
+                            prefill_tokens_per_second=1000.0, attention_reads="longest")  # as `tlt bench costs` writes it
     path = tmp_path / "costs.json"
     path.write_text(json.dumps(table.to_json()))
     profile = load_profile(path)
     c = profile.costs
     # Every forward held 100 tokens per sequence: 1e-5 x batch x 100 comes off, the KV term adds it back.
-    assert c.forward[1][1] == pytest.approx(0.01 - 1e-3) and c.forward[4][3] == pytest.approx(0.03 - 4e-3)
+    assert c.target_seconds[1][1] == pytest.approx(0.01 - 1e-3) and c.target_seconds[4][3] == pytest.approx(0.03 - 4e-3)
     assert c.kv_seconds_per_token == 1e-5 and c.attention_reads == "longest"
-    assert c.step_overhead == {1: 0.001, 4: 0.002} and c.round_overhead == {1: 0.003}
+    assert c.step_overhead_seconds == {1: 0.001, 4: 0.002} and c.round_overhead_seconds == {1: 0.003}
     assert profile.prefill_fixed_seconds == 0.004 and profile.prefill_tokens_per_second == 1000.0
     # An older table without engine terms is read as before.
     old = {k: v for k, v in table.to_json().items() if k in ("device", "context_len", "target_seconds",
                                                             "drafter_ratio", "drafter_seconds", "model")}
     path.write_text(json.dumps(old))
-    assert load_profile(path).costs.forward[1][1] == 0.01 and load_profile(path).costs.kv_seconds_per_token == 0
+    assert load_profile(path).costs.target_seconds[1][1] == 0.01 and load_profile(path).costs.kv_seconds_per_token == 0

@@ -352,7 +352,7 @@ class WorkerPool:
     def calibrate_threshold(self, prompts: list[list[int]], stop_ids: list[int]) -> int:
         """`batchThreshold: auto`: where speculation pays on this machine, at the acceptance length the
         drafter the shards start from reaches on `prompts` (the job's own)."""
-        from tlt.engine.costs import CostTable
+        from tlt.speculative.costs import CostTable
 
         node = self.shard_names[0] if self.nodes else None
         probe = ray.remote(num_cpus=0)(ShardWorker).options(**pinned(node)).remote(

@@ -1,6 +1,6 @@
-"""Cost table: target forward time per running batch size and verify width, and the
-drafter's cost relative to the target, measured on this machine. It feeds the `auto`
-batch threshold and the cluster simulator.
+"""Measuring the cost table (`tlt.speculative.costs.CostTable`): target forward time per running
+batch size and verify width, and the drafter's cost relative to the target, on this machine.
+It feeds the `auto` batch threshold and the cluster simulator.
 
 With `engine_terms` (the default) it also measures what the rollout engine adds to
 those forwards, so the simulator can replay a real run (`tlt simulate --calibrate`):
@@ -22,56 +22,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
 from tlt.models.drafter import EagleDrafter
 from tlt.models.llama import CausalLM
-from tlt.speculative.adaptive import Strategy, threshold_from_costs
+from tlt.speculative.adaptive import Strategy
+from tlt.speculative.costs import CostTable
 
 from .static import window_of
-
-
-@dataclass
-class CostTable:
-    device: str
-    context_len: int
-    target_seconds: dict[int, dict[int, float]]  # [batch][width] median seconds per forward
-    drafter_ratio: float  # drafter forward / target forward, median over batch sizes at width 1
-    drafter_seconds: dict[int, float] = field(default_factory=dict)  # [batch] at width 1
-    model: str = ""
-    # Engine terms (empty / 0 when not measured; see the module docstring).
-    kv_seconds_per_token: float = 0.0
-    attention_reads: str = "longest"  # the torch engine pads attention to the batch's longest context
-    step_overhead_seconds: dict[int, float] = field(default_factory=dict)  # [batch]
-    round_overhead_seconds: dict[int, float] = field(default_factory=dict)  # [batch]
-    round_strategy: str = ""
-    prefill_fixed_seconds: float = 0.0
-    prefill_tokens_per_second: float = 0.0
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["target_seconds"] = {str(b): {str(w): s for w, s in row.items()} for b, row in self.target_seconds.items()}
-        for key in _BATCH_MAPS:
-            d[key] = {str(b): s for b, s in getattr(self, key).items()}
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "CostTable":
-        d = dict(d)
-        d["target_seconds"] = {int(b): {int(w): float(s) for w, s in row.items()}
-                               for b, row in d["target_seconds"].items()}
-        for key in _BATCH_MAPS:
-            d[key] = {int(b): float(s) for b, s in (d.get(key) or {}).items()}
-        return cls(**d)
-
-    def auto_threshold(self, strategy: Strategy, acceptance_length: float = 2.0) -> int:
-        return threshold_from_costs(self.target_seconds, strategy, acceptance_length, self.drafter_ratio)
-
-
-_BATCH_MAPS = ("drafter_seconds", "step_overhead_seconds", "round_overhead_seconds")
 
 
 def _sync() -> None:
@@ -131,10 +92,12 @@ def measure_costs(model: CausalLM, drafter: EagleDrafter | None = None,
     bar.close()
     ratio = statistics.median(dtimes[b] / table[b][1] for b in batch_sizes)
     result = CostTable(device=str(dev), context_len=context_len, target_seconds=table,
-                       drafter_ratio=ratio, drafter_seconds=dtimes, model=model_name)
+                       drafter_ratio=ratio, drafter_seconds=dtimes, model=model_name,
+                       attention_reads="longest")  # the torch engine pads attention to the batch's longest context
     if engine_terms:
-        _measure_engine_terms(result, model, drafter, batch_sizes, repeats, Strategy.parse(round_strategy),
-                              kv_span or max(256, context_len), progress)
+        result = replace(result, **_measure_engine_terms(result, model, drafter, batch_sizes, repeats,
+                                                         Strategy.parse(round_strategy), kv_span or max(256, context_len),
+                                                         progress))
     return result
 
 
@@ -174,14 +137,14 @@ def _as_engine_runs_it(hidden, logits, cache, ids, pos, context_len: int):
 
 
 def _measure_engine_terms(table: CostTable, model: CausalLM, drafter: EagleDrafter, batch_sizes, repeats: int,
-                          strategy: Strategy, kv_span: int, progress: bool) -> None:
-    """The engine's terms on top of the forward table (module docstring), measured in place."""
+                          strategy: Strategy, kv_span: int, progress: bool) -> dict:
+    """The engine's terms on top of the forward table (module docstring), as CostTable fields."""
     from tlt.engine.torch_engine import TorchEngine
     from tlt.engine.types import Request
     from tlt.speculative.adaptive import FixedStrategy
 
     ctx = table.context_len
-    slopes, prefill = [], []
+    slopes, prefill, step_overhead, round_overhead = [], [], {}, {}
     steps = max(5, repeats)
     bar = tqdm(total=3 * len(batch_sizes), desc="engine terms", disable=not progress, leave=False)
     for b in batch_sizes:
@@ -205,7 +168,7 @@ def _measure_engine_terms(table: CostTable, model: CausalLM, drafter: EagleDraft
             admit.append(_timed(engine.step))
             plain += [_timed(engine.step), _timed(engine.step)]
             engine.preempt(b)
-        table.step_overhead_seconds[b] = max(0.0, min(plain) - at_ctx)
+        step_overhead[b] = max(0.0, min(plain) - at_ctx)
         prefill.append((b * ctx, max(0.0, min(admit) - min(plain))))
         bar.update(1)
         # Speculative rounds of `strategy` with the given drafter.
@@ -218,16 +181,15 @@ def _measure_engine_terms(table: CostTable, model: CausalLM, drafter: EagleDraft
         took = min(_timed(engine.step) for _ in range(steps))
         verify = _forward_seconds(model, b, strategy.verify_tokens + 1, ctx, repeats)
         draft = strategy.steps * table.drafter_ratio * _forward_seconds(model, b, strategy.topk, ctx, repeats)
-        table.round_overhead_seconds[b] = max(0.0, took - verify - draft)
+        round_overhead[b] = max(0.0, took - verify - draft)
         bar.update(1)
     bar.close()
+    fixed, rate = _fit_fixed_and_rate(prefill)
     # Pooled over batch sizes (sum of growths over sum of tokens): the big batches, where
     # the term matters and stands out of the timing noise, weigh the most.
-    table.kv_seconds_per_token = max(0.0, sum(d for d, _ in slopes) / sum(n for _, n in slopes))
-    table.round_strategy = strategy.name
-    table.attention_reads = "longest"
-    fixed, rate = _fit_fixed_and_rate(prefill)
-    table.prefill_fixed_seconds, table.prefill_tokens_per_second = fixed, rate
+    return dict(kv_seconds_per_token=max(0.0, sum(d for d, _ in slopes) / sum(n for _, n in slopes)),
+                step_overhead_seconds=step_overhead, round_overhead_seconds=round_overhead,
+                round_strategy=strategy.name, prefill_fixed_seconds=fixed, prefill_tokens_per_second=rate)
 
 
 def _timed(fn) -> float:

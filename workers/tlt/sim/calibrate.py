@@ -43,7 +43,7 @@ from tlt.api.model import ReasoningRLJobSpec
 from tlt.sim.acceptance import AcceptanceModel
 from tlt.sim.costs import Profile
 from tlt.sim.run import predict_rollout_seconds
-from tlt.speculative.adaptive import Strategy, threshold_from_costs
+from tlt.speculative.adaptive import Strategy
 from tlt.speculative.controller import speculates
 
 POLL_SECONDS = 0.2  # tlt.coordinator.loop.POLL_SECONDS: the embedded coordinator's poll interval
@@ -172,11 +172,8 @@ def embedded_threshold(profile: Profile, spec: ReasoningRLJobSpec) -> int:
     s = spec.speculative
     if isinstance(s.batch_threshold, int):
         return s.batch_threshold
-    c = profile.costs
-    table = {b: {w: t + c.kv_seconds_per_token * b * PROBE_CONTEXT for w, t in row.items()}
-             for b, row in c.forward.items()}
-    strategy = Strategy.parse(s.strategies[0])
-    return max(1, threshold_from_costs(table, strategy, PROBE_ACCEPTANCE, c.drafter_ratio))
+    measured = profile.costs.at_context(PROBE_CONTEXT)  # the runner's table held PROBE_CONTEXT tokens per sequence
+    return max(1, measured.auto_threshold(Strategy.parse(s.strategies[0]), PROBE_ACCEPTANCE))
 
 
 def acceptance_with_mean(spec: ReasoningRLJobSpec, mean: float) -> AcceptanceModel:

@@ -45,7 +45,7 @@ from tlt.elastic import (
 )
 from tlt.sim.costs import Profile
 from tlt.sim.shard import ShardDecoder
-from tlt.speculative.adaptive import AdaptiveManager, Strategy, ThresholdSwitch, threshold_from_costs
+from tlt.speculative.adaptive import AdaptiveManager, Strategy, ThresholdSwitch
 from tlt.speculative.controller import speculates, speculation_controller
 
 CATEGORIES = ("rollout", "drafter", "train", "sync", "switch", "idle")
@@ -287,8 +287,7 @@ class ClusterSimulator:
         best = 0
         for strategy in engine_strategies(self.spec):
             mean = self.profile.acceptance.mean(strategy, self.version_knowledge)
-            best = max(best, threshold_from_costs(self.profile.costs.as_adaptive_costs(), strategy, mean,
-                                                  self.profile.costs.drafter_ratio))
+            best = max(best, self.profile.costs.auto_threshold(strategy, mean))
         return best
 
     # -- event loop --------------------------------------------------------------

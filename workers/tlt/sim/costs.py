@@ -1,8 +1,10 @@
 """What the simulator knows about a model on a device: the cost table and the profile around it.
 
-A `CostTable` is the target's forward time per (running batch size, tokens per
-sequence in the forward = verify width), the drafter's cost relative to the target,
-and an optional linear term for reading the KV cache. A `Profile` adds the rest of
+The `CostTable` (`tlt.speculative.costs`, the one `tlt bench costs` measures) is the
+target's forward time per (running batch size, tokens per sequence in the forward =
+verify width), the drafter's cost relative to the target, and an optional linear term
+for reading the KV cache; the simulator's tables hold forwards on an empty cache
+(`context_len` 0) and add that term per context held. A `Profile` adds the rest of
 an RL step's costs (prefill, drafter training, policy training, weight sync, pod and
 role-switch latencies) and the drafter's acceptance model.
 
@@ -43,7 +45,6 @@ or `drafter_relative_cost`.
 
 from __future__ import annotations
 
-import bisect
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,62 +52,10 @@ from pathlib import Path
 import yaml
 
 from tlt.sim.acceptance import AcceptanceModel
-from tlt.speculative.adaptive import Strategy
+from tlt.speculative.costs import CostTable, CostTableError
 
 FORWARD_KEYS = ("forward_seconds", "target_seconds", "target_forward_seconds", "costs", "forward", "target")
 RATIO_KEYS = ("drafter_ratio", "drafter_cost_ratio", "drafter_relative_cost")
-
-
-class CostTableError(ValueError):
-    """A cost table file that cannot be read; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class CostTable:
-    forward: dict[int, dict[int, float]]  # batch -> width -> seconds of one target forward
-    drafter_ratio: float = 0.1
-    kv_seconds_per_token: float = 0.0
-    step_overhead: dict[int, float] = field(default_factory=dict)  # batch -> seconds per plain iteration
-    round_overhead: dict[int, float] = field(default_factory=dict)  # batch -> seconds per speculative round
-    attention_reads: str = "sum"  # "sum": each sequence's own context; "longest": padded to the longest
-
-    def __post_init__(self):
-        if not self.forward or any(not row for row in self.forward.values()):
-            raise CostTableError("the cost table has no forward times; give forward_seconds: {batch: {width: seconds}}")
-        if any(1 not in row for row in self.forward.values()):
-            raise CostTableError("every batch size of the cost table needs the plain-decoding width 1")
-        if self.attention_reads not in ("sum", "longest"):
-            raise CostTableError(f"attention_reads must be sum or longest, got {self.attention_reads!r}")
-        object.__setattr__(self, "_memo", {})
-
-    def forward_seconds(self, batch: int, width: int) -> float:
-        """Target forward time, linear in batch and in width between measured points (linear beyond)."""
-        batches = sorted(self.forward)
-        lo, hi, frac = _bracket(batches, batch)
-        at_lo = _interp(self.forward[lo], width)
-        at_hi = _interp(self.forward[hi], width)
-        return max(0.0, at_lo + (at_hi - at_lo) * frac)
-
-    def iteration_seconds(self, batch: int, strategy: Strategy | None) -> float:
-        """One decode iteration without the KV term: a plain forward, or draft + verify, plus
-        the engine's measured overhead per iteration or round (0 unless measured)."""
-        key = (batch, strategy)
-        if key not in self._memo:
-            if strategy is None:
-                self._memo[key] = self.forward_seconds(batch, 1) + _overhead(self.step_overhead, batch)
-            else:
-                verify = self.forward_seconds(batch, strategy.verify_tokens + 1)
-                draft = strategy.steps * self.drafter_ratio * self.forward_seconds(batch, strategy.topk)
-                self._memo[key] = verify + draft + _overhead(self.round_overhead, batch)
-        return self._memo[key]
-
-    def as_adaptive_costs(self) -> dict[int, dict[int, float]]:
-        """The table in the shape `tlt.speculative.adaptive.threshold_from_costs` takes."""
-        return {b: dict(row) for b, row in self.forward.items()}
-
-    def peak_tokens_per_second(self) -> float:
-        """Most tokens one forward processes per second: a stand-in for prefill throughput."""
-        return max(b * w / s for b, row in self.forward.items() for w, s in row.items() if s > 0)
 
 
 @dataclass(frozen=True)
@@ -200,7 +149,7 @@ def roofline_table(weight_bytes: float, flop_per_token: float, bytes_per_s: floa
 
 def qwen7b_h100() -> Profile:
     costs = CostTable(
-        forward=roofline_table(_QWEN7B_WEIGHT_BYTES, _QWEN7B_FLOP_PER_TOKEN, _H100_BYTES_PER_S, _H100_FLOPS,
+        target_seconds=roofline_table(_QWEN7B_WEIGHT_BYTES, _QWEN7B_FLOP_PER_TOKEN, _H100_BYTES_PER_S, _H100_FLOPS,
                                _FORWARD_OVERHEAD_S),
         drafter_ratio=0.12,
         kv_seconds_per_token=_KV_BYTES_PER_TOKEN / _H100_BYTES_PER_S,
@@ -254,12 +203,14 @@ def profile_from_dict(body: dict, default_name: str = "custom", source: str = ""
         context = int(body.get("context_len") or 0)
     except (TypeError, ValueError, AttributeError) as err:
         raise CostTableError(f"engine terms of the cost table: {err}; give numbers (and {{batch: seconds}} maps)")
-    if kv > 0 and context > 0 and "target_seconds" in body and "forward_seconds" not in body:
-        # `tlt bench costs` output: every forward held `context_len` tokens per sequence.
-        # Move the table to an empty cache; the KV term then counts the context really held.
-        forward = {b: {w: max(0.1 * t, t - kv * b * context) for w, t in row.items()} for b, row in forward.items()}
-    costs = CostTable(forward=forward, drafter_ratio=ratio, kv_seconds_per_token=kv, step_overhead=step_overhead,
-                      round_overhead=round_overhead, attention_reads=str(body.get("attention_reads") or "sum"))
+    # `tlt bench costs` output: every forward held `context_len` tokens per sequence. With a measured
+    # KV term the table moves to an empty cache, and the KV term counts the context really held.
+    measured_at = context if kv > 0 and "target_seconds" in body and "forward_seconds" not in body else 0
+    costs = CostTable(target_seconds=forward, context_len=measured_at, drafter_ratio=ratio, kv_seconds_per_token=kv,
+                      step_overhead_seconds=step_overhead, round_overhead_seconds=round_overhead,
+                      attention_reads=str(body.get("attention_reads") or "sum"))
+    if measured_at > 0:
+        costs = costs.at_context(0)
     acceptance = AcceptanceModel.from_dict(body.get("acceptance") or {})
     numbers = {
         name: float(body[name])
@@ -317,37 +268,6 @@ def _batch_map(value) -> dict[int, float]:
     return {int(b): float(x) for b, x in dict(value).items()}
 
 
-def _overhead(per_batch: dict[int, float], batch: int) -> float:
-    """An engine overhead at `batch`: linear between measured batch sizes, the nearest end beyond."""
-    if not per_batch:
-        return 0.0
-    batches = sorted(per_batch)
-    if batch <= batches[0]:
-        return per_batch[batches[0]]
-    if batch >= batches[-1]:
-        return per_batch[batches[-1]]
-    lo, hi, frac = _bracket(batches, batch)
-    return per_batch[lo] + (per_batch[hi] - per_batch[lo]) * frac
-
-
-def _bracket(points: list[int], x: float) -> tuple[int, int, float]:
-    """Neighbours of x among sorted points and x's fraction between them (beyond the ends: extrapolate)."""
-    if len(points) == 1:
-        return points[0], points[0], 0.0
-    i = bisect.bisect_left(points, x)
-    i = min(max(i, 1), len(points) - 1)
-    lo, hi = points[i - 1], points[i]
-    return lo, hi, (x - lo) / (hi - lo)
-
-
-def _interp(row: dict[int, float], width: int) -> float:
-    widths = sorted(row)
-    lo, hi, frac = _bracket(widths, width)
-    if frac < 0:  # below the smallest measured width: no cheaper than it
-        frac = 0.0
-    return row[lo] + (row[hi] - row[lo]) * frac
-
-
 def describe(profile: Profile) -> dict:
     c = profile.costs
     return {
@@ -358,8 +278,8 @@ def describe(profile: Profile) -> dict:
         "drafter_ratio": c.drafter_ratio,
         "kv_seconds_per_token": c.kv_seconds_per_token,
         "attention_reads": c.attention_reads,
-        "step_overhead_ms_batch1": round(_overhead(c.step_overhead, 1) * 1e3, 3),
-        "round_overhead_ms_batch1": round(_overhead(c.round_overhead, 1) * 1e3, 3),
+        "step_overhead_ms_batch1": round(c.step_overhead(1) * 1e3, 3),
+        "round_overhead_ms_batch1": round(c.round_overhead(1) * 1e3, 3),
         "prefill_tokens_per_second": profile.prefill_tokens_per_second,
         "prefill_fixed_seconds": profile.prefill_fixed_seconds,
         "drafter_train_tokens_per_second": profile.drafter_train_tokens_per_second,
