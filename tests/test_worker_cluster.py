@@ -7,7 +7,8 @@ import pytest
 
 from specs import manifest, with_fields
 from tlt.api.load import parse_job
-from tlt.coordinator.cluster import ClusterRun, actor_nodes, node_names, pod_nodes, shard_progress
+from tlt.api.topology import actor_nodes, node_names, pod_nodes
+from tlt.coordinator.cluster import ClusterRun, shard_progress
 from tlt.coordinator.shard import ShardProgressReport
 from tlt.report import read_records
 from tlt_operator.builders import pod_slots

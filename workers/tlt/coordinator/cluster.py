@@ -17,7 +17,7 @@ import queue
 from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob, ShardProgress
-from tlt.api.topology import actor_nodes, node_names, pod_nodes  # noqa: F401  (tlt.worker.commands imports them from here)
+from tlt.api.topology import pod_nodes
 from tlt.coordinator.actors import WorkerPool
 from tlt.coordinator.loop import Checkpoint, EmbeddedRun
 from tlt.models.resolve import resolve_model

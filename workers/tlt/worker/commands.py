@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def placement_error(spec, role: str, index: int, head: bool) -> str | None:
     """Why this pod's role and index are not a pod of the job, or None."""
-    from tlt.coordinator.cluster import node_names, pod_nodes
+    from tlt.api.topology import node_names, pod_nodes
 
     node = f"{role}-{index}"
     if node not in node_names(spec):
@@ -89,7 +89,7 @@ def run_worker(args) -> int:
         log.error("%s", problem)
         return EXIT_CONFIG
 
-    from tlt.coordinator.cluster import pod_nodes
+    from tlt.api.topology import pod_nodes
     from tlt.worker.pod import PodIdentity, install_sigterm, kube_api_client
 
     pod = PodIdentity.from_env(job.metadata.name, job.metadata.namespace or "default", args.role, args.index, args.head,
@@ -164,7 +164,8 @@ def _joined(pod, args, spec=None):
 
 
 def run_head(job, pod, api, args) -> int:
-    from tlt.coordinator.cluster import ClusterRun, ConfigurationError, node_names
+    from tlt.api.topology import node_names
+    from tlt.coordinator.cluster import ClusterRun, ConfigurationError
     from tlt.worker.pod import Terminated, wait_for_nodes
     from tlt.worker.role_watcher import RoleWatcher
     from tlt.worker.status import ProgressWriter
@@ -202,7 +203,7 @@ def run_head(job, pod, api, args) -> int:
 
 
 def run_member(job, pod, api, args) -> int:
-    from tlt.coordinator.cluster import actor_nodes
+    from tlt.api.topology import actor_nodes
     from tlt.worker.pod import Terminated, job_finished
     from tlt.worker.role_watcher import RoleWatcher
 
