@@ -400,18 +400,34 @@ def test_metrics_count_training_preemptions_and_acceptance_per_version(random_ba
 
 # ---------------------------------------------------------------- measurement and warm-up
 
-def test_measured_greedy_speculation_reproduces_plain_outputs():
+def test_measured_greedy_speculation_reproduces_plain_outputs_and_counts_accepted_tokens():
+    from engine_models import STOP, bigram_drafter, mixed_prompts, near_bigram_target
+
     from tlt.drafter.measure import mean_acceptance, plain_generate
     from tlt.speculative.ngram import NgramDrafter
 
-    target = tiny_target()
-    prompts = [s.tokens[:6] for s in random_samples(6, seed=8, max_prompt=6)]
-    plain = plain_generate(target, prompts, 30, temperature=0.0, stop_ids=[3])
-    drafter = EagleDrafter.for_target(target, seed=1)
-    eagle = mean_acceptance(target, drafter, prompts, 30, temperature=0.0, stop_ids=[3])
-    ngram = mean_acceptance(target, NgramDrafter(), prompts, 30, temperature=0.0, stop_ids=[3])
-    assert eagle.outputs == plain and ngram.outputs == plain
-    assert eagle.rounds > 0 and eagle.acceptance_length >= 1.0
+    target = near_bigram_target()  # its next token follows mostly the current one
+    prompts = mixed_prompts(8, seed=8)
+    plain = plain_generate(target, prompts, 30, temperature=0.0, stop_ids=[STOP])
+    good = mean_acceptance(target, bigram_drafter(target), prompts, 30, temperature=0.0, stop_ids=[STOP])
+    untrained = mean_acceptance(target, EagleDrafter.for_target(target, seed=1), prompts, 30, temperature=0.0,
+                                stop_ids=[STOP])
+    ngram = mean_acceptance(target, NgramDrafter(), prompts, 30, temperature=0.0, stop_ids=[STOP])
+    assert good.outputs == plain and untrained.outputs == plain and ngram.outputs == plain
+    # a drafter that follows the target's bigram part is accepted for more than a token a round;
+    # an untrained one, measured the same way, is not
+    assert good.acceptance_length > 1.5
+    assert untrained.acceptance_length < good.acceptance_length - 0.3
+    steps = 4  # mean_acceptance's chain depth
+    for res in (good, untrained, ngram):
+        # the acceptance length is the tokens the rounds emitted over the rounds, each round
+        # emitting 1 (bonus only) to steps + 1 tokens; the rounds emitted every response token
+        # but the first (sampled at prefill), with at most `steps` dropped past a stop per sequence
+        assert res.rounds == len(res.per_round) > 0 and res.emitted == sum(res.per_round)
+        assert res.acceptance_length == res.emitted / res.rounds
+        assert all(1 <= k <= steps + 1 for k in res.per_round)
+        after_prefill = sum(len(o) for o in plain) - len(prompts)
+        assert after_prefill <= res.emitted <= after_prefill + steps * len(prompts)
 
 
 def test_warmup_command_trains_resumes_and_exports_an_eagle_folder(tmp_path):

@@ -117,17 +117,21 @@ def test_counters_are_readable_from_another_thread_while_generating(target):
 
 
 def test_adaptive_engine_speculates_only_in_the_tail(target):
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
     manager = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=2, hysteresis=0)
     engine = TorchEngine(target, num_slots=8, max_model_len=64, drafter=bigram_drafter(target),
-                         speculation=manager)
+                         speculation=manager, metrics_registry=registry)
     engine.submit([Request(prompt=[5], max_tokens=4 + 6 * i, temperature=0.0, id=i) for i in range(6)])
     states = []
     while engine.has_work():
         engine.step()
-        c = engine.counters()
-        states.append((c.running, c.speculating))
-    assert any(on for _, on in states) and any(not on for _, on in states)
-    # speculation was decided on the batch at the start of each step (<= 2 once on)
+        # the running batch the step decided on (after admission), and whether it speculated
+        batch = registry.get_sample_value("tlt_engine_running_batch_size")
+        states.append((batch, engine.counters().speculating))
+    assert any(on for _, on in states) and any(batch > 2 for batch, _ in states)
+    assert all(batch <= 2 for batch, on in states if on), f"speculated above the threshold: {states}"
     assert engine.counters().verify_rounds > 0
 
 

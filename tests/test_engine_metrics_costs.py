@@ -37,7 +37,25 @@ def test_cost_table_covers_every_batch_and_width_and_round_trips_json():
     assert table.drafter_ratio > 0
     again = CostTable.from_json(json.loads(json.dumps(table.to_json())))
     assert again == table
-    assert again.auto_threshold(Strategy(2, 1, 2)) in {0, 1, 4}
+    assert again.auto_threshold(Strategy(2, 1, 2)) == table.auto_threshold(Strategy(2, 1, 2))
+
+
+def costs(width3_at_batch4: float, width3_at_batch1: float = 1.0) -> CostTable:
+    """A width-1 forward costs 1 at every batch; a width-3 one (2_1_2 verifies 3 tokens) as given."""
+    return CostTable(device="cpu", context_len=8, drafter_ratio=0.25,
+                     target_seconds={1: {1: 1.0, 3: width3_at_batch1}, 4: {1: 1.0, 3: width3_at_batch4}})
+
+
+def test_auto_threshold_is_the_largest_batch_where_speculation_pays_by_the_table():
+    # 2_1_2 at acceptance 2: speedup = 2 x w1 / (w3 + 2 x 0.25 x w1), which pays (>= 1.05) while
+    # w3 <= 1.40476 x w1
+    s = Strategy(2, 1, 2)
+    assert costs(1.40).auto_threshold(s) == 4  # pays at both batch sizes, just
+    assert costs(1.41).auto_threshold(s) == 1  # just misses at batch 4
+    assert costs(1.0, width3_at_batch1=1.41).auto_threshold(s) == 0  # pays at 4 but not at 1: 0
+    # the acceptance length moves the boundary: at 3 tokens a round w3 = 2.3 still pays (<= 2.357)
+    assert costs(2.3).auto_threshold(s, acceptance_length=3.0) == 4
+    assert costs(2.4).auto_threshold(s, acceptance_length=3.0) == 1
 
 
 def test_bench_costs_command_prints_a_table_and_writes_json(tmp_path, capsys):

@@ -1,21 +1,15 @@
 """Tail consolidation moves unfinished sequences between engines without changing them."""
 
 import pytest
-import torch
+from engine_models import bigram_drafter, near_bigram_target
 
 from tlt.engine.torch_engine import TorchEngine
 from tlt.engine.types import Request, RequestError
-from tlt.models.config import ModelConfig
-from tlt.models.drafter import EagleDrafter
-from tlt.models.loading import random_model
 from tlt.speculative.adaptive import FixedStrategy, Strategy
-
-CONFIG = ModelConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2)
 
 
 def _model():
-    return random_model(CONFIG, seed=3, dtype=torch.float64)
+    return near_bigram_target()  # float64, with a drafter that is accepted for > 1.5 tokens a round
 
 
 def _requests(temperature):
@@ -37,10 +31,11 @@ def test_moved_sequences_finish_exactly_as_if_they_had_stayed(temperature, specu
     def engine(model):
         if not speculative:
             return TorchEngine(model, num_slots=8, max_model_len=64)
-        return TorchEngine(model, num_slots=8, max_model_len=64, drafter=EagleDrafter.for_target(model, seed=1),
+        return TorchEngine(model, num_slots=8, max_model_len=64, drafter=bigram_drafter(model),
                            speculation=FixedStrategy(Strategy.parse("3_1_3")))
 
-    reference = _run_until_done(_submit(engine(_model()), temperature))
+    stayed = _submit(engine(_model()), temperature)
+    reference = _run_until_done(stayed)
 
     source, target = engine(_model()), engine(_model())
     _submit(source, temperature)
@@ -59,6 +54,10 @@ def test_moved_sequences_finish_exactly_as_if_they_had_stayed(temperature, specu
         assert got.tokens == ref.tokens, key
         assert got.finish_reason == ref.finish_reason
         assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-9)
+    if speculative:  # both engines really speculated, the moved sequences' engine included
+        for e in (stayed, source, target):
+            c = e.counters()
+            assert c.verify_rounds > 0 and c.mean_acceptance_length > 1.5, c
 
 
 def _submit(engine, temperature):

@@ -143,8 +143,11 @@ def test_a_vllm_shard_speculates_only_up_to_the_batch_threshold(model_dir, stand
         seen.add((p.running, p.speculating))
         time.sleep(0.002)
     assert not any(spec for running, spec in seen if running > 2)
-    assert shard.progress().acceptance_length >= 1.0  # the tail was verified speculatively
-    assert shard.engine.counters().verify_rounds > 0
+    # the tail was verified speculatively, and the shard reads vLLM's speculation metrics
+    # (drafts, accepted draft tokens) into tlt's counters (rounds, tokens emitted by rounds)
+    inner, c = llm._torch.counters(), shard.engine.counters()
+    assert c.verify_rounds > 0 and (c.verify_rounds, c.accepted_tokens) == (inner.verify_rounds, inner.accepted_tokens)
+    assert shard.progress().acceptance_length == pytest.approx(inner.mean_acceptance_length)
 
 
 def test_policy_weights_reach_vllm_and_change_what_it_samples(model_dir, standin):
@@ -180,6 +183,10 @@ def test_lending_puts_vllm_to_sleep_and_new_work_wakes_it(model_dir, standin):
     first = rollout(shard, requests())
     assert shard.lend() and shard.role == "drafter"
     assert llm.sleeps == [1] and not llm.kv_cache_allocated  # the KV cache is freed for drafter training
+    llm.llm_engine.add_request("probe", {"prompt_token_ids": [1, 2]}, standin.SamplingParams(max_tokens=2))
+    with pytest.raises(RuntimeError, match="asleep"):  # asleep, vLLM decodes nothing
+        llm.llm_engine.step()
+    llm.llm_engine.abort_request(["probe"])
     deadline = time.time() + 60
     while shard.progress().drafter_steps == 0 and time.time() < deadline:
         time.sleep(0.05)
