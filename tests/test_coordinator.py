@@ -53,17 +53,54 @@ def manifest(model: Path, out: Path, *, steps=2, speculation="adaptive", elastic
     return doc
 
 
-def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path):
+def lending_workload(doc: dict) -> dict:
+    """Three prompt groups over two shards of two slots: rollout-0 decodes two groups one
+    after the other, rollout-1 one, so a shard drains while the other still decodes (up
+    to 400 tokens a response) and is lent to drafter training."""
+    doc["spec"]["algorithm"].update(promptsPerStep=3, miniBatchSize=6, maxResponseTokens=400)
+    doc["spec"]["rollout"]["maxBatchSize"] = 2
+    return doc
+
+
+@pytest.fixture
+def fast_polls(monkeypatch):
+    """The control loop looks at the shards every 20 ms (0.2 s in a real run) so that it sees a
+    drained shard within this micro model's sub-second rollouts."""
+    from tlt.coordinator import loop
+
+    monkeypatch.setattr(loop, "POLL_SECONDS", 0.02)
+
+
+def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path, fast_polls):
     out = tmp_path / "run"
-    summary = EmbeddedRun(parse_job(manifest(micro_model, out)), progress=False).run()
+    doc = lending_workload(manifest(micro_model, out))
+    # Nearly greedy, this model runs every response to the limit: rollout-0 then decodes
+    # twice the tokens rollout-1 does, which leaves rollout-1 idle for about half of a rollout.
+    doc["spec"]["algorithm"]["temperature"] = 0.1
+    summary = EmbeddedRun(parse_job(doc), progress=False).run()
 
     records = read_records(out / "metrics.jsonl")
+    lengths = [n for r in records if r["kind"] == "lengths" for group in r["groups"] for n in group]
+    assert lengths == [400] * 12, f"the workload this test needs: every response at the limit, got {lengths}"
     steps = [r for r in records if r["kind"] == "step"]
     assert [s["step"] for s in steps] == [1, 2]
     assert all(s["time_rollout"] > 0 and s["time_train"] > 0 for s in steps)
     assert [e["step"] for e in records if e["kind"] == "eval"] == [0, 1, 2]
     roles = {(r["worker"], r["role"]) for r in records if r["kind"] == "role"}
     assert ("rollout-0", "rollout") in roles and ("trainer-0", "trainer") in roles
+    # lending: a drained rollout shard became a drafter trainer while the other still decoded...
+    lent = {worker for worker, role in roles if role == "drafter"}
+    assert lent and lent <= {"rollout-0", "rollout-1"}, roles
+    # ...for part of a rollout: at most one of the two shards, never the whole rollout
+    assert any(0 < s["lent_fraction"] < 0.5 for s in steps), [s["lent_fraction"] for s in steps]
+    assert all(0 <= s["lent_fraction"] < 0.5 for s in steps)
+    # Whether the lent shard finishes a drafter micro-step before it is reclaimed depends on
+    # this machine's load (the in-process lending test below checks that training happens);
+    # a sync makes at most one new drafter version per step.
+    versions = [s["drafter_version"] for s in steps]
+    assert versions == sorted(versions) and all(v <= s["step"] for v, s in zip(versions, steps)), versions
+    # speculation in the tail at every step: a 3_1_3 round emits 1 to 4 tokens
+    assert all(1.0 <= s["acceptance_length"] <= 4.0 for s in steps), [s["acceptance_length"] for s in steps]
     assert summary["steps"] == 2 and "accuracy_last" in summary
     assert "Worker roles over time" in (out / "report.html").read_text()
     assert latest_checkpoint(out).step == 2
@@ -77,20 +114,58 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "policy" / "model.safetensors"))
 
 
-def test_resumed_run_has_the_weights_of_an_uninterrupted_one(micro_model, tmp_path):
-    straight = tmp_path / "straight"
-    EmbeddedRun(parse_job(manifest(micro_model, straight, speculation="off", elastic=False)), progress=False).run()
+def resume_job(model: Path, out: Path, speculation: str, elastic: bool):
+    doc = lending_workload(manifest(model, out, speculation=speculation, elastic=elastic))
+    doc["spec"]["eval"] = {"everySteps": 0, "numPrompts": 1}
+    # The micro model answers nothing right: without a length penalty every reward is 0,
+    # every advantage 0, and the trained weights would not depend on what was sampled.
+    doc["spec"]["algorithm"]["overlongPenalty"] = {"enabled": True, "bufferTokens": 360}
+    return parse_job(doc)
 
+
+def digests(folder: Path) -> dict:
+    """What was sampled, per step (one digest per sequence)."""
+    return {r["step"]: r["digests"] for r in read_records(folder / "metrics.jsonl") if r["kind"] == "rollouts"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_plain(micro_model, tmp_path_factory):
+    """The reference: two steps without a stop, speculation and elasticity off."""
+    out = tmp_path_factory.mktemp("straight")
+    EmbeddedRun(resume_job(micro_model, out, "off", False), progress=False).run()
+    return _weights(out), digests(out)
+
+
+@pytest.mark.parametrize("speculation,elastic", [("off", False), ("adaptive", True)],
+                         ids=["plain", "speculation-and-lending"])
+def test_resumed_run_has_the_weights_of_an_uninterrupted_one(micro_model, tmp_path, fast_polls,
+                                                             uninterrupted_plain, speculation, elastic):
+    """Against the uninterrupted plain run: speculation never changes what is sampled and
+    lending trains only the drafter, so a resumed run with both on samples the same
+    tokens at every step and trains the same policy."""
     resumed = tmp_path / "resumed"
-    job = parse_job(manifest(micro_model, resumed, speculation="off", elastic=False))
+    job = resume_job(micro_model, resumed, speculation, elastic)
     EmbeddedRun(job, progress=False, max_steps=1).run()  # stops after step 1, as if killed
     assert latest_checkpoint(resumed).step == 1
     EmbeddedRun(job, progress=False).run()
 
-    a, b = _weights(straight), _weights(resumed)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert (a[name] == b[name]).all(), f"{name} differs after resume"
+    weights, sampled = uninterrupted_plain
+    assert digests(resumed) == sampled and sorted(sampled) == [1, 2]
+    got = _weights(resumed)
+    assert got.keys() == weights.keys()
+    # Plain, the resumed run is bit for bit the uninterrupted one. Speculating, the engine's
+    # logprobs (the update's old logprobs) come from a verify forward of several tokens
+    # instead of one, equal to float32 rounding: the weights agree to far below one
+    # update's change (~1e-4 here).
+    atol = 0.0 if speculation == "off" else 1e-7
+    for name in weights:
+        assert torch.allclose(weights[name], got[name], rtol=0, atol=atol), f"{name} differs after resume"
+    if speculation != "off":
+        records = read_records(resumed / "metrics.jsonl")
+        steps = [r for r in records if r["kind"] == "step"]
+        assert [s["step"] for s in steps] == [1, 2] and all(s["acceptance_length"] >= 1.0 for s in steps)
+        assert any(r["kind"] == "role" and r["role"] == "drafter" for r in records), "no shard was lent"
+        assert any(r["kind"] == "run" and r.get("resumed_from") == 1 for r in records)
 
 
 def test_killing_tlt_run_mid_step_and_rerunning_resumes_without_loss(micro_model, tmp_path):
@@ -184,24 +259,3 @@ def test_a_drained_shard_lent_to_drafter_training_trains_and_is_reclaimed_at_onc
     shard.set_drafter(version + 1, before)  # the averaged version comes back
     assert shard.drafter_report()[1] == 0
     assert all(torch.equal(before[k], v) for k, v in shard.eagle.state_dict().items())
-
-
-def test_bench_e2e_compares_runs_that_sampled_identical_rollouts(micro_model, tmp_path):
-    """Coupled verification: tlt (speculation, lending, consolidation) samples exactly the
-    baseline's tokens at every step, so both runs train the same policy."""
-    from tlt.coordinator.bench import compare
-
-    doc = manifest(micro_model, tmp_path / "unused", steps=2)
-    doc["spec"]["eval"] = {"everySteps": 0, "numPrompts": 1}
-    result = compare(parse_job(doc), tmp_path / "bench", progress=False)
-
-    assert result["differing_rollouts"] == {1: 0, 2: 0}
-    assert result["identical_rollouts"] and result["rewards_equal"]
-    tlt, base = result["tlt"], result["baseline"]
-    assert tlt["acceptance_length"] > 0, "tlt must have speculated for the check to mean anything"
-    assert base["acceptance_length"] == 0
-    assert result["step_speedup"] > 0 and result["rollout_speedup"] > 0
-    assert 0 < base["rollout_share"] <= 1
-    a, b = _weights(tmp_path / "bench" / "baseline"), _weights(tmp_path / "bench" / "tlt")
-    assert all(torch.equal(a[k], b[k]) for k in a), "same rollouts must give the same trained policy"
-    assert "Step time: baseline vs tlt" in (tmp_path / "bench" / "tlt" / "report.html").read_text()
