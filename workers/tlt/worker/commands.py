@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from contextlib import contextmanager
 
@@ -100,7 +101,16 @@ def run_worker(args) -> int:
         log.error("no access to the Kubernetes API (%s): run in the job's pod, or set KUBECONFIG", err)
         return EXIT_CONFIG
     install_sigterm()
-    return (run_head if args.head else run_member)(job, pod, api, args)
+    code = (run_head if args.head else run_member)(job, pod, api, args)
+    from tlt.worker.pod import must_exit_now
+
+    if must_exit_now():
+        log.info("leaving without Ray's exit hooks (its disconnect hung), exit code %d", code)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _set_role_of(pod, actor):

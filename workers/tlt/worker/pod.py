@@ -212,6 +212,23 @@ class RayNode:
         done.start()
         done.join(timeout=10)
         self._stop_process()
+        if done.is_alive():
+            # Ray's exit hook would retry the stopped GCS for ever (seen under `tlt dev pods`, whose GCS
+            # advertises the pod's fake IP): this pod's work is done and its files are closed.
+            exit_now_at_end()
+
+
+_EXIT_NOW = False
+
+
+def exit_now_at_end() -> None:
+    """Ask `tlt worker` to leave with os._exit once it has its exit code (skipping hung exit hooks)."""
+    global _EXIT_NOW
+    _EXIT_NOW = True
+
+
+def must_exit_now() -> bool:
+    return _EXIT_NOW
 
 
 def wait_for_nodes(names: list[str], timeout: float = JOIN_TIMEOUT, say=log.info) -> None:
