@@ -6,6 +6,7 @@ import pytest
 import tlt.elastic
 import tlt.sim.cluster
 from specs import manifest, spec_of
+from tlt.api.topology import lending_enabled
 from tlt.sim import (
     AcceptanceModel,
     ClusterSimulator,
@@ -238,7 +239,7 @@ def test_baseline_spec_turns_off_speculation_and_elasticity():
     base = baseline_spec(spec)
     assert base.speculative.mode == "off"
     assert not base.elasticity.lend_idle and not base.elasticity.consolidate_tail.enabled
-    assert not tlt.elastic.lending_enabled(base)
+    assert not lending_enabled(base)
 
 
 def test_a_trained_drafter_makes_rollout_faster_than_the_baseline():

@@ -99,7 +99,8 @@ def advantages(spec):
 
 def elastic(spec):
     """The elastic policy's decisions for a step's rollout tail (two shards drained, two in the tail)."""
-    from tlt.elastic import Progress, ShardState, Worker, plan, shard_role
+    from tlt.api.topology import shard_role
+    from tlt.elastic import Progress, ShardState, Worker, plan
 
     role = shard_role(spec)
     states = [ShardState(), ShardState(running=3), ShardState(running=2), ShardState(finished=5)]

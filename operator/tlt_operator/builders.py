@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import yaml
 
 import tlt
-from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL, PodTemplate, ReasoningRLJob
 from tlt.api import topology
+from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL, PodTemplate, ReasoningRLJob
 from tlt.api.ranks import RENDEZVOUS_PORT, trainer_ranks
 from tlt.worker.status import progress_map_name  # noqa: F401  (the operator creates it, the coordinator writes it)
 

@@ -38,7 +38,8 @@ from tlt.api.errors import SpecError
 from tlt.api.load import parse_job
 from tlt.api.model import DrafterStatus, ProgressStatus, ReasoningRLJob
 from tlt.api.storage import checkpoints_off_volume
-from tlt.elastic import PHASES, Consolidate, Lend, Progress, Return, ScaleDrafters, ShardState, Worker, dedicated_drafters, plan
+from tlt.api.topology import dedicated_drafters
+from tlt.elastic import PHASES, Consolidate, Lend, Progress, Return, ScaleDrafters, ShardState, Worker, plan
 from tlt_operator.builders import (
     ANNOTATION_ASSIGNED_ROLE,
     ANNOTATION_CONSOLIDATE,

@@ -113,17 +113,16 @@ def trainer_slots(spec) -> list[Slot]:
 
 def shard_names(spec) -> list[str]:
     """The rollout shards, `<role>-<index>`: the names of their workers, actors and (on a cluster) pods."""
-    return [node_name(shard_role(spec), i) for i in range(spec.rollout.replicas)]
+    role = shard_role(spec)
+    return [slot.node for slot in pod_slots(spec, drafters=0) if slot.role == role]
 
 
 def drafter_hosts(spec) -> tuple[str, ...]:
     """Pods that only train the drafter while lent: the trainers (disaggregated, when lending) and
     the dedicated drafters."""
-    hosts = []
-    if spec.placement == "disaggregated" and lending_enabled(spec):
-        hosts += [node_name("trainer", i) for i in range(spec.trainer.replicas)]
-    hosts += [node_name(DRAFTER_ROLE, i) for i in range(dedicated_drafters(spec))]
-    return tuple(hosts)
+    trainers = trainer_slots(spec) if spec.placement == "disaggregated" and lending_enabled(spec) else []
+    drafters = [slot for slot in pod_slots(spec) if slot.role == DRAFTER_ROLE]
+    return tuple(slot.node for slot in trainers + drafters)
 
 
 @dataclass(frozen=True)

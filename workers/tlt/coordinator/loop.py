@@ -22,10 +22,11 @@ import torch
 from tqdm import tqdm
 
 from tlt.api.model import ReasoningRLJob, ReasoningRLJobSpec
+from tlt.api.topology import shard_role
 from tlt.coordinator.actors import WorkerPool
 from tlt.coordinator.metrics import coordinator_metrics
 from tlt.coordinator.prompts import PromptSource, load_tokenizer, reward_name
-from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan, shard_role
+from tlt.elastic import Consolidate, Lend, Progress, Return, ShardState, Worker, plan
 from tlt.engine.types import Request
 from tlt.models.resolve import resolve_model
 from tlt.report import MetricsLog, write_report

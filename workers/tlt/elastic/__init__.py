@@ -1,6 +1,5 @@
 """The pure elastic policy shared by the operator, the embedded loop and the simulator."""
 
-from tlt.api.topology import dedicated_drafters, lending_enabled, shard_role  # what the policy reads of the topology
 from tlt.elastic.policy import (
     PHASES,
     ROLES,
@@ -36,8 +35,5 @@ __all__ = [
     "Worker",
     "apply_actions",
     "consolidation_capacity",
-    "dedicated_drafters",
-    "lending_enabled",
     "plan",
-    "shard_role",
 ]

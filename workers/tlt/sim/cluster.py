@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tlt.api.model import ReasoningRLJobSpec
+from tlt.api.topology import dedicated_drafters, lending_enabled, shard_role
 from tlt.elastic import (
     Consolidate,
     Lend,
@@ -38,10 +39,7 @@ from tlt.elastic import (
     ScaleDrafters,
     ShardState,
     Worker,
-    dedicated_drafters,
-    lending_enabled,
     plan,
-    shard_role,
 )
 from tlt.sim.costs import Profile
 from tlt.sim.shard import ShardDecoder

@@ -46,9 +46,9 @@ def register(subparsers) -> None:
 
 def placement_error(spec, role: str, index: int, head: bool) -> str | None:
     """Why this pod's role and index are not a pod of the job, or None."""
-    from tlt.api.topology import node_names, pod_nodes
+    from tlt.api.topology import node_name, node_names, pod_nodes
 
-    node = f"{role}-{index}"
+    node = node_name(role, index)
     if node not in node_names(spec):
         return (f"--role {role} --index {index}: the job has no such pod (placement {spec.placement}; "
                 f"its pods are {', '.join(node_names(spec))})")
