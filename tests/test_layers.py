@@ -22,19 +22,17 @@ FOUNDATIONS = {
 }
 
 # Modules that import the Kubernetes client, and why. The target: the operator's I/O module and
-# the worker's status writer only. The second group still talks to the API itself and is to be
+# the worker's (tlt.worker.kube) only. The second group still talks to the API itself and is to be
 # folded into those two; the developer tools drive a local cluster and are neither.
 KUBERNETES_API = {
     "tlt_operator.kube": "the operator's API I/O",
-    "tlt.worker.status": "the coordinator's report, written by the worker",
+    "tlt.worker.kube": "the worker's API I/O: the coordinator's report, its pod's role label and watch, its job's end",
     "tlt.kubeconfig": "the client's login (no API call)",
 }
 NOT_YET_FOLDED = {
     "tlt_operator.handlers": "its own pod watch, beside kube's",
     "tlt_operator.leader": "the leader-election Lease",
     "tlt_operator.__main__": "the API client for the leader election",
-    "tlt.worker.role_watcher": "a pod's watch of its own assigned role",
-    "tlt.worker.pod": "a member pod reads whether its job finished",
 }
 DEV_TOOLS = "tlt.dev."
 

@@ -451,12 +451,14 @@ def test_a_valid_pod_without_kubernetes_access_is_a_configuration_error(tmp_path
 # Role switching in the pod
 
 
-class FakeCore:
+class FakeApi:
+    """The worker's API I/O (`tlt.worker.kube.WorkerApi`) as far as the role watcher uses it."""
+
     def __init__(self):
         self.patches: list[tuple[str, str, dict]] = []
 
-    def patch_namespaced_pod(self, name, namespace, body):
-        self.patches.append((name, namespace, body))
+    def label_pod(self, namespace, name, labels):
+        self.patches.append((name, namespace, labels))
 
 
 def pod_metadata(assigned: str | None = None, active: str | None = None, name: str = "j-rollout-0") -> dict:
@@ -464,8 +466,8 @@ def pod_metadata(assigned: str | None = None, active: str | None = None, name: s
     return {"name": name, "labels": labels, "annotations": {"tlt.dev/assigned-role": assigned} if assigned else {}}
 
 
-def active_labels(core: FakeCore) -> list[str]:
-    return [body["metadata"]["labels"]["tlt.dev/active-role"] for _, _, body in core.patches]
+def active_labels(core: FakeApi) -> list[str]:
+    return [labels["tlt.dev/active-role"] for _, _, labels in core.patches]
 
 
 def test_a_refused_role_switch_keeps_the_old_role_and_label_and_is_applied_on_the_next_event():
@@ -476,7 +478,7 @@ def test_a_refused_role_switch_keeps_the_old_role_and_label_and_is_applied_on_th
         return accept.get(role, True)
 
     watcher = RoleWatcher(set_role, pod_name="j-rollout-0", namespace="ns")
-    watcher.core = core = FakeCore()
+    watcher.api = core = FakeApi()
     watcher.handle(pod_metadata())
     assert watcher.active == "rollout" and active_labels(core) == ["rollout"]
 
@@ -503,7 +505,7 @@ def test_a_refused_role_switch_is_asked_again_without_a_new_event(monkeypatch):
         return accept.get(role, True)
 
     watcher = RoleWatcher(set_role, pod_name="j-rollout-0", namespace="ns")
-    watcher.core = core = FakeCore()
+    watcher.api = core = FakeApi()
     watcher.handle(pod_metadata(assigned="drafter", active="rollout"))
     assert watcher.active is None and active_labels(core) == []
     accept["drafter"] = True  # the shard drained meanwhile; no pod event follows
@@ -517,7 +519,7 @@ def test_a_refused_role_switch_is_asked_again_without_a_new_event(monkeypatch):
 def test_an_accepted_role_is_not_asked_for_again():
     asked = []
     watcher = RoleWatcher(lambda role: asked.append(role), pod_name="j-rollout-0", namespace="ns")
-    watcher.core = core = FakeCore()
+    watcher.api = core = FakeApi()
     watcher.handle(pod_metadata(assigned="drafter"))
     watcher.handle(pod_metadata(assigned="drafter", active="drafter"))
     assert asked == ["drafter"] and active_labels(core) == ["drafter"]
@@ -526,9 +528,42 @@ def test_an_accepted_role_is_not_asked_for_again():
 def test_events_of_other_pods_are_ignored():
     asked = []
     watcher = RoleWatcher(asked.append, pod_name="j-rollout-0", namespace="ns")
-    watcher.core = core = FakeCore()
+    watcher.api = core = FakeApi()
     watcher.handle(pod_metadata(assigned="drafter", name="j-rollout-1"))
     assert asked == [] and core.patches == []
+
+
+def test_the_api_s_refusals_reach_the_worker_as_its_own_error_and_a_member_reads_whether_its_job_finished():
+    from kubernetes.client.rest import ApiException
+
+    from tlt.worker.kube import ApiError, WorkerApi
+    from tlt.worker.pod import job_finished
+
+    class RefusingCore:
+        def patch_namespaced_pod(self, name, namespace, body):
+            raise ApiException(status=403, reason="Forbidden")
+
+    class Jobs:
+        def __init__(self, step):
+            self.step, self.asked = step, []
+
+        def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+            self.asked.append((group, version, namespace, plural, name))
+            return {"spec": {"algorithm": {"steps": 3}}, "status": {"step": self.step}}
+
+    api = WorkerApi()
+    api.core = RefusingCore()
+    with pytest.raises(ApiError) as refused:
+        api.label_pod("ns", "j-rollout-0", {"tlt.dev/active-role": "drafter"})
+    assert (refused.value.status, refused.value.reason) == (403, "Forbidden")
+
+    pod = PodIdentity("j", "team", "rollout", 0, False, "j-rollout-0-x", "h:6379")
+    for step, finished in ((2, False), (3, True)):
+        jobs = Jobs(step)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(WorkerApi, "__init__", lambda self, api_client=None: setattr(self, "custom", jobs))
+            assert job_finished(None, pod) is finished
+        assert jobs.asked == [("tlt.dev", "v1alpha1", "team", "reasoningrljobs", "j")]
 
 
 # ---------------------------------------------------------------------------------

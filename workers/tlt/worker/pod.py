@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tlt.api.topology import default_head_node, node_name
 from tlt.coordinator.actors import NODE_RESOURCE
+from tlt.worker import kube
 
 log = logging.getLogger("tlt.worker")
 
@@ -363,21 +364,12 @@ def serve_metrics(collector: PodMetrics, port: int, healthy=lambda: True) -> htt
 
 def kube_api_client():
     """In a pod its ServiceAccount; elsewhere (local runs, tests) the kubeconfig."""
-    from kubernetes import client
-
-    from tlt.kubeconfig import load_kube_config
-
-    load_kube_config()
-    return client.ApiClient()
+    return kube.api_client()
 
 
 def job_finished(api_client, pod: PodIdentity) -> bool:
     """Whether the job's status counts every step done (a member pod then waits to be deleted)."""
-    from kubernetes import client
-
-    from tlt.api.model import API_GROUP, API_VERSION, PLURAL
-
-    body = client.CustomObjectsApi(api_client).get_namespaced_custom_object(API_GROUP, API_VERSION, pod.namespace, PLURAL, pod.job)
+    body = kube.WorkerApi(api_client).read_job(pod.namespace, pod.job)
     status, spec = body.get("status") or {}, body.get("spec") or {}
     return int(status.get("step") or 0) >= int((spec.get("algorithm") or {}).get("steps") or 1)
 

@@ -15,10 +15,10 @@ import json
 import logging
 import os
 import threading
+from contextlib import closing
 from typing import Callable
 
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+from tlt.worker.kube import GONE, ApiError, WorkerApi
 
 ANNOTATION_ASSIGNED_ROLE = "tlt.dev/assigned-role"
 ANNOTATION_CONSOLIDATE = "tlt.dev/consolidate"
@@ -48,14 +48,14 @@ class RoleWatcher:
         set_role: Callable[[str], None],
         pod_name: str | None = None,
         namespace: str | None = None,
-        api_client: client.ApiClient | None = None,
+        api_client=None,
         on_consolidate: Callable[[dict], None] | None = None,
     ):
         self.set_role = set_role
         self.on_consolidate = on_consolidate
         self.pod_name = pod_name or os.environ["POD_NAME"]
         self.namespace = namespace or os.environ.get("POD_NAMESPACE", "default")
-        self.core = client.CoreV1Api(api_client)
+        self.api = WorkerApi(api_client)
         self.active: str | None = None
         self._consolidation: str | None = None
         self._latest: dict | None = None  # the pod's newest observed metadata
@@ -81,7 +81,7 @@ class RoleWatcher:
             else:
                 self.active = role
         if self.active and labels.get(LABEL_ACTIVE_ROLE) != self.active:
-            self.core.patch_namespaced_pod(self.pod_name, self.namespace, {"metadata": {"labels": {LABEL_ACTIVE_ROLE: self.active}}})
+            self.api.label_pod(self.namespace, self.pod_name, {LABEL_ACTIVE_ROLE: self.active})
         request = (pod_metadata.get("annotations") or {}).get(ANNOTATION_CONSOLIDATE)
         if self.on_consolidate and request and request != self._consolidation:
             self._consolidation = request
@@ -104,20 +104,15 @@ class RoleWatcher:
         """Watch until `stop()`; reconnects after timeouts and errors."""
         resource_version = None
         while not self._stop.is_set():
-            stream = watch.Watch()
             try:
-                kwargs = {"field_selector": f"metadata.name={self.pod_name}", "timeout_seconds": 60}
-                if resource_version:
-                    kwargs["resource_version"] = resource_version
-                for event in stream.stream(self.core.list_namespaced_pod, self.namespace, **kwargs):
-                    if self._stop.is_set():
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        pod = event["raw_object"] if "raw_object" in event else self.core.api_client.sanitize_for_serialization(event["object"])
-                        resource_version = pod["metadata"].get("resourceVersion") or resource_version
-                        self.handle(pod["metadata"])
-            except ApiException as err:
-                if err.status == 410:
+                with closing(self.api.watch_pod(self.namespace, self.pod_name, resource_version, timeout_seconds=60)) as events:
+                    for metadata in events:
+                        if self._stop.is_set():
+                            break
+                        resource_version = metadata.get("resourceVersion") or resource_version
+                        self.handle(metadata)
+            except ApiError as err:
+                if err.status == GONE:
                     resource_version = None
                 else:
                     log.warning("watching pod %s: %s", self.pod_name, err.reason)
@@ -125,8 +120,6 @@ class RoleWatcher:
             except Exception as err:
                 log.warning("watching pod %s: %s", self.pod_name, err)
                 self._stop.wait(1.0)
-            finally:
-                stream.stop()
 
     def start(self) -> "RoleWatcher":
         self._thread = threading.Thread(target=self.run, name="role-watcher", daemon=True)

@@ -2,9 +2,9 @@
 
 The pods may not write their job's status (the operator alone does): the head pod
 writes its report into the job's progress ConfigMap (`<job>-progress`, the one
-object its Role lets it patch), as JSON under the keys `progress`, `step` and
-`drafter`; the operator validates it and copies it into `status.progress`,
-`status.step` and `status.drafter`. Progress goes out at most once per `interval`
+object its Role lets it patch, through `tlt.worker.kube`), as JSON under the keys
+`progress`, `step` and `drafter`; the operator validates it and copies it into
+`status.progress`, `status.step` and `status.drafter`. Progress goes out at most once per `interval`
 seconds (the operator plans on it; more often would only load the API server); the
 latest report always gets out, from a background thread, so a phase change during a
 long blocking call (training) is not lost. A failed write is logged and retried with
@@ -65,13 +65,13 @@ class ProgressWriter:
     @classmethod
     def for_job(cls, namespace: str, name: str, api_client=None, **options) -> "ProgressWriter":
         """Into the job's progress ConfigMap (the operator creates it with the job's other children)."""
-        from kubernetes import client
+        from tlt.worker.kube import WorkerApi
 
-        core = client.CoreV1Api(api_client)
+        api = WorkerApi(api_client)
         config_map = progress_map_name(name)
 
         def patch(body: dict) -> None:
-            core.patch_namespaced_config_map(config_map, namespace, {"data": report_data(body)})
+            api.patch_config_map_data(namespace, config_map, report_data(body))
 
         return cls(patch, **options)
 
