@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tlt.api.model import ReasoningRLJobSpec
-from tlt.api.topology import dedicated_drafters, lending_enabled, shard_role
+from tlt.api.topology import (
+    DRAFTER_ROLE,
+    dedicated_drafters,
+    head_role,
+    lending_enabled,
+    node_name,
+    shard_names,
+    shard_role,
+    trainer_slots,
+)
 from tlt.elastic import (
     Consolidate,
     Lend,
@@ -253,15 +262,15 @@ class ClusterSimulator:
         seeds = np.random.SeedSequence(self.options.seed).spawn(spec.rollout.replicas + 1)
         gpus = max(1, spec.rollout.gpus_per_replica)
         role = shard_role(spec)
-        for i in range(spec.rollout.replicas):
-            w = _SimWorker(name=f"{role}-{i}", role=role, index=i, gpus=gpus)
+        for i, name in enumerate(shard_names(spec)):
+            w = _SimWorker(name=name, role=role, index=i, gpus=gpus)
             w.shard = ShardDecoder(spec.rollout.max_batch_size, self.profile, np.random.default_rng(seeds[i]),
                                    self.options.max_chunk_iterations, self.options.exact)
             w.manager = self._manager(i)
             self.workers[w.name] = w
         if spec.placement == "disaggregated":
-            for i in range(spec.trainer.replicas):
-                w = _SimWorker(name=f"trainer-{i}", role="trainer", index=i, gpus=max(1, spec.trainer.gpus_per_replica))
+            for slot in trainer_slots(spec):
+                w = _SimWorker(name=slot.node, role=slot.role, index=slot.index, gpus=max(1, slot.gpus))
                 self.workers[w.name] = w
 
     def _manager(self, index: int):
@@ -489,7 +498,7 @@ class ClusterSimulator:
             del self.workers[w.name]
         gpus = max(1, self.spec.drafter.gpus_per_replica)
         for i in range(len(existing), replicas):
-            w = _SimWorker(name=f"drafter-{i}", role="drafter", index=i, gpus=gpus, ready=False, since=self.now)
+            w = _SimWorker(name=node_name(DRAFTER_ROLE, i), role=DRAFTER_ROLE, index=i, gpus=gpus, ready=False, since=self.now)
             self.workers[w.name] = w
             w.switching = True
             self._set(w, "switch")
@@ -583,7 +592,7 @@ class ClusterSimulator:
 
     # -- training and sync ------------------------------------------------------------------
     def _trainers(self) -> list[_SimWorker]:
-        role = "worker" if self.spec.placement == "colocated" else "trainer"
+        role = head_role(self.spec)
         return [w for w in self.workers.values() if w.role == role]
 
     def _on_reward_done(self) -> None:
