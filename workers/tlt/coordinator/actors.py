@@ -444,9 +444,10 @@ class WorkerPool:
         return progress, finished
 
     # ---- faults ----
-    def _each(self, calls: dict) -> dict:
+    def _each(self, calls: dict, skip_failed: bool = False) -> dict:
         """The answers of remote calls by worker name; a worker whose actor died is lost (and left
-        out), one that is briefly unavailable is left out of this answer only."""
+        out), one that is briefly unavailable is left out of this answer only. A call that raised
+        in its actor raises here, or with `skip_failed` is left out too (logged)."""
         out = {}
         for name, ref in calls.items():
             try:
@@ -454,7 +455,11 @@ class WorkerPool:
             except ray.exceptions.ActorUnavailableError:
                 continue
             except ray.exceptions.RayActorError as err:
-                self._lose(name, err)
+                self._lose(name, err)  # a name that is no worker (the trainer's rank) is no loss
+            except ray.exceptions.RayTaskError as err:
+                if not skip_failed:
+                    raise
+                log.warning("%s failed: %s", name, _reason(err))
         return out
 
     def _lose(self, name: str, err: Exception) -> None:
@@ -613,8 +618,8 @@ class WorkerPool:
         try:
             self._form_weight_group(members)
             sends = [r.send_weights.remote() for r in self.ranks]
-            got = {n for n, ok in self._answers({n: w.receive_policy.remote(version) for n, w in members.items()}).items()
-                   if ok}
+            received = self._each({n: w.receive_policy.remote(version) for n, w in members.items()}, skip_failed=True)
+            got = {n for n, ok in received.items() if ok}
             ray.get(sends)
         except Exception as err:  # a member died or failed mid-way: the others still need the weights
             log.warning("policy broadcast failed (%s); sending the weights as objects", _reason(err))
@@ -633,7 +638,7 @@ class WorkerPool:
         self._weight_epoch += 1
         if self._manifest is None:
             self._manifest = ray.get(self.trainer.weight_manifest.remote())
-        info = self._answers({n: w.policy_receiver.remote() for n, w in members.items()})
+        info = self._each({n: w.policy_receiver.remote() for n, w in members.items()}, skip_failed=True)
         if len(info) != len(members):
             raise RuntimeError(f"workers did not answer: {sorted(set(members) - set(info))}")
         devices = {d for d, _ in info.values()} | {ray.get(self.trainer.device_type.remote())}
@@ -646,26 +651,11 @@ class WorkerPool:
         calls = {"trainer-rank-0": self.trainer.open_weight_group.remote(self._weight_epoch, size, backend, dtype)}
         calls.update({n: members[n].join_weight_group.remote(address, port, self._weight_epoch, i + 1, size, backend,
                                                             dtype, self._manifest) for i, n in enumerate(names)})
-        answers = self._answers(calls)
+        answers = self._each(calls, skip_failed=True)
         if len(answers) != len(calls):
             raise RuntimeError(f"could not form the weight group: {sorted(set(calls) - set(answers))} failed")
         self._weight_members = names
         log.info("weight group %d: trainer rank 0 and %d workers (%s, %s)", self._weight_epoch, len(names), backend, dtype)
-
-    def _answers(self, calls: dict) -> dict:
-        """Like `_each`, and a call that raised is left out too (logged)."""
-        out = {}
-        for name, ref in calls.items():
-            try:
-                out[name] = ray.get(ref)
-            except ray.exceptions.ActorUnavailableError:
-                continue
-            except ray.exceptions.RayActorError as err:
-                if name in self._workers():
-                    self._lose(name, err)
-            except ray.exceptions.RayTaskError as err:
-                log.warning("%s failed: %s", name, _reason(err))
-        return out
 
     def sync_drafters(self, version: int) -> int:
         """Average the replicas trained in this version (weighted by steps) into version+1."""
