@@ -30,9 +30,6 @@ KUBERNETES_API = {
     "tlt.kubeconfig": "the client's login (no API call)",
 }
 NOT_YET_FOLDED = {
-    "tlt_operator.handlers": "its own pod watch, beside kube's",
-    "tlt_operator.leader": "the leader-election Lease",
-    "tlt_operator.__main__": "the API client for the leader election",
 }
 DEV_TOOLS = "tlt.dev."
 

@@ -3,7 +3,7 @@
 kmock stores objects as sent and does not filter by label or field selectors, run
 controllers or garbage-collect: those behaviours are covered by the control-plane
 tier (tests/controlplane/). Here: handlers, watches, the I/O layer and the pure core
-wired together over real HTTP.
+wired together over real HTTP, and the leader election over the I/O layer's Lease calls.
 """
 
 import asyncio
@@ -15,10 +15,11 @@ import json
 import time
 import uuid
 
+import aiohttp.web
 import kmock
 import pytest
 import yaml
-from kmock._internal import enums
+from kmock._internal import enums, k8s
 from kopf.testing import KopfRunner
 from kubernetes import client, config
 
@@ -39,11 +40,13 @@ JOB = manifest("demo", {
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """kmock plus the server-filled metadata kopf and ownerReferences rely on."""
+    """kmock plus the server-filled metadata kopf and ownerReferences rely on, and replace (PUT) with its 409."""
 
     _versions = itertools.count(1)
 
     async def _handle(self, request):
+        if request.resource is not None and request.method == enums.method.PUT and request.name and isinstance(request.data, dict):
+            return await self._replace(request)
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid4()))
@@ -53,6 +56,19 @@ class Emulator(kmock.KubernetesEmulator):
                 meta.setdefault("namespace", request.namespace)
             meta["resourceVersion"] = str(next(self._versions))
         return await super()._handle(request)
+
+    async def _replace(self, request):
+        """kmock serves no PUT: a replace, refused (409) when the object changed since the sender read it."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                raise k8s.KubernetesObjectNotFoundError()
+            if request.data.get("metadata", {}).get("resourceVersion") != self._objects[key].raw["metadata"].get("resourceVersion"):
+                raise k8s.KubernetesObjectConflictError(reason="Conflict", message="the object has been modified")
+            data = copy.deepcopy(request.data)
+            data["metadata"]["resourceVersion"] = str(next(self._versions))
+            self._objects[key].create(data)
+            return aiohttp.web.json_response(self._objects[key].raw)
 
 
 class KmockThread:
@@ -276,3 +292,48 @@ def test_role_watcher_applies_the_assigned_role_and_labels_its_pod(api):
         assert requests == [{"step": 1, "moves": []}]
     finally:
         watcher.stop()
+
+
+def test_replicas_elect_a_leader_through_a_lease(api):
+    """leader.py over kube.py's Lease calls against a server: create, hold, take over an expired
+    lease by its own clock, and hand it over at once on release."""
+    from tlt_operator.kube import Conflict, Kube, NotFound
+    from tlt_operator.leader import LeaderElection
+
+    now = [0.0]
+    a, b = (LeaderElection(Kube(), NS, "lease-test", identity=who, duration=15, clock=lambda: now[0]) for who in "ab")
+    leases = client.CoordinationV1Api(api.core.api_client)
+
+    def holder():
+        spec = leases.read_namespaced_lease("lease-test", NS).spec
+        return spec.holder_identity, spec.lease_transitions, spec.lease_duration_seconds
+
+    with pytest.raises(NotFound):
+        Kube().read_lease(NS, "lease-test")
+    assert a.try_acquire() and a.leading
+    assert holder() == ("a", 0, 15)
+    # A 409 from the server leaves kube as its own Conflict: a create of an existing Lease, a replace of a stale one.
+    with pytest.raises(Conflict):
+        Kube().create_lease({"metadata": {"name": "lease-test", "namespace": NS}, "spec": {"holderIdentity": "b"}})
+    stale = Kube().read_lease(NS, "lease-test")
+    assert a.try_acquire()  # renewed: a new resourceVersion
+    stale["spec"]["holderIdentity"] = "b"
+    with pytest.raises(Conflict):
+        Kube().replace_lease(stale)
+    assert holder() == ("a", 0, 15)
+
+    assert not b.try_acquire() and not b.leading  # held by a live leader
+    now[0] = 14.0
+    assert not b.try_acquire()  # unchanged for 14 s of b's clock: still live
+    now[0] = 16.0
+    assert b.try_acquire() and b.leading  # unchanged for a whole lease: taken over
+    assert holder() == ("b", 1, 15)
+    assert not a.try_acquire()  # a sees the new holder
+
+    b.release()
+    assert not b.leading
+    assert holder() == (None, 1, 1)
+    assert a.try_acquire()  # no holder: taken at once, no lease to wait out
+    assert holder() == ("a", 2, 15)
+    b.release()  # not leading: nothing written
+    assert holder() == ("a", 2, 15)

@@ -48,13 +48,10 @@ def _standby_health(port: int) -> http.server.HTTPServer | None:
 
 def lead(health_port: int) -> None:
     """Wait to hold the Lease (answering /healthz meanwhile), then keep it; losing it ends the process."""
-    from tlt_operator.kube import load_config
+    from tlt_operator.kube import Kube
     from tlt_operator.leader import LeaderElection
 
-    load_config()
-    from kubernetes import client
-
-    election = LeaderElection.from_env(client.ApiClient())
+    election = LeaderElection.from_env(Kube.login())
     server = _standby_health(health_port)
     try:
         election.acquire(threading.Event())

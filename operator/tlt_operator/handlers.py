@@ -2,17 +2,19 @@
 
 kopf watches ReasoningRLJobs. It is not used for pods (it filters labels on the
 client side): each namespace with jobs gets one pod watch and one ConfigMap watch
-with a server-side label selector on `tlt.dev/job`; a pod event, or a new report in
-a job's progress ConfigMap, queues a reconcile of its job. kopf daemons and timers
-would put a finalizer on every job (deletion would hang while the operator is down),
-so periodic resyncs and backoff requeues run on plain threads here. Every path ends
-in `reconcile_job`: read the job, its pods and its report, run the pure `reconcile`,
-carry out the outcome; writes the API server refuses become a `ReconcileError`
-event and condition.
+(`Kube.watch_children`, a thread each) with a server-side label selector on
+`tlt.dev/job`; a pod event, or a new report in a job's progress ConfigMap, queues a
+reconcile of its job. kopf daemons and timers would put a finalizer on every job
+(deletion would hang while the operator is down), so periodic resyncs and backoff
+requeues run on plain threads here. Every path ends in `reconcile_job`: read the
+job, its pods and its report, run the pure `reconcile`, carry out the outcome;
+writes the API server refuses become a `ReconcileError` event and condition. All
+API I/O goes through `Kube` (kube.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,8 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import kopf
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
 
 from tlt.api.model import API_GROUP, API_VERSION, PLURAL
 from tlt_operator import metrics
@@ -38,7 +38,7 @@ from tlt_operator.builders import (
     pod_name,
     progress_map_name,
 )
-from tlt_operator.kube import Kube, WriteError, load_config
+from tlt_operator.kube import Kube, WriteError
 from tlt_operator.reconcile import RECONCILE_ERROR, Event, Observed, Outcome, pod_phase, reconcile, rfc3339
 
 log = logging.getLogger("tlt_operator")
@@ -79,8 +79,7 @@ class Runtime:
 
     def start(self) -> None:
         if self.kube is None:
-            load_config()
-            self.kube = Kube()
+            self.kube = Kube.login()
         self.stop.clear()
         self.pool = ThreadPoolExecutor(max_workers=int(_env_float("TLT_RECONCILE_WORKERS", 8)), thread_name_prefix="reconcile")
         threading.Thread(target=self._resync_loop, name="resync", daemon=True).start()
@@ -102,7 +101,8 @@ class Runtime:
             namespace = key[0]
             if namespace not in self.watchers:
                 self.watchers[namespace] = [
-                    threading.Thread(target=self._watch, args=(namespace, kind), name=f"{kind}-{namespace}", daemon=True)
+                    threading.Thread(target=self.kube.watch_children, name=f"{kind}-{namespace}", daemon=True,
+                                     args=(namespace, kind, functools.partial(self._on_child, namespace, kind), self.stop))
                     for kind in ("pods", "configmaps")
                 ]
                 for thread in self.watchers[namespace]:
@@ -293,49 +293,19 @@ class Runtime:
             for key in keys:
                 self.kick(key, full=True)
 
-    def _watch(self, namespace: str, kind: str) -> None:
-        """One watch per namespace and kind, selecting the operator's children on the server (label tlt.dev/job).
-        A pod event kicks its job; a progress ConfigMap event kicks it when the report changed."""
-        core = client.CoreV1Api(self.kube.api)
-        lister = core.list_namespaced_pod if kind == "pods" else core.list_namespaced_config_map
-        resource_version = None
-        while not self.stop.is_set():
-            stream = watch.Watch()
-            try:
-                kwargs = {"label_selector": LABEL_JOB, "timeout_seconds": 60, "allow_watch_bookmarks": True}
-                if resource_version:
-                    kwargs["resource_version"] = resource_version
-                for event in stream.stream(lister, namespace, **kwargs):
-                    if self.stop.is_set():
-                        break
-                    obj = event["object"]
-                    meta = obj.metadata if hasattr(obj, "metadata") else None
-                    if meta is None:
-                        continue
-                    resource_version = meta.resource_version or resource_version
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    job = (meta.labels or {}).get(LABEL_JOB)
-                    if not job or (namespace, job) not in self.jobs:
-                        continue
-                    if kind == "configmaps":
-                        if meta.name != progress_map_name(job):
-                            continue
-                        plain = None if event["type"] == "DELETED" else self.kube.api.sanitize_for_serialization(obj)
-                        if not self.note_report((namespace, job), plain):
-                            continue
-                    self.kick((namespace, job))
-            except ApiException as err:
-                if err.status == 410:
-                    resource_version = None  # too old: start over from a fresh list
-                else:
-                    log.warning("%s watch in %s: %s", kind, namespace, err.reason)
-                    self.stop.wait(1.0)
-            except Exception as err:  # connection drops: reconnect
-                log.warning("%s watch in %s: %s", kind, namespace, err)
-                self.stop.wait(1.0)
-            finally:
-                stream.stop()
+    def _on_child(self, namespace: str, kind: str, event_type: str, obj: dict) -> None:
+        """A child's watch event (`Kube.watch_children`): a pod event kicks its job; a progress ConfigMap
+        event kicks it when the report changed."""
+        meta = obj.get("metadata") or {}
+        job = (meta.get("labels") or {}).get(LABEL_JOB)
+        if not job or (namespace, job) not in self.jobs:
+            return
+        if kind == "configmaps":
+            if meta.get("name") != progress_map_name(job):
+                return
+            if not self.note_report((namespace, job), None if event_type == "DELETED" else obj):
+                return
+        self.kick((namespace, job))
 
 
 def _slot(pod: dict) -> str | None:

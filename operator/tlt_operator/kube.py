@@ -1,7 +1,10 @@
-"""All Kubernetes API I/O of the operator: reads, creates (409 = success), patches, deletes, events.
+"""All Kubernetes API I/O of the operator: reads, creates (409 = success), patches, deletes, events,
+the watches of the jobs' children, and the leader-election Lease.
 
 Objects travel as plain dicts in API (camelCase) form, the same shape the pure
-builders and reconcile use.
+builders and reconcile use. No other operator module imports the client library:
+the errors a caller must tell apart reach it as kube's own (`ApiError`, `NotFound`,
+`Conflict`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tlt.api.model import API_GROUP, API_VERSION, KIND, PLURAL
-from tlt.kubeconfig import load_kube_config as load_config  # noqa: F401  (the operator's login, as the pods')
+from tlt.kubeconfig import load_kube_config as load_config  # the operator's login, as the pods'
 from tlt_operator.builders import LABEL_JOB, RAY_TOKEN_FILE, progress_map_name
 from tlt_operator.reconcile import Event, Outcome
 
@@ -27,6 +31,7 @@ log = logging.getLogger("tlt_operator.kube")
 
 SUPPORTING_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "NetworkPolicy")
 EVENT_CACHE = 4096  # aggregated events remembered (name -> count), as client-go's recorder keeps an LRU
+WATCH_SECONDS = 60  # one child watch request; the next resumes where it ended
 
 
 def _labelled(obj: dict, job: str) -> bool:
@@ -51,6 +56,28 @@ class WriteError:
         return f"{self.what}: {self.status} {self.reason}".strip()
 
 
+class ApiError(Exception):
+    """A request the API server refused, for modules that do not import the client library: its
+    HTTP status (None: no answer) and reason; its text is the client's exception's."""
+
+    def __init__(self, text: str, status: int | None = None, reason: str | None = None):
+        super().__init__(text)
+        self.status, self.reason = status, reason
+
+
+class NotFound(ApiError):
+    """404: the object does not exist."""
+
+
+class Conflict(ApiError):
+    """409: the object exists already (a create), or changed since it was read (a replace)."""
+
+
+def _translated(err: ApiException) -> ApiError:
+    kind = {404: NotFound, 409: Conflict}.get(err.status, ApiError)
+    return kind(str(err), err.status, err.reason)
+
+
 def _reason(err: ApiException) -> str:
     """The API server's message (a 422 names the invalid field), else the HTTP reason."""
     try:
@@ -66,9 +93,16 @@ class Kube:
         self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
         self.calls = 0  # API requests made, for the metrics
         self._event_counts: OrderedDict[str, int] = OrderedDict()
         self._event_lock = threading.Lock()
+
+    @classmethod
+    def login(cls) -> "Kube":
+        """Log in as the job pods do (in-cluster, else KUBECONFIG) and connect."""
+        load_config()
+        return cls()
 
     def _plain(self, obj) -> dict:
         return self.api.sanitize_for_serialization(obj)
@@ -282,3 +316,72 @@ class Kube:
         if outcome.delete_job:
             self.delete_job(namespace, name)
         return errors
+
+    # Watches ---------------------------------------------------------------------
+
+    def watch_children(self, namespace: str, kind: str, on_event: Callable[[str, dict], None],
+                       stop: threading.Event) -> None:
+        """Watch the jobs' children of one kind ("pods" or "configmaps") in a namespace until `stop` is set,
+        selected on the server (any `tlt.dev/job` label): `on_event(type, obj)` for each change, the
+        object in API form. Each request lasts WATCH_SECONDS; the next resumes from the last
+        resourceVersion seen (a bookmark's too); one the server no longer has (410 Gone) starts over
+        from a fresh list. Other failures, the callback's included, are logged and retried after 1 s."""
+        lister = self.core.list_namespaced_pod if kind == "pods" else self.core.list_namespaced_config_map
+        resource_version = None
+        while not stop.is_set():
+            stream = watch.Watch()
+            try:
+                kwargs = {"label_selector": LABEL_JOB, "timeout_seconds": WATCH_SECONDS, "allow_watch_bookmarks": True}
+                if resource_version:
+                    kwargs["resource_version"] = resource_version
+                for event in stream.stream(lister, namespace, **kwargs):
+                    if stop.is_set():
+                        break
+                    obj = event["object"]
+                    if event["type"] == "BOOKMARK":  # the client leaves it undeserialized: a dict, only a resourceVersion
+                        meta = obj.get("metadata") if isinstance(obj, dict) else None
+                        resource_version = (meta or {}).get("resourceVersion") or resource_version
+                        continue
+                    meta = obj.metadata if hasattr(obj, "metadata") else None
+                    if meta is None:
+                        continue
+                    resource_version = meta.resource_version or resource_version
+                    on_event(event["type"], self._plain(obj))
+            except ApiException as err:
+                if err.status == 410:
+                    resource_version = None  # too old: start over from a fresh list
+                else:
+                    log.warning("%s watch in %s: %s", kind, namespace, err.reason)
+                    stop.wait(1.0)
+            except Exception as err:  # connection drops: reconnect
+                log.warning("%s watch in %s: %s", kind, namespace, err)
+                stop.wait(1.0)
+            finally:
+                stream.stop()
+
+    # The leader-election Lease (errors as kube's own: leader.py imports no client) --------------
+
+    def read_lease(self, namespace: str, name: str) -> dict:
+        """The Lease, or NotFound."""
+        self.calls += 1
+        try:
+            return self._plain(self.coordination.read_namespaced_lease(name, namespace))
+        except ApiException as err:
+            raise _translated(err) from err
+
+    def create_lease(self, lease: dict) -> None:
+        """Create the Lease; Conflict when it exists (another replica was faster)."""
+        self.calls += 1
+        try:
+            self.coordination.create_namespaced_lease(lease["metadata"]["namespace"], lease)
+        except ApiException as err:
+            raise _translated(err) from err
+
+    def replace_lease(self, lease: dict) -> None:
+        """Write a Lease read before back; Conflict when it changed meanwhile (its resourceVersion: one writer wins)."""
+        meta = lease["metadata"]
+        self.calls += 1
+        try:
+            self.coordination.replace_namespaced_lease(meta["name"], meta["namespace"], lease)
+        except ApiException as err:
+            raise _translated(err) from err

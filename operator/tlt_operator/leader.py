@@ -6,7 +6,7 @@ Lease and reconciles, the others wait. The holder renews the Lease every
 `duration` seconds by its own clock (no clock comparison across machines). A
 leader that cannot renew within `duration` exits at once, so two replicas never
 act on the same jobs for longer than one lease; the kubelet restarts it as a
-candidate.
+candidate. The Lease is read and written through `Kube` (kube.py), as a plain dict.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
+from tlt_operator.kube import ApiError, Conflict, Kube, NotFound
 
 log = logging.getLogger("tlt_operator.leader")
 
@@ -30,9 +29,9 @@ def _micro_time() -> str:
 
 
 class LeaderElection:
-    def __init__(self, api_client, namespace: str, name: str = "tlt-operator", identity: str | None = None,
+    def __init__(self, kube: Kube, namespace: str, name: str = "tlt-operator", identity: str | None = None,
                  duration: float = 15.0, renew: float = 10.0, retry: float = 2.0, clock=time.monotonic):
-        self.leases = client.CoordinationV1Api(api_client)
+        self.kube = kube
         self.namespace = namespace
         self.name = name
         self.identity = identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -43,52 +42,47 @@ class LeaderElection:
         self.leading = False
 
     @classmethod
-    def from_env(cls, api_client, env=os.environ) -> "LeaderElection":
+    def from_env(cls, kube: Kube, env=os.environ) -> "LeaderElection":
         namespace = env.get("TLT_LEADER_ELECTION_NAMESPACE") or env.get("TLT_OPERATOR_NAMESPACE") or "default"
         duration = float(env.get("TLT_LEASE_SECONDS", "15"))
-        return cls(api_client, namespace, env.get("TLT_LEADER_ELECTION_ID", "tlt-operator"), identity=env.get("POD_NAME") or None,
+        return cls(kube, namespace, env.get("TLT_LEADER_ELECTION_ID", "tlt-operator"), identity=env.get("POD_NAME") or None,
                    duration=duration, renew=duration * 2 / 3, retry=max(0.5, duration / 7))
 
     def try_acquire(self) -> bool:
         """One attempt: create the Lease, renew it, or take it over once it expired. True while leading."""
         now = self.clock()
         try:
-            lease = self.leases.read_namespaced_lease(self.name, self.namespace)
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
-                                  spec=self._spec(transitions=0))
+            lease = self.kube.read_lease(self.namespace, self.name)
+        except NotFound:
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(transitions=0)}
             try:
-                self.leases.create_namespaced_lease(self.namespace, body)
-            except ApiException as create_err:
-                if create_err.status == 409:  # another replica was faster
-                    return False
-                raise
+                self.kube.create_lease(body)
+            except Conflict:  # another replica was faster
+                return False
             self._observed_at = now
             return self._lead()
-        spec = lease.spec or client.V1LeaseSpec()
-        record = (spec.holder_identity, str(spec.renew_time), spec.lease_transitions)
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        record = (holder, str(spec.get("renewTime")), spec.get("leaseTransitions"))
         if record != self._observed:
             self._observed, self._observed_at = record, now
-        mine = spec.holder_identity == self.identity
-        if not mine and spec.holder_identity and now - self._observed_at < (spec.lease_duration_seconds or self.duration):
+        mine = holder == self.identity
+        if not mine and holder and now - self._observed_at < (spec.get("leaseDurationSeconds") or self.duration):
             return False  # held by a live leader
-        transitions = (spec.lease_transitions or 0) + (0 if mine else 1)
-        lease.spec = self._spec(transitions, acquired=spec.acquire_time if mine else None)
+        transitions = (spec.get("leaseTransitions") or 0) + (0 if mine else 1)
+        lease["spec"] = self._spec(transitions, acquired=spec.get("acquireTime") if mine else None)
         try:
-            self.leases.replace_namespaced_lease(self.name, self.namespace, lease)  # resourceVersion: one writer wins
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            raise
+            self.kube.replace_lease(lease)  # resourceVersion: one writer wins
+        except Conflict:
+            return False
         self._observed_at = now
         return self._lead()
 
-    def _spec(self, transitions: int, acquired=None) -> client.V1LeaseSpec:
+    def _spec(self, transitions: int, acquired: str | None = None) -> dict:
         now = _micro_time()
-        return client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=int(round(self.duration)),
-                                  acquire_time=acquired or now, renew_time=now, lease_transitions=transitions)
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": int(round(self.duration)),
+                "acquireTime": acquired or now, "renewTime": now, "leaseTransitions": transitions}
 
     def _lead(self) -> bool:
         if not self.leading:
@@ -102,14 +96,15 @@ class LeaderElection:
             return
         self.leading = False
         try:
-            lease = self.leases.read_namespaced_lease(self.name, self.namespace)
-            if (lease.spec.holder_identity if lease.spec else None) != self.identity:
+            lease = self.kube.read_lease(self.namespace, self.name)
+            spec = lease.get("spec")
+            if (spec.get("holderIdentity") if spec else None) != self.identity:
                 return
-            lease.spec.holder_identity = None
-            lease.spec.lease_duration_seconds = 1
-            self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            del spec["holderIdentity"]
+            spec["leaseDurationSeconds"] = 1
+            self.kube.replace_lease(lease)
             log.info("%s released the lease %s/%s", self.identity, self.namespace, self.name)
-        except ApiException as err:  # it expires by itself
+        except ApiError as err:  # it expires by itself
             log.warning("releasing the lease: %s", err.reason)
 
     def acquire(self, stop: threading.Event) -> bool:
