@@ -58,10 +58,10 @@ def test_simulate_rejects_bad_lengths_with_the_accepted_forms(capsys):
 
 
 def test_simulate_with_an_engine_cost_table_and_a_lengths_file(tmp_path, capsys):
-    from tlt.engine.costs import CostTable as EngineCostTable
+    from tlt.speculative.costs import CostTable
 
-    table = EngineCostTable(device="cpu", context_len=256, drafter_ratio=0.2,
-                            target_seconds={1: {1: 0.01, 2: 0.011, 4: 0.012}, 8: {1: 0.02, 2: 0.03, 4: 0.05}})
+    table = CostTable(device="cpu", context_len=256, drafter_ratio=0.2,
+                      target_seconds={1: {1: 0.01, 2: 0.011, 4: 0.012}, 8: {1: 0.02, 2: 0.03, 4: 0.05}})
     costs = tmp_path / "costs.json"
     costs.write_text(json.dumps(table.to_json()))
     lengths = tmp_path / "lengths.txt"
@@ -298,7 +298,7 @@ def test_calibrate_bad_inputs_name_the_problem_and_the_fix(tmp_path, capsys, cas
 
 
 def test_bench_engine_terms_are_measured_round_trip_and_move_the_table_to_an_empty_cache(tmp_path):
-    from tlt.engine.costs import CostTable as EngineCostTable
+    from tlt.speculative.costs import CostTable
     from tlt.engine.costs import measure_costs
     from tlt.models import ModelConfig, random_model
 
@@ -309,13 +309,13 @@ def test_bench_engine_terms_are_measured_round_trip_and_move_the_table_to_an_emp
     assert set(measured.step_overhead_seconds) == set(measured.round_overhead_seconds) == {1, 2}
     assert measured.kv_seconds_per_token >= 0 and measured.prefill_tokens_per_second >= 0
     assert measured.round_strategy == "2_1_2" and measured.attention_reads == "longest"
-    assert EngineCostTable.from_json(json.loads(json.dumps(measured.to_json()))) == measured
+    assert CostTable.from_json(json.loads(json.dumps(measured.to_json()))) == measured
 
-    table = EngineCostTable(device="cpu", context_len=100, drafter_ratio=0.2,
-                            target_seconds={1: {1: 0.01, 3: 0.012}, 4: {1: 0.02, 3: 0.03}},
-                            kv_seconds_per_token=1e-5, step_overhead_seconds={1: 0.001, 4: 0.002},
-                            round_overhead_seconds={1: 0.003}, prefill_fixed_seconds=0.004,
-                            prefill_tokens_per_second=1000.0, attention_reads="longest")  # as `tlt bench costs` writes it
+    table = CostTable(device="cpu", context_len=100, drafter_ratio=0.2,
+                      target_seconds={1: {1: 0.01, 3: 0.012}, 4: {1: 0.02, 3: 0.03}},
+                      kv_seconds_per_token=1e-5, step_overhead_seconds={1: 0.001, 4: 0.002},
+                      round_overhead_seconds={1: 0.003}, prefill_fixed_seconds=0.004,
+                      prefill_tokens_per_second=1000.0, attention_reads="longest")  # as `tlt bench costs` writes it
     path = tmp_path / "costs.json"
     path.write_text(json.dumps(table.to_json()))
     profile = load_profile(path)

@@ -75,7 +75,7 @@ def initial_drafter(spec: ReasoningRLJobSpec, target, state: dict | None = None)
 
 def auto_threshold(spec: ReasoningRLJobSpec, costs, acceptance_length: float | None) -> int:
     """`batchThreshold: auto`: the largest running batch at which the first strategy pays on this
-    machine's cost table (`tlt.engine.costs.CostTable`), at the acceptance length the drafter was
+    machine's cost table (`tlt.speculative.costs.CostTable`), at the acceptance length the drafter was
     measured to reach (None: nothing measured, e.g. no drafter); at least 1."""
     strategy = Strategy.parse(spec.speculative.strategies[0])
     if acceptance_length is None:
