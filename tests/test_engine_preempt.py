@@ -77,3 +77,44 @@ def test_waiting_requests_are_moved_before_running_ones():
 def test_a_continuation_without_room_is_refused():
     with pytest.raises(RequestError, match="prefix"):
         Request(prompt=[1], max_tokens=2, prefix=[3, 4], prefix_logprobs=[0.0, 0.0]).validate(48, 64)
+
+
+def test_a_move_from_another_thread_waits_for_the_running_step():
+    # The shard decodes on its own thread while the coordinator consolidates the tail: preempt()
+    # must not empty a slot in the middle of the step that is producing its tokens.
+    import threading
+
+    engine = TorchEngine(_model(), num_slots=8, max_model_len=64)
+    engine.submit(_requests(1.0))
+    engine.step()  # all six admitted and running
+    before = engine.counters().generated_tokens // 6
+    in_step, release = threading.Event(), threading.Event()
+    collect = engine._collect
+
+    def paused_collect(*args, **kwargs):
+        in_step.set()
+        release.wait(10)
+        return collect(*args, **kwargs)
+
+    engine._collect = paused_collect
+    errors, moved = [], []
+    stepping = threading.Thread(target=lambda: _record(errors, engine.step))
+    stepping.start()
+    assert in_step.wait(10)
+    mover = threading.Thread(target=lambda: moved.extend(engine.preempt(6)))
+    mover.start()
+    mover.join(0.3)
+    assert mover.is_alive() and not moved  # waits for the step, not in the middle of it
+    release.set()
+    stepping.join(10)
+    mover.join(10)
+    assert errors == []
+    assert len(moved) == 6 and all(len(m.prefix) == before + 1 for m in moved)  # the step's tokens went with them
+    assert not engine.has_work()
+
+
+def _record(errors, fn):
+    try:
+        fn()
+    except BaseException as err:  # noqa: BLE001 - the test reports it
+        errors.append(err)

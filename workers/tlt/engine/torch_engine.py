@@ -177,7 +177,9 @@ class TorchEngine:
             raise RuntimeError("engine is asleep; call wake() first")
         start = time.perf_counter()
         before = self._counters.generated_tokens
-        with torch.inference_mode():
+        # preempt() runs on the coordinator's thread while this one decodes: it must not empty a
+        # slot whose tokens this step is producing
+        with self._step_lock, torch.inference_mode():
             done = self._admit()
             batch = self._running()
             n = len(batch.slots) if batch is not None else 0
