@@ -7,7 +7,7 @@ import pytest
 from specs import manifest, spec_of
 
 from tlt.coordinator.shard import RolloutShard, auto_threshold
-from tlt.engine.costs import CostTable
+from tlt.speculative.costs import CostTable
 from tlt.engine.types import Request
 from tlt.models import ModelConfig, random_model, save_model
 from tlt.speculative.adaptive import Strategy

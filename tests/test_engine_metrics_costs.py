@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry
 
 from tlt.cli import main
 from tlt.engine import Request, TorchEngine
-from tlt.engine.costs import CostTable, measure_costs
+from tlt.engine.costs import measure_costs
+from tlt.speculative.costs import CostTable
 from tlt.models import ModelConfig, random_model
 from tlt.models.drafter import EagleDrafter
 from tlt.speculative.adaptive import FixedStrategy, Strategy

@@ -21,15 +21,12 @@ FOUNDATIONS = {
     "tlt.elastic": {"tlt.elastic", "tlt.api"},
 }
 
-# Modules that import the Kubernetes client, and why. The target: the operator's I/O module and
-# the worker's (tlt.worker.kube) only. The second group still talks to the API itself and is to be
-# folded into those two; the developer tools drive a local cluster and are neither.
+# The only modules that import the Kubernetes client, and why: the operator's I/O module and the
+# worker's. The developer tools drive a local cluster and are not counted.
 KUBERNETES_API = {
     "tlt_operator.kube": "the operator's API I/O",
     "tlt.worker.kube": "the worker's API I/O: the coordinator's report, its pod's role label and watch, its job's end",
     "tlt.kubeconfig": "the client's login (no API call)",
-}
-NOT_YET_FOLDED = {
 }
 DEV_TOOLS = "tlt.dev."
 
@@ -138,4 +135,4 @@ def test_only_the_io_modules_talk_to_the_kubernetes_api():
     known = modules()
     clients = {name for name, (path, is_package) in known.items()
                if any(t == "kubernetes" or t.startswith("kubernetes.") for t in imported(name, path, is_package, known))}
-    assert {c for c in clients if not c.startswith(DEV_TOOLS)} == set(KUBERNETES_API) | set(NOT_YET_FOLDED)
+    assert {c for c in clients if not c.startswith(DEV_TOOLS)} == set(KUBERNETES_API)
