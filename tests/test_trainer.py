@@ -174,6 +174,44 @@ def test_packed_micro_batches_give_the_loss_and_gradients_of_padded_ones(llama, 
             assert (a[name] - b[name]).abs().max().item() <= 1e-4 * scale + 1e-7, name
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_rollouts_without_advantage_are_not_run_and_the_update_is_the_same(llama, aggregation):
+    # A group that got one reward has advantage 0 for all its rollouts: without a KL term they add exactly 0
+    # to the loss and gradient, so the trainer skips them. The update must be the one that ran them all,
+    # including a step whose every rollout has advantage 0 (AdamW still steps on its momentum).
+    cfg = dict(learning_rate=1e-2, loss_aggregation=aggregation, mini_batch_size=4, micro_batch_size=2)
+    skipping = PolicyTrainer(llama, TrainerConfig(**cfg), device="cpu")
+    running_all = PolicyTrainer(llama, TrainerConfig(**cfg), device="cpu")
+    running_all._trained_rows = lambda rollouts, indices, world_size: indices
+    start = skipping.state_dict()
+    ragged = _ragged(running_all)
+
+    def advantaged(values):
+        return Rollouts(ragged.prompts, ragged.responses, values, old_logprobs=ragged.old_logprobs,
+                        response_masks=ragged.response_masks)
+
+    rows = {id(t): [] for t in (skipping, running_all)}
+    for t in (skipping, running_all):
+        t.module.register_forward_hook(lambda _m, args, kwargs, _out, key=id(t): rows[key].append(
+            int(kwargs["position_ids"].eq(0).sum()) if kwargs.get("position_ids") is not None else 0),
+            with_kwargs=True)
+    grads_skip, grads_all = _with_gradients(skipping), _with_gradients(running_all)
+    first = advantaged([0.0, -0.5, 0.3, 0.0, 0.8, 0.0, -0.7, 0.4])  # the longest (40, 31, 23 tokens) have none
+    m_skip, m_all = skipping.train(first), running_all.train(first)
+    assert m_skip["zero_advantage_fraction"] == pytest.approx(3 / 8) and m_all["zero_advantage_fraction"] == 0
+    assert sum(rows[id(skipping)]) == 5 and sum(rows[id(running_all)]) == 8  # sequences run forward
+    assert m_skip["loss"] == pytest.approx(m_all["loss"], rel=1e-5, abs=1e-7)
+    m_skip, m_all = skipping.train(advantaged([0.0] * 8)), running_all.train(advantaged([0.0] * 8))
+    assert m_skip["updates"] == m_all["updates"] == 2
+    assert m_skip["zero_advantage_fraction"] == pytest.approx(6 / 8)  # one rollout per mini-batch still runs
+    assert len(grads_skip) == len(grads_all) == 4
+    for a, b in zip(grads_skip, grads_all):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert (a[name] - b[name]).abs().max().item() <= 1e-4 * b[name].abs().max().item() + 1e-7, name
+    assert _relative_gap(skipping.state_dict(), running_all.state_dict(), start) <= 1e-4
+
+
 def test_old_logprobs_from_the_rollout_are_not_recomputed(llama):
     trainer = PolicyTrainer(llama, TrainerConfig(learning_rate=1e-3, mini_batch_size=2), device="cpu")
     forwards = []

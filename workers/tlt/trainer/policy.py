@@ -48,7 +48,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json", "generation_config.json")
 STATE_FILE = "trainer_state.pt"
 # Sums one rank collects during a step (all-reduced over ranks at the end).
-_STATS = ("loss", "pg_loss", "kl_loss", "grad_norm", "tokens_seen", "kl", "ppo_kl", "clip_fraction", "entropy")
+_STATS = ("loss", "pg_loss", "kl_loss", "grad_norm", "tokens_seen", "kl", "ppo_kl", "clip_fraction", "entropy",
+          "rows_seen")
 
 
 @dataclass
@@ -281,10 +282,12 @@ class PolicyTrainer:
         of the aggregated losses; kl: mean k3 KL to the reference per token;
         ppo_kl: mean (old - new) log-prob per token; clip_fraction: share of tokens
         whose clipped branch is active (no gradient); entropy: mean token entropy;
-        grad_norm: mean gradient norm before clipping; tokens: response tokens
-        trained on (counted once, not per epoch); tokens_per_second: those tokens
-        over this call's wall time (old/reference log-probs included); updates:
-        optimizer steps.
+        grad_norm: mean gradient norm before clipping; tokens: the batch's response
+        tokens (counted once, not per epoch); tokens_per_second: those tokens over
+        this call's wall time (old/reference log-probs included); updates:
+        optimizer steps; zero_advantage_fraction: share of the rollouts never run
+        through the policy (see `_trained_rows`). kl, ppo_kl, clip_fraction and
+        entropy are over the tokens that were run.
         """
         started = time.perf_counter()
         cfg = self.config
@@ -317,6 +320,7 @@ class PolicyTrainer:
         metrics.update({k: values[k] / tokens for k in ("kl", "ppo_kl", "clip_fraction", "entropy")})
         metrics["tokens"] = float(rollouts.num_tokens())
         metrics["updates"] = float(updates)
+        metrics["zero_advantage_fraction"] = 1.0 - values["rows_seen"] / (n * cfg.ppo_epochs)
         metrics["tokens_per_second"] = metrics["tokens"] / (time.perf_counter() - started)
         return metrics
 
@@ -324,9 +328,11 @@ class PolicyTrainer:
                 ref: list[torch.Tensor] | None, rank: int, world_size: int) -> torch.Tensor:
         """One optimizer step on the mini-batch `indices`; returns this rank's metric sums (`_STATS`)."""
         cfg = self.config
-        total_tokens = float(rollouts.num_tokens(indices))
-        micros = self._micro_batches(rollouts, indices[rank::world_size], world_size)
+        total_tokens = float(rollouts.num_tokens(indices))  # the aggregate is over the whole mini-batch
+        rows = self._trained_rows(rollouts, indices, world_size)
+        micros = self._micro_batches(rollouts, rows[rank::world_size], world_size)
         stats = dict.fromkeys(_STATS, 0.0)
+        stats["rows_seen"] = float(len(rows)) / world_size
         for k, micro in enumerate(micros):
             self.backend.begin_micro(is_last=k == len(micros) - 1)
             batch = self._layout(rollouts, micro, old_logprobs=old)
@@ -358,6 +364,23 @@ class PolicyTrainer:
                     stats["kl"] += float((kl_tokens * m).sum())
         stats["grad_norm"] = self.backend.step()
         return torch.tensor([stats[k] for k in _STATS], dtype=torch.float64)
+
+    def _trained_rows(self, rollouts: Rollouts, indices: list[int], world_size: int) -> list[int]:
+        """The rows of a mini-batch that can move the policy. Without a KL term a rollout whose
+        advantage is 0 (its whole group got one reward) has a loss and a gradient of exactly 0,
+        so running it through forward and backward is wasted work: in a long-tailed batch the
+        groups that all fail are mostly the longest responses. The aggregate's denominators
+        stay those of the whole mini-batch, so the update is the same up to float rounding. A
+        few zero rows are kept when needed so each rank gets an equal share of at least one
+        (every rank steps the optimizer, with zero gradients if nothing else)."""
+        if self.config.kl_coef > 0:
+            return indices
+        live = [i for i in indices if float(rollouts.advantages[i]) != 0.0]
+        idle = sorted((i for i in indices if float(rollouts.advantages[i]) == 0.0),
+                      key=lambda i: rollouts.responses[i].numel())
+        while (len(live) < world_size or len(live) % world_size) and idle:
+            live.append(idle.pop(0))
+        return live
 
     # ------------------------------------------------------------------ weights out
 
