@@ -229,6 +229,25 @@ def test_a_jsonl_dataset_with_the_math_verifier_runs(micro_model, tmp_path):
     assert [r["step"] for r in records if r["kind"] == "step"] == [1]
 
 
+def test_a_finished_sequence_wakes_the_coordinator_and_a_drained_shard_does_not(micro_model):
+    from tlt.coordinator.shard import RolloutShard
+    from tlt.engine.types import Request
+
+    job = parse_job(manifest(micro_model, Path("/tmp/unused")))
+    shard = RolloutShard("rollout-0", str(micro_model), job.spec, batch_threshold=2)
+    assert not shard.wait_for_results(0.01)  # no rollout: nothing to wake for
+    shard.start_rollout(1, [Request(prompt=[1, 5, 6, 7], max_tokens=8 + 8 * i, temperature=1.0, seed=i, id=i)
+                            for i in range(3)])
+    taken = []
+    while len(taken) < 3:
+        assert shard.wait_for_results(30), "a finished sequence must wake the waiter"
+        taken += shard.take_results()
+    while shard.progress().busy:  # the decode loop is leaving
+        shard.wait_for_results(0.05)
+    assert shard.take_results() == []
+    assert shard.wait_for_results(0.01)  # ended: the waiter sees it at once (the pool then stops waiting on it)
+
+
 def test_a_drained_shard_lent_to_drafter_training_trains_and_is_reclaimed_at_once(micro_model):
     import threading
 

@@ -167,8 +167,8 @@ def calibration_inputs(tmp_path, records=None):
     if records is None:
         records = [
             {"kind": "run", "job": "calib"},
-            {"kind": "step", "step": 1, "acceptance_length": 0.0, "time_rollout": 1.0},
-            {"kind": "lengths", "step": 1, "shards": 2, "groups": [[3, 3], [5, 5]], "time_rollout": 1.0,
+            {"kind": "step", "step": 1, "acceptance_length": 0.0, "time_rollout": 0.75},
+            {"kind": "lengths", "step": 1, "shards": 2, "groups": [[3, 3], [5, 5]], "time_rollout": 0.75,
              "sampling_rounds": 1},
             {"kind": "lengths", "step": 2, "shards": 2, "groups": [[3, 3], [5, 5], [2, 2]], "time_rollout": 2.0,
              "sampling_rounds": 2},
@@ -188,15 +188,15 @@ def test_calibrate_replays_each_step_on_the_logged_shards_and_compares(tmp_path,
     result = json.loads(capsys.readouterr().out)
     first, second = result["steps"]
     # Group 1 ([5, 5]) ran on shard 1: one admission (0.05 s) and 5 steps of 0.1 + 0.02 s = 0.65 s;
-    # the coordinator notices at its next 0.2 s poll: 0.8 s, against 1.0 s measured.
-    assert first["simulated_seconds"] == pytest.approx(0.8)
-    assert first["measured_seconds"] == 1.0 and first["error_percent"] == pytest.approx(-20.0)
+    # its last finish wakes the coordinator at once: 0.65 s, against 0.75 s measured.
+    assert first["simulated_seconds"] == pytest.approx(0.65)
+    assert first["measured_seconds"] == 0.75 and first["error_percent"] == pytest.approx(-13.33)
     assert first["sequences"] == 4 and first["tokens"] == 16
     assert second["simulated_seconds"] is None and "2 rounds" in second["note"]
-    assert result["total"] == {"steps": 1, "measured_seconds": 1.0, "simulated_seconds": 0.8,
-                               "error_percent": -20.0}
+    assert result["total"] == pytest.approx({"steps": 1, "measured_seconds": 0.75, "simulated_seconds": 0.65,
+                                             "error_percent": -13.33})
     assert result["within_20_percent"] is True
-    assert result["setting"]["rollout_shards"] == [2] and result["setting"]["poll_seconds"] == 0.2
+    assert result["setting"]["rollout_shards"] == [2] and result["setting"]["poll_seconds"] == 0.0
 
 
 def test_calibrate_prints_a_table_with_both_numbers_per_step(tmp_path, capsys):
@@ -204,17 +204,17 @@ def test_calibrate_prints_a_table_with_both_numbers_per_step(tmp_path, capsys):
     assert main(["simulate", str(job), "--calibrate", str(run), "--costs", str(costs)]) == 0
     out = capsys.readouterr().out
     assert "measured s" in out and "simulated s" in out
-    assert "1.000" in out and "0.800" in out and "-20.0%" in out
+    assert "0.750" in out and "0.650" in out and "-13.3%" in out
     assert "not replayed" in out and "total over 1 steps" in out
 
 
-def test_calibrate_without_poll_rounding_is_the_shards_decode_time(tmp_path):
+def test_calibrate_with_a_polling_coordinator_rounds_the_end_up_to_its_next_poll(tmp_path):
     from tlt.api.load import load_jobs
     from tlt.sim.calibrate import calibrate_run
 
     run, job, costs = calibration_inputs(tmp_path)
-    result = calibrate_run(load_jobs(job)[0].spec, load_profile(costs), run, poll_seconds=0.0)
-    assert result.steps[0].simulated_seconds == pytest.approx(0.05 + 5 * (0.1 + 0.02))
+    result = calibrate_run(load_jobs(job)[0].spec, load_profile(costs), run, poll_seconds=0.2)
+    assert result.steps[0].simulated_seconds == pytest.approx(0.8)  # 0.65 s, seen at the poll of 0.8 s
 
 
 def test_calibrate_uses_the_prompt_length_and_threshold_the_run_logged(tmp_path, capsys):

@@ -177,6 +177,7 @@ class RolloutShard:
         self._preempt = threading.Event()
         self._train_thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._news = threading.Event()  # set while finished sequences wait to be taken, or the decode loop ended
         self._recorded = (0, 0)  # (accepted tokens, verify rounds) already in the drafter metrics
         self._measured: dict[int, tuple[int, int]] = {}  # drafter version -> its (accepted tokens, verify rounds)
         self._weights = None  # (WeightGroup, manifest, dtype) once in the trainer's weight group
@@ -212,6 +213,7 @@ class RolloutShard:
         self.buffer.start_step(step)
         rollout = _Rollout(step)
         self._rollout = rollout
+        self._news.clear()
         self.engine.wake()
         self.engine.submit(requests)
         rollout.thread = threading.Thread(target=self._decode_loop, args=(rollout,), daemon=True, name=f"{self.name}-decode")
@@ -233,11 +235,13 @@ class RolloutShard:
                 if done:
                     with self._lock:
                         rollout.results.extend(done)
+                    self._news.set()
                     for r in done:
                         self.buffer.add(Sample.of(r.prompt, r.tokens, self.policy_version))
         except BaseException as err:  # surfaced to the coordinator by take_results()
             rollout.error = err
         self._record_acceptance()  # before the coordinator moves the versions on
+        self._news.set()
 
     def _record_acceptance(self) -> None:
         """The rounds verified since the last call, into the acceptance length of the versions in use."""
@@ -302,7 +306,15 @@ class RolloutShard:
             raise RuntimeError(f"{self.name}: rollout failed: {rollout.error!r}") from rollout.error
         with self._lock:
             out, rollout.results = rollout.results, []
+            if rollout.thread is not None and rollout.thread.is_alive():
+                self._news.clear()
         return out
+
+    def wait_for_results(self, timeout: float) -> bool:
+        """Block until finished sequences are ready to take (or the decode loop ended), at most
+        `timeout` seconds: the coordinator sees the end of a rollout when it happens, not at
+        its next poll."""
+        return self._news.wait(timeout)
 
     def move_out(self, count: int) -> list[Request]:
         """Hand over up to `count` unfinished sequences as continuation requests (re-prefill elsewhere)."""

@@ -21,9 +21,9 @@ What the replay matches to the embedded runner (`tlt.coordinator.loop`):
 - speculation: the adaptive manager and its bandit (plain decoding is an arm), each
   strategy emitting tokens per round with the step's measured mean acceptance
   length (a chain whose per-level acceptance gives that mean);
-- the elastic policy (`tlt.elastic.plan`: lending, tail consolidation) every poll,
-  and the rollout ends at the coordinator's first poll after the last finish
-  (`POLL_SECONDS`, 0.2 s);
+- the elastic policy (`tlt.elastic.plan`: lending, tail consolidation) every 0.2 s
+  (`POLL_SECONDS`, the coordinator's control interval), and the rollout ends at its
+  last finish (a finished sequence wakes the coordinator at once);
 - the engine's costs per iteration: target forward + (speculating) drafting, the
   engine's own overhead per step or round, KV reads padded to the longest context,
   and a fixed + per-token prefill per admission, all from the cost table.
@@ -46,7 +46,7 @@ from tlt.sim.run import predict_rollout_seconds
 from tlt.speculative.adaptive import Strategy
 from tlt.speculative.controller import speculates
 
-POLL_SECONDS = 0.2  # tlt.coordinator.loop.POLL_SECONDS: the embedded coordinator's poll interval
+POLL_SECONDS = 0.2  # tlt.coordinator.loop.POLL_SECONDS: the embedded coordinator's control interval
 PROBE_CONTEXT = 128  # context of the cost table the embedded runner measures for `auto` at start-up
 PROBE_ACCEPTANCE = 2.0  # the acceptance length that rule assumed before runs measured it (and logged the threshold)
 
@@ -212,8 +212,9 @@ def _step_threshold(record: dict, override: int | None, default: int) -> int:
 
 
 def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Path, *, prompt_tokens: int | None = None,
-              batch_threshold: int | None = None, poll_seconds: float = POLL_SECONDS, seed: int = 0) -> Calibration:
-    """Each logged step's rollout replayed in the simulator next to its measured time."""
+              batch_threshold: int | None = None, poll_seconds: float = 0.0, seed: int = 0) -> Calibration:
+    """Each logged step's rollout replayed in the simulator next to its measured time. `poll_seconds`:
+    a coordinator that notices the rollout's end only at its next poll (0: at once, as it does)."""
     records, step_records = read_run(run_dir)
     # Runs log their prompt length and resolved threshold; the options override (older runs lack them).
     logged_prompts = [float(r["prompt_tokens"]) for r in records if isinstance(r.get("prompt_tokens"), (int, float))]
@@ -254,7 +255,7 @@ def calibrate_run(spec: ReasoningRLJobSpec, profile: Profile, run_dir: str | Pat
             })
             step_profile = profile.with_changes(acceptance=acceptance_with_mean(spec, acceptance))
             replay.simulated_seconds = predict_rollout_seconds(
-                step_profile, flat, step_spec, mode="tlt", seed=seed, control_interval_s=poll_seconds,
+                step_profile, flat, step_spec, mode="tlt", seed=seed, control_interval_s=POLL_SECONDS,
                 batch_threshold=_step_threshold(record, override, threshold), poll_seconds=poll_seconds)
         steps.append(replay)
     setting = {
