@@ -93,3 +93,20 @@ def test_plain_rewards_count_only_when_the_bandit_chose_plain():
     assert manager.decide(100) is None  # above the threshold: off, not the plain arm
     manager.record_plain(100, tokens=100, seconds=0.01)
     assert manager.bandit.median(100, PLAIN) is None
+
+
+def test_a_new_drafter_version_is_tried_again_after_losing_to_plain_decoding():
+    strategy = Strategy(4, 1, 4)
+    manager = AdaptiveManager([strategy], batch_threshold=8, hysteresis=0, epsilon=0.0)
+    for _ in range(6):  # the run's first drafter is weak: plain decoding wins the bucket
+        arm = manager.decide(2)
+        if arm is None:
+            manager.record_plain(2, tokens=2, seconds=0.01)  # 200 tokens/s
+        else:
+            manager.record(arm, 2, tokens=4, seconds=0.04)  # 100 tokens/s
+    assert manager.decide(2) is None
+    manager.drafter_changed()
+    assert manager.decide(2) == strategy  # tried before it competes again
+    manager.record(strategy, 2, tokens=12, seconds=0.04)  # 300 tokens/s: the new drafter pays
+    assert manager.decide(2) == strategy
+    assert manager.bandit.median(2, PLAIN) == 200.0  # plain decoding's measurements still hold

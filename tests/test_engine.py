@@ -9,7 +9,7 @@ import torch
 from tlt.engine import Request, RequestError, TorchEngine
 from tlt.models import random_model
 from tlt.models.drafter import EagleDrafter
-from tlt.speculative.adaptive import AdaptiveManager, FixedStrategy, Strategy
+from tlt.speculative.adaptive import PLAIN, AdaptiveManager, FixedStrategy, Strategy
 from tlt.speculative.ngram import NgramDrafter
 
 from engine_models import CFG, bigram_drafter, mixed_prompts, mixed_requests, near_bigram_target
@@ -147,6 +147,17 @@ def test_policy_and_drafter_weight_updates_apply_in_place(target):
     new = EagleDrafter.for_target(model, seed=9)
     engine.update_drafter_weights(new.state_dict())
     assert torch.equal(engine.drafter.fc.weight, new.fc.weight)
+
+
+def test_a_new_drafter_version_makes_the_adaptive_engine_try_speculation_again(target):
+    strategy = Strategy(4, 1, 4)
+    manager = AdaptiveManager([strategy], batch_threshold=8, hysteresis=0, epsilon=0.0)
+    engine = TorchEngine(target, num_slots=2, max_model_len=64, drafter=bigram_drafter(target), speculation=manager)
+    manager.bandit.record(1, strategy, 50.0)  # the old drafter lost to plain decoding
+    manager.bandit.record(1, PLAIN, 100.0)
+    assert manager.decide(1) is None
+    engine.update_drafter_weights(bigram_drafter(target).state_dict())
+    assert manager.decide(1) == strategy
 
 
 def test_bad_requests_are_refused_with_the_field_named(target):

@@ -47,6 +47,7 @@ class SpeculationController(Protocol):
     def decide(self, batch: int) -> Strategy | None: ...
     def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None: ...
     def record_plain(self, batch: int, tokens: int, seconds: float) -> None: ...
+    def drafter_changed(self) -> None: ...
 
 
 @dataclass
@@ -272,6 +273,8 @@ class TorchEngine:
             self.drafter.load_state(state)
         self.dcache.lengths.zero_()
         self._hdlen.zero_()
+        if self.speculation is not None:
+            self.speculation.drafter_changed()
 
     def compute_hidden_states(self, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> list[torch.Tensor]:
         """Target post-norm last hidden states [len, H] of whole sequences (one prefill each,

@@ -639,8 +639,11 @@ class ClusterSimulator:
         for w in self.workers.values():
             if w.activity == "sync":
                 self._set(w, "drafter" if w.current_role == "drafter" else "idle")
-        if self.step % self.spec.drafter.sync_every == 0:
+        if self.step % self.spec.drafter.sync_every == 0 and self.version_knowledge != self.knowledge:
             self.version_knowledge = self.knowledge
+            for w in self.workers.values():
+                if isinstance(w.manager, AdaptiveManager):
+                    w.manager.drafter_changed()  # a new drafter version, as the engine's
         self.phase = "idle"
         self.done = True
 

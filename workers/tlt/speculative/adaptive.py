@@ -110,6 +110,10 @@ class BucketedBandit:
         key = (self.bucket(batch), arm)
         self.rewards.setdefault(key, deque(maxlen=self.window)).append(reward)
 
+    def forget(self, arms) -> None:
+        """Drop every bucket's rewards of `arms`: each is tried again before it competes."""
+        self.rewards = {key: window for key, window in self.rewards.items() if key[1] not in arms}
+
 
 # The bandit's arm for "no speculation": plain decoding competes with the strategies on
 # measured tokens per second, so a weak drafter (or a cheap target) is simply not used.
@@ -174,6 +178,12 @@ class AdaptiveManager:
         if self._plain_chosen and seconds > 0:
             self.bandit.record(batch, PLAIN, tokens / seconds)
 
+    def drafter_changed(self) -> None:
+        """A new drafter version: the strategies' rewards measured the old one (a drafter that lost
+        to plain decoding early in a run would otherwise rarely be tried again as it learns), so
+        every bucket tries them afresh; plain decoding's rewards still hold."""
+        self.bandit.forget(self.strategies)
+
 
 @dataclass
 class FixedStrategy:
@@ -188,6 +198,9 @@ class FixedStrategy:
         pass
 
     def record_plain(self, batch: int, tokens: int, seconds: float) -> None:
+        pass
+
+    def drafter_changed(self) -> None:
         pass
 
 
