@@ -1,11 +1,10 @@
-"""Adaptive control: threshold hysteresis, bucketed bandit, compute guard, `auto` threshold."""
+"""Adaptive control: threshold hysteresis, bucketed bandit, compute guard, plain decoding as an arm."""
 
 import random
 
 import pytest
 
-from tlt.speculative.adaptive import (PLAIN, AdaptiveManager, BucketedBandit, Strategy, ThresholdSwitch,
-                                      predicted_speedup, threshold_from_costs)
+from tlt.speculative.adaptive import PLAIN, AdaptiveManager, BucketedBandit, Strategy, ThresholdSwitch
 
 ARMS = [Strategy(2, 1, 2), Strategy(4, 1, 4), Strategy(3, 2, 6)]
 
@@ -49,25 +48,6 @@ def test_manager_turns_speculation_off_above_threshold_and_guards_compute():
     # batch 4: (verify+1)*4 <= 12 only for the 2-token arm
     assert manager.decide(4) == ARMS[0]
     assert set(manager.allowed(1)) == set(ARMS)
-
-
-def _costs():
-    # target forward seconds: flat in width at small batch, linear at large batch (compute-bound)
-    return {b: {w: 0.01 + 0.0004 * b * w for w in (1, 2, 4, 8, 16)} for b in (1, 2, 4, 8, 16, 32, 64)}
-
-
-def test_auto_threshold_is_the_last_batch_size_where_the_cost_table_predicts_a_speedup():
-    costs, arm = _costs(), Strategy(4, 1, 4)
-    threshold = threshold_from_costs(costs, arm, acceptance_length=2.5, drafter_ratio=0.1)
-    assert 1 <= threshold < 64
-    assert predicted_speedup(costs, threshold, arm, 2.5, 0.1) >= 1.05
-    bigger = min(b for b in costs if b > threshold)
-    assert predicted_speedup(costs, bigger, arm, 2.5, 0.1) < 1.05
-
-
-def test_auto_threshold_is_zero_when_speculation_never_pays():
-    costs = {b: {w: 0.001 * b * w for w in (1, 2, 4, 8)} for b in (1, 2, 4)}  # fully compute-bound
-    assert threshold_from_costs(costs, Strategy(4, 1, 4), acceptance_length=1.2) == 0
 
 
 @pytest.mark.parametrize("text", ["4_1", "a_b_c", "2_1_9"])

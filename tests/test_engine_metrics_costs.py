@@ -1,6 +1,7 @@
 """Engine metrics in a given Prometheus registry; the cost table and `tlt bench costs`."""
 
 import json
+from dataclasses import replace
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -57,6 +58,31 @@ def test_auto_threshold_is_the_largest_batch_where_speculation_pays_by_the_table
     # the acceptance length moves the boundary: at 3 tokens a round w3 = 2.3 still pays (<= 2.357)
     assert costs(2.3).auto_threshold(s, acceptance_length=3.0) == 4
     assert costs(2.4).auto_threshold(s, acceptance_length=3.0) == 1
+
+
+def test_auto_threshold_is_the_last_batch_size_where_a_compute_bound_table_predicts_a_speedup():
+    # flat in width at small batch, linear at large batch
+    table = CostTable(drafter_ratio=0.1, target_seconds={b: {w: 0.01 + 0.0004 * b * w for w in (1, 2, 4, 8, 16)}
+                                                         for b in (1, 2, 4, 8, 16, 32, 64)})
+    arm = Strategy(4, 1, 4)
+    threshold = table.auto_threshold(arm, acceptance_length=2.5)
+    assert 1 <= threshold < 64
+    assert table.predicted_speedup(threshold, arm, 2.5) >= 1.05
+    bigger = min(b for b in table.target_seconds if b > threshold)
+    assert table.predicted_speedup(bigger, arm, 2.5) < 1.05
+    fully_bound = CostTable(target_seconds={b: {w: 0.001 * b * w for w in (1, 2, 4, 8)} for b in (1, 2, 4)})
+    assert fully_bound.auto_threshold(arm, acceptance_length=1.2) == 0  # speculation never pays
+
+
+def test_auto_threshold_counts_the_engines_measured_overhead_per_round():
+    # the forwards alone pay at both batch sizes (see above); a round's bookkeeping costs more than
+    # a plain step's, and at batch 4 that tips it
+    s = Strategy(2, 1, 2)
+    forwards = costs(1.30)
+    assert forwards.auto_threshold(s) == 4
+    engine = replace(forwards, step_overhead_seconds={1: 0.05, 4: 0.05}, round_overhead_seconds={1: 0.05, 4: 0.3})
+    assert engine.predicted_speedup(4, s, 2.0) < 1.05 <= engine.predicted_speedup(1, s, 2.0)
+    assert engine.auto_threshold(s) == 1
 
 
 def test_bench_costs_command_prints_a_table_and_writes_json(tmp_path, capsys):

@@ -217,8 +217,10 @@ class ShardWorker(RolloutShard):
         from tlt.engine.costs import measure_costs
         from tlt.speculative.adaptive import Strategy
 
+        # with the engine's own time per plain step and per round: on a CPU it decides where speculation pays
         table = measure_costs(self.model, self.eagle, batch_sizes=(1, 2, 4, 8, 16, 32), widths=(1, 4, 8),
-                              context_len=128, repeats=3, progress=False, engine_terms=False)
+                              context_len=128, repeats=3, progress=False,
+                              round_strategy=self.spec.speculative.strategies[0])
         return table.to_json(), self.measure_acceptance(prompts, stop_ids, Strategy.parse(self.spec.speculative.strategies[0]))
 
 

@@ -14,7 +14,7 @@ then compares its rollout time with the measured one:
 
 What the replay matches to the embedded runner (`tlt.coordinator.loop`):
 - shards = the record's `shards`, `maxBatchSize` slots each, continuous batching;
-- `batchThreshold: auto` as the runner resolves it: `threshold_from_costs` on the cost
+- `batchThreshold: auto` as the runner resolves it: `CostTable.auto_threshold` on the cost
   table for the first strategy at an assumed acceptance length of 2, at least 1
   (the runner measures its own table at start-up and does not log the result; pass
   `--batch-threshold` to override);

@@ -7,8 +7,7 @@
   bucket, a sliding window of rewards (accepted tokens per second) per arm and picks
   the arm with the best median, exploring with probability epsilon.
 - A compute guard drops arms whose verification width x batch exceeds the budget.
-- `threshold_from_costs`: the `auto` threshold, the largest batch size at which the
-  measured cost table predicts a speedup.
+- The `auto` threshold comes from the measured cost table (`tlt.speculative.costs.CostTable`).
 """
 
 from __future__ import annotations
@@ -202,50 +201,3 @@ class FixedStrategy:
 
     def drafter_changed(self) -> None:
         pass
-
-
-def predicted_speedup(costs: dict[int, dict[int, float]], batch: int, strategy: Strategy,
-                      acceptance_length: float, drafter_ratio: float) -> float:
-    """Plain time per token over speculative time per token at `batch`.
-
-    costs[batch][width] is the target forward time for `batch` sequences with `width`
-    new tokens each. A round verifies verify_tokens + 1 tokens, drafts `steps` levels
-    at drafter_ratio of a target forward of width topk, and emits acceptance_length
-    tokens per sequence; plain decoding emits one per target forward of width 1.
-    """
-    row = costs[batch]
-    verify = _interp(row, strategy.verify_tokens + 1)
-    draft = strategy.steps * drafter_ratio * _interp(row, strategy.topk)
-    return acceptance_length * row[1] / (verify + draft)
-
-
-def threshold_from_costs(costs: dict[int, dict[int, float]], strategy: Strategy,
-                         acceptance_length: float = 2.0, drafter_ratio: float = 0.15,
-                         min_speedup: float = 1.05) -> int:
-    """The largest measured batch size up to which speculation is predicted to pay
-    (every smaller measured size pays too); 0 when it never pays."""
-    best = 0
-    for batch in sorted(costs):
-        if predicted_speedup(costs, batch, strategy, acceptance_length, drafter_ratio) >= min_speedup:
-            best = batch
-        else:
-            break
-    return best
-
-
-def _interp(row: dict[int, float], width: int) -> float:
-    """Cost at `width`, linear between measured widths (clamped extrapolation above)."""
-    if width in row:
-        return row[width]
-    widths = sorted(row)
-    if width <= widths[0]:
-        return row[widths[0]]
-    if width >= widths[-1]:
-        if len(widths) == 1:
-            return row[widths[0]]
-        lo, hi = widths[-2], widths[-1]
-        slope = (row[hi] - row[lo]) / (hi - lo)
-        return row[hi] + slope * (width - hi)
-    i = bisect.bisect_left(widths, width)
-    lo, hi = widths[i - 1], widths[i]
-    return row[lo] + (row[hi] - row[lo]) * (width - lo) / (hi - lo)

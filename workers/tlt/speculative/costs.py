@@ -25,7 +25,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass, field, replace
 
-from tlt.speculative.adaptive import Strategy, threshold_from_costs
+from tlt.speculative.adaptive import Strategy
+
+MIN_SPEEDUP = 1.05  # `auto` speculates where the table predicts at least this much
 
 _BATCH_MAPS = ("drafter_seconds", "step_overhead_seconds", "round_overhead_seconds")
 
@@ -79,8 +81,20 @@ class CostTable:
 
     # ---- what it predicts ----
     def auto_threshold(self, strategy: Strategy, acceptance_length: float = 2.0) -> int:
-        """The largest batch size up to which `strategy` is predicted to pay (`threshold_from_costs`)."""
-        return threshold_from_costs(self.target_seconds, strategy, acceptance_length, self.drafter_ratio)
+        """The largest measured batch size up to which `strategy` is predicted to pay (every smaller
+        measured size pays too); 0 when it never pays."""
+        best = 0
+        for batch in sorted(self.target_seconds):
+            if self.predicted_speedup(batch, strategy, acceptance_length) < MIN_SPEEDUP:
+                break
+            best = batch
+        return best
+
+    def predicted_speedup(self, batch: int, strategy: Strategy, acceptance_length: float) -> float:
+        """Plain time per token over speculative time per token at `batch`: a round drafts, verifies
+        and emits `acceptance_length` tokens per sequence, plain decoding one per iteration, each with
+        the engine's own overhead where the table measured it."""
+        return acceptance_length * self.iteration_seconds(batch, None) / self.iteration_seconds(batch, strategy)
 
     def at_context(self, context_len: int) -> "CostTable":
         """The table as if its forwards held `context_len` KV tokens per sequence (the KV term moves each
