@@ -372,6 +372,36 @@ def test_lent_shard_trains_until_reclaimed_and_reports_its_steps(policy_folder):
     assert shard.trainer.version == 1 and shard.drafter_report()[1] >= 1
 
 
+def test_a_lent_shard_prefills_each_buffered_sequence_once_across_preempted_lends(policy_folder, monkeypatch):
+    import tlt.coordinator.shard as shard_mod
+
+    shard = rollout_shard(policy_folder, "prep-0")
+    prefilled = []
+
+    def counting_prefill(target, samples, *args):
+        prefilled.extend(samples)
+        if len(prefilled) == shard_mod.PREFILL_CHUNK:
+            shard._preempt.set()  # reclaimed while its first chunk is prefilled
+        return shard_mod.prefill_hidden.__wrapped__(target, samples, *args)
+
+    counting_prefill.__wrapped__ = shard_mod.prefill_hidden
+    monkeypatch.setattr(shard_mod, "prefill_hidden", counting_prefill)
+    samples = random_samples(3 * shard_mod.PREFILL_CHUNK, seed=4)
+    shard.buffer.extend(samples, 0)
+    assert shard._training_data() is None  # preempted after one chunk
+    shard._preempt.clear()
+    batches = shard._training_data()  # the next lend goes on where the last one stopped
+    assert len(prefilled) == len(samples) and {id(s) for s in prefilled} == {id(s) for s in samples}
+    windows = shard._windows
+    expected = training_batches(shard.model, samples, max_response_tokens=32)
+    assert sum(int(b.loss_mask.sum()) for b in batches) == sum(int(b.loss_mask.sum()) for b in expected)
+    more = random_samples(4, seed=5)
+    shard.buffer.extend(more, 1)  # the next step's sequences: only they are prefilled
+    shard._training_data()
+    assert len(prefilled) == len(samples) + len(more)
+    assert all(windows[id(s)] is shard._windows[id(s)] for s in samples)
+
+
 # ---------------------------------------------------------------- tracking
 
 def test_metrics_count_training_preemptions_and_acceptance_per_version(random_batches):

@@ -23,7 +23,8 @@ import torch
 
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig, drafter_metrics
-from tlt.drafter.packing import training_batches
+from tlt.drafter.buffer import make_windows, prefill_hidden
+from tlt.drafter.packing import pack_windows
 from tlt.engine.memory import fit_kv_memory
 from tlt.engine.torch_engine import TorchEngine
 from tlt.engine.types import Request, Result
@@ -173,6 +174,8 @@ class RolloutShard:
                                        metrics=drafter_metrics())
         self._rollout: _Rollout | None = None
         self._data_key: tuple | None = None
+        # id(sample) -> (sample, its training windows): each buffered sequence is prefilled once
+        self._windows: dict[int, tuple[Sample, list]] = {}
         self._data: list = []
         self._preempt = threading.Event()
         self._train_thread: threading.Thread | None = None
@@ -204,7 +207,8 @@ class RolloutShard:
         if self.eagle is not None:
             self.eagle.to(device)
         if device == "cpu":
-            self._data_key, self._data = None, []  # prepared hidden states would hold the GPU during rollout
+            # prepared hidden states would hold the GPU during rollout
+            self._data_key, self._data, self._windows = None, [], {}
 
     # ---- rollout ----
     def start_rollout(self, step: int, requests: list[Request]) -> None:
@@ -349,20 +353,27 @@ class RolloutShard:
                 break
 
     def _training_data(self):
-        """Packed batches of the buffered rollouts; the target prefill runs in small chunks,
-        so a preemption waits for one chunk at most, and is kept until the buffer changes."""
+        """Packed batches of the buffered rollouts. Each sequence's target prefill runs once, in
+        length-sorted chunks (little padding; a preemption waits for one chunk at most) whose
+        results outlive the lend: lends are short, and a lend spent prefilling the whole buffer
+        again trains nothing. A sequence keeps the hidden states of the policy that prefilled it
+        (at most `drafter.bufferSteps` updates old)."""
         key = (len(self.buffer), self.buffer.dropped, tuple(self.buffer.steps))
         if self._data_key == key:
             return self._data
         samples = self.buffer.samples()
         if not samples:
             return None
-        batches = []
-        for i in range(0, len(samples), PREFILL_CHUNK):
+        kept = {id(s) for s in samples}
+        self._windows = {k: v for k, v in self._windows.items() if k in kept}
+        todo = sorted((s for s in samples if id(s) not in self._windows), key=lambda s: len(s.tokens))
+        for i in range(0, len(todo), PREFILL_CHUNK):
             if self._preempt.is_set():
-                return None  # started again next time from scratch: the buffer may change meanwhile
-            batches += training_batches(self.model, samples[i:i + PREFILL_CHUNK],
-                                        max_response_tokens=self.spec.drafter.window_tokens)
+                return None  # the chunks prefilled so far are kept for the next lend
+            chunk = todo[i:i + PREFILL_CHUNK]
+            for sample, hidden in zip(chunk, prefill_hidden(self.model, chunk)):
+                self._windows[id(sample)] = (sample, make_windows([sample], [hidden], self.spec.drafter.window_tokens))
+        batches = pack_windows([w for s in samples for w in self._windows[id(s)][1]])
         self._data_key, self._data = key, batches
         return batches
 

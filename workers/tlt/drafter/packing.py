@@ -144,7 +144,11 @@ def training_batches(target, samples, max_response_tokens: int = 512, row_tokens
     from .buffer import make_windows, prefill_hidden
 
     hidden = prefill_hidden(target, samples, max_prefill_tokens)
-    windows = make_windows(samples, hidden, max_response_tokens, context)
+    return pack_windows(make_windows(samples, hidden, max_response_tokens, context), row_tokens, rows_per_batch)
+
+
+def pack_windows(windows: Sequence[Window], row_tokens: int = 1024, rows_per_batch: int = 4) -> list[Batch]:
+    """Windows -> packed micro-batches (a row is at least as long as the longest window)."""
     if not windows:
         return []
-    return micro_batches(windows, max(row_tokens, max(len(w) for w in windows)), rows_per_batch)
+    return micro_batches(list(windows), max(row_tokens, max(len(w) for w in windows)), rows_per_batch)
