@@ -379,16 +379,19 @@ def test_a_lent_shard_prefills_each_buffered_sequence_once_across_preempted_lend
     prefilled = []
 
     def counting_prefill(target, samples, *args):
-        prefilled.extend(samples)
-        if len(prefilled) == shard_mod.PREFILL_CHUNK:
+        assert (len(samples) == 1 or len(samples) * max(len(s.tokens) for s in samples) <= 128)  # chunks as set
+        if not prefilled:
             shard._preempt.set()  # reclaimed while its first chunk is prefilled
-        return shard_mod.prefill_hidden.__wrapped__(target, samples, *args)
+        prefilled.extend(samples)
+        return prefill(target, samples, *args)
 
-    counting_prefill.__wrapped__ = shard_mod.prefill_hidden
+    prefill = shard_mod.prefill_hidden
     monkeypatch.setattr(shard_mod, "prefill_hidden", counting_prefill)
-    samples = random_samples(3 * shard_mod.PREFILL_CHUNK, seed=4)
+    monkeypatch.setattr(shard_mod, "PREFILL_TOKENS", 128)
+    samples = random_samples(24, seed=4)
     shard.buffer.extend(samples, 0)
     assert shard._training_data() is None  # preempted after one chunk
+    assert 0 < len(prefilled) < len(samples)
     shard._preempt.clear()
     batches = shard._training_data()  # the next lend goes on where the last one stopped
     assert len(prefilled) == len(samples) and {id(s) for s in prefilled} == {id(s) for s in samples}

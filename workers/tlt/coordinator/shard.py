@@ -37,7 +37,10 @@ from tlt.speculative.ngram import NgramDrafter
 from tlt.trainer.sync import receiver_metrics
 
 
-PREFILL_CHUNK = 8  # sequences per target prefill when preparing drafter data
+PREFILL_TOKENS = 1024  # most (padded) tokens per target prefill preparing drafter data: a reclaim waits for one
+# Packed rows (about 1K tokens each) per lent drafter training step: many small optimizer steps
+# per short lend, and a reclaim waits for one of them at most
+DRAFTER_ROWS = 1
 PROBE_TOKENS = 128  # response tokens per prompt when measuring a drafter's acceptance length
 
 
@@ -50,6 +53,19 @@ def bind_threads(cores: list[int] | None) -> None:
     except (AttributeError, OSError):
         pass  # not Linux, or not allowed: the thread count below still bounds the share
     torch.set_num_threads(len(cores))
+
+
+def _prefill_chunks(samples: list[Sample]) -> list[list[Sample]]:
+    """`samples` in order, cut into chunks of at most PREFILL_TOKENS when padded to their longest
+    (a longer sequence alone)."""
+    chunks: list[list[Sample]] = []
+    for sample in samples:
+        chunk = chunks[-1] if chunks else None
+        if chunk and (len(chunk) + 1) * max(len(sample.tokens), *(len(s.tokens) for s in chunk)) <= PREFILL_TOKENS:
+            chunk.append(sample)
+        else:
+            chunks.append([sample])
+    return chunks
 
 
 def rollout_device(spec: ReasoningRLJobSpec) -> str:
@@ -367,13 +383,16 @@ class RolloutShard:
         kept = {id(s) for s in samples}
         self._windows = {k: v for k, v in self._windows.items() if k in kept}
         todo = sorted((s for s in samples if id(s) not in self._windows), key=lambda s: len(s.tokens))
-        for i in range(0, len(todo), PREFILL_CHUNK):
+        for chunk in _prefill_chunks(todo):
             if self._preempt.is_set():
                 return None  # the chunks prefilled so far are kept for the next lend
-            chunk = todo[i:i + PREFILL_CHUNK]
             for sample, hidden in zip(chunk, prefill_hidden(self.model, chunk)):
                 self._windows[id(sample)] = (sample, make_windows([sample], [hidden], self.spec.drafter.window_tokens))
-        batches = pack_windows([w for s in samples for w in self._windows[id(s)][1]])
+        batches = []
+        for chunk in _prefill_chunks(samples):  # packed in pieces too: a reclaim waits for one
+            if self._preempt.is_set():
+                return None
+            batches += pack_windows([w for s in chunk for w in self._windows[id(s)][1]], rows_per_batch=DRAFTER_ROWS)
         self._data_key, self._data = key, batches
         return batches
 
