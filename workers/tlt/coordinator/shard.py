@@ -387,7 +387,8 @@ class RolloutShard:
             if self._preempt.is_set():
                 return None  # the chunks prefilled so far are kept for the next lend
             for sample, hidden in zip(chunk, prefill_hidden(self.model, chunk)):
-                self._windows[id(sample)] = (sample, make_windows([sample], [hidden], self.spec.drafter.window_tokens))
+                windows = make_windows([sample], [hidden], max_response_tokens=self.spec.drafter.window_tokens)
+                self._windows[id(sample)] = (sample, windows)
         batches = []
         for chunk in _prefill_chunks(samples):  # packed in pieces too: a reclaim waits for one
             if self._preempt.is_set():
