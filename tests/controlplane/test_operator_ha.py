@@ -27,6 +27,8 @@ def test_of_two_replicas_one_reconciles_and_the_other_takes_over_when_it_is_kill
         job.running_pods(2)
         assert second.reconciles() == 0 and "waits to lead" in second.logs(), "the standby does nothing"
         assert lease()["spec"]["holderIdentity"] == first.identity
+        # The pods run as soon as they exist; the leader's reconcile posts its Created event just after.
+        wait_for(lambda: len(job.events("Created")) == 1, what="the leader's Created event")
 
         first.kill()  # no release: the standby takes over once the lease is not renewed
         wait_for(lambda: lease().get("spec", {}).get("holderIdentity") == second.identity, timeout=30,
