@@ -56,7 +56,10 @@ class Recipe:
     task_options: dict = field(default_factory=dict)
     shape: ModelShape = ModelShape()
     error_rate: float = 0.08
-    steps: int = 2000
+    # 4000 steps (4M tokens) is what it takes to learn the parity branch (greedy held-out
+    # accuracy 0.98, loss 0.068); at 2000 steps the model still picks the wrong increment in
+    # about 45% of held-out traces, mistakes RL cannot credit, and the quickstart does not learn.
+    steps: int = 4000
     tokens_per_step: int = 1024
     learning_rate: float = 3e-3
     warmup_steps: int = 30
