@@ -19,13 +19,13 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
-    return ensure_base_model("micro-arith", out=tmp_path_factory.mktemp("a") / "m", progress=False)
+    return ensure_base_model("micro-arith", out=tmp_path_factory.mktemp("a") / "m", progress=False, threads=1)
 
 
 def test_same_recipe_twice_gives_identical_weights_that_transformers_loads(tmp_path, cache, first):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    second = ensure_base_model("micro-arith", out=tmp_path / "b", progress=False)
+    second = ensure_base_model("micro-arith", out=tmp_path / "b", progress=False, threads=1)
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -39,6 +39,14 @@ def test_same_recipe_twice_gives_identical_weights_that_transformers_loads(tmp_p
     assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
     info = json.loads((first / BOOTSTRAP_INFO).read_text())
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("cores, load, threads", [(2, 0.0, 2), (2, 0.4, 2), (2, 1.0, 1), (2, 3.5, 1),
+                                                  (8, 0.0, 4), (8, 5.2, 3), (1, 0.0, 1)])
+def test_a_build_uses_the_idle_cores_by_load_average(monkeypatch, cores, load, threads):
+    monkeypatch.setattr(boot.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(boot.os, "getloadavg", lambda: (load, load, load))
+    assert boot.idle_threads() == threads
 
 
 def test_a_different_seed_gives_different_weights(tmp_path, cache, first):

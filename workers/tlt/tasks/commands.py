@@ -22,8 +22,8 @@ def register(subparsers) -> None:
     boot.add_argument("--out", default=None, help="build into this folder instead of the cache")
     boot.add_argument("--steps", type=int, default=None, help="optimizer steps (changes the cache key)")
     boot.add_argument("--seed", type=int, default=None, help="training seed (changes the cache key)")
-    boot.add_argument("--threads", type=int, default=1,
-                      help="torch CPU threads for training (default 1: fastest on a busy 2-core machine)")
+    boot.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads for training (default: the idle cores by load average, at most 4)")
     boot.set_defaults(func=run_bootstrap)
 
     sample = sub.add_parser(
@@ -56,7 +56,7 @@ def run_bootstrap(args) -> int:
         overrides["seed"] = args.seed
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be at least 1, got {args.threads}")
-    print(ensure_base_model(args.name, out=args.out, threads=args.threads, **overrides))
+    print(ensure_base_model(args.name, out=args.out, threads=args.threads or 0, **overrides))
     return 0
 
 
