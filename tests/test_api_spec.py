@@ -36,10 +36,13 @@ def test_minimal_manifest_gets_documented_defaults():
 def test_dapo_gets_clip_higher_and_token_mean_unless_set():
     doc = base_manifest()
     doc["spec"]["algorithm"]["name"] = "dapo"
+    doc["spec"]["algorithm"].pop("lossAggregation", None)
     assert parse_job(doc).spec.algorithm.clip_ratio_high == 0.28
     assert parse_job(doc).spec.algorithm.loss_aggregation == "token-mean"
     doc["spec"]["algorithm"]["clipRatioHigh"] = 0.3
+    doc["spec"]["algorithm"]["lossAggregation"] = "seq-mean-token-sum"
     assert parse_job(doc).spec.algorithm.clip_ratio_high == 0.3
+    assert parse_job(doc).spec.algorithm.loss_aggregation == "seq-mean-token-sum"
 
 
 def test_scientific_notation_is_a_number_as_in_kubernetes():

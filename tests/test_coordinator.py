@@ -155,11 +155,16 @@ def test_resumed_run_has_the_weights_of_an_uninterrupted_one(micro_model, tmp_pa
     assert got.keys() == weights.keys()
     # Plain, the resumed run is bit for bit the uninterrupted one. Speculating, the engine's
     # logprobs (the update's old logprobs) come from a verify forward of several tokens
-    # instead of one, equal to float32 rounding: the weights agree to far below one
-    # update's change (~1e-4 here).
-    atol = 0.0 if speculation == "off" else 1e-7
+    # instead of one, equal to float32 rounding. Adam turns a rounding-sized change of a
+    # near-zero gradient into a visible step for that weight, so the bound is relative to
+    # what the updates moved any weight (a different rollout would differ by that much).
+    start = load_file(str(micro_model / "model.safetensors"))
+    moved = max((weights[n] - start[n]).abs().max().item() for n in weights if n in start)
+    assert moved > 0
+    atol = 0.0 if speculation == "off" else 1e-2 * moved
     for name in weights:
-        assert torch.allclose(weights[name], got[name], rtol=0, atol=atol), f"{name} differs after resume"
+        gap = (weights[name] - got[name]).abs().max().item()
+        assert gap <= atol, f"{name} differs after resume by {gap:.3g} (the updates moved {moved:.3g})"
     if speculation != "off":
         records = read_records(resumed / "metrics.jsonl")
         steps = [r for r in records if r["kind"] == "step"]
