@@ -86,8 +86,12 @@ def test_auto_threshold_counts_the_engines_measured_overhead_per_round():
 
 
 def test_bench_costs_command_prints_a_table_and_writes_json(tmp_path, capsys):
+    from tlt.tasks.bootstrap import ensure_base_model
+
+    # The micro model (seconds to build): the default tiny-arith bootstraps for minutes on a fresh machine.
+    model = ensure_base_model("micro-arith", progress=False)
     out = tmp_path / "costs.json"
-    rc = main(["bench", "costs", "--batch-sizes", "1,2", "--widths", "2", "--context", "8",
+    rc = main(["bench", "costs", "--model", str(model), "--batch-sizes", "1,2", "--widths", "2", "--context", "8",
                "--repeats", "1", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
