@@ -217,7 +217,7 @@ def test_two_cpu_ranks_with_zero_2_and_zero_3_train_like_one_rank_on_a_long_tail
     for stage in (2, 3):
         two = _quickstart(micro_model, replicas=2, stage=stage, algorithm_overrides=SMALL_STEP)
         losses, state = _train_ranks(local_ray, two, micro_model, batch, steps=2)
-        # float32 sums over up to 512 tokens a sequence, in another order on two ranks: ~1e-5 relative
+        # float32 sums over up to 512 tokens a sequence, in another order on two ranks: 5e-5 relative measured
         # (a lost or doubled share of the batch would be ~0.5)
         assert losses == pytest.approx(expected_losses, rel=2e-4, abs=1e-6), stage
         assert state.keys() == expected.keys()
