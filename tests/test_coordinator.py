@@ -25,21 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def micro_model(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("tlt-cache")
-    old = os.environ.get("TLT_CACHE_DIR")
-    os.environ["TLT_CACHE_DIR"] = str(cache)
-    from tlt.tasks.bootstrap import ensure_base_model
-
-    folder = ensure_base_model("micro-arith", progress=False)
-    yield folder
-    if old is None:
-        os.environ.pop("TLT_CACHE_DIR", None)
-    else:
-        os.environ["TLT_CACHE_DIR"] = old
-
-
 def manifest(model: Path, out: Path, *, steps=2, speculation="adaptive", elastic=True) -> dict:
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     spec = doc["spec"]
@@ -177,7 +162,7 @@ def test_killing_tlt_run_mid_step_and_rerunning_resumes_without_loss(micro_model
     out = tmp_path / "killed"
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(manifest(micro_model, out, steps=3)))
-    env = {**os.environ, "TLT_CACHE_DIR": os.environ["TLT_CACHE_DIR"]}
+    env = dict(os.environ)
     cmd = [sys.executable, "-m", "tlt.cli", "run", str(job_file), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300

@@ -405,6 +405,37 @@ def test_a_lent_shard_prefills_each_buffered_sequence_once_across_preempted_lend
     assert all(windows[id(s)] is shard._windows[id(s)] for s in samples)
 
 
+def test_a_torch_shard_trains_its_drafter_on_the_states_its_decode_computed(policy_folder, monkeypatch):
+    """No target prefill in a lend: the windows hold the hidden states the rollout decoded with."""
+    import tlt.coordinator.shard as shard_mod
+    from tlt.engine import Request
+
+    shard = rollout_shard(policy_folder, "decoded-0")
+    prompts = [s.tokens[:s.prompt_len] for s in random_samples(8, seed=12)]
+    shard.start_rollout(0, [Request(prompt=list(p), max_tokens=24, temperature=1.0, seed=i, id=i)
+                            for i, p in enumerate(prompts)])
+    shard._rollout.thread.join(120)
+    results = shard.take_results()
+    assert len(results) == 8 and all(r.hidden_states is None for r in results)  # states stay on the shard
+    samples = shard.buffer.samples()
+    expected = prefill_hidden(shard.model, samples)
+
+    def no_prefill(*args, **kw):
+        raise AssertionError("a lent shard prefilled a sequence its own engine decoded")
+
+    monkeypatch.setattr(shard_mod, "prefill_hidden", no_prefill)
+    for sample, full in zip(samples, expected):
+        windows = shard._windows[id(sample)][1]
+        decoded = torch.cat([w.hidden[1:] if i else w.hidden for i, w in enumerate(windows)])
+        assert torch.allclose(decoded, full[:-1], atol=1e-4)  # all but the never-fed last token
+    trained = threading.Event()
+    shard.trainer.on_micro_step = lambda tr: trained.set() if tr.state.step >= 2 else None
+    assert shard.lend()
+    assert trained.wait(120)
+    shard.reclaim()
+    assert shard.drafter_report()[1] >= 2
+
+
 # ---------------------------------------------------------------- tracking
 
 def test_metrics_count_training_preemptions_and_acceptance_per_version(random_batches):

@@ -74,14 +74,22 @@ def test_sampled_outputs_do_not_depend_on_batch_composition(target):
     assert [r.tokens for r in wide] == [r.tokens for r in reversed(narrow)]
 
 
-def test_hidden_states_on_request_equal_a_prefill_of_the_sequence(target):
-    engine = TorchEngine(target, num_slots=2, max_model_len=64, drafter=bigram_drafter(target),
-                         speculation=FixedStrategy(Strategy(4, 1, 4)))
-    res = engine.generate([Request(prompt=[1, 2, 3], max_tokens=12, temperature=0.0,
-                                   return_hidden_states=True)])[0]
-    full = engine.compute_hidden_states([res.prompt + res.tokens])[0]
-    assert res.hidden_states.shape == (len(res.prompt) + len(res.tokens) - 1, CFG.hidden_size)
-    assert torch.allclose(res.hidden_states, full[:-1], atol=1e-10)
+@pytest.mark.parametrize("sampling", list(SAMPLING))
+@pytest.mark.parametrize("drafts", ["plain", "eagle-4_1_4", "eagle-3_2_6", "eagle-4_3_10", "ngram-5_1_5"])
+def test_hidden_states_on_request_equal_a_prefill_of_the_sequence(target, drafts, sampling):
+    """What a lent shard trains its drafter on: the states decoding computed, whatever verified them."""
+    kind, _, strategy = drafts.partition("-")
+    drafter = {"plain": None, "eagle": bigram_drafter(target), "ngram": NgramDrafter(max_n=3)}[kind]
+    engine = TorchEngine(target, num_slots=16, max_model_len=80, drafter=drafter, store_hidden_states=True,
+                         speculation=FixedStrategy(Strategy.parse(strategy)) if drafter else None)
+    requests = mixed_requests(mixed_prompts(), return_hidden_states=True, **SAMPLING[sampling])
+    results = engine.generate(requests)
+    full = engine.compute_hidden_states([r.prompt + r.tokens for r in results])
+    for res, states in zip(results, full):
+        assert res.hidden_states.shape == (len(res.prompt) + len(res.tokens) - 1, CFG.hidden_size)
+        assert torch.allclose(res.hidden_states, states[:-1], atol=1e-9), f"request {res.id}"
+    if drafter is not None:
+        assert engine.counters().mean_acceptance_length > 1.5
 
 
 def test_continuous_batching_admits_waiting_requests_as_slots_free(target):

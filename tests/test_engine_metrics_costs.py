@@ -85,13 +85,9 @@ def test_auto_threshold_counts_the_engines_measured_overhead_per_round():
     assert engine.auto_threshold(s) == 1
 
 
-def test_bench_costs_command_prints_a_table_and_writes_json(tmp_path, capsys):
-    from tlt.tasks.bootstrap import ensure_base_model
-
-    # The micro model (seconds to build): the default tiny-arith bootstraps for minutes on a fresh machine.
-    model = ensure_base_model("micro-arith", progress=False)
+def test_bench_costs_command_prints_a_table_and_writes_json(micro_model, tmp_path, capsys):
     out = tmp_path / "costs.json"
-    rc = main(["bench", "costs", "--model", str(model), "--batch-sizes", "1,2", "--widths", "2", "--context", "8",
+    rc = main(["bench", "costs", "--model", str(micro_model), "--batch-sizes", "1,2", "--widths", "2", "--context", "8",
                "--repeats", "1", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())

@@ -9,16 +9,7 @@ from tlt.cli import main
 from tlt.eval import evaluate, generate, load_jsonl, load_policy, percentile, task_items
 from tlt.eval.evaluate import encode_prompts
 from tlt.rewards import get_reward
-from tlt.tasks.bootstrap import ensure_base_model
 from tlt.tasks.tokenizer import CharCodec
-
-
-@pytest.fixture(scope="module")
-def micro_model(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLT_CACHE_DIR", str(cache))
-        return ensure_base_model("micro-arith", progress=False)
 
 
 def test_percentiles_interpolate_between_ranks():

@@ -110,20 +110,6 @@ def test_the_weight_group_streams_every_layer_from_the_trainer_to_every_receiver
 
 
 @pytest.fixture(scope="module")
-def micro_model(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("tlt-cache")
-    old = os.environ.get("TLT_CACHE_DIR")
-    os.environ["TLT_CACHE_DIR"] = str(cache)
-    from tlt.tasks.bootstrap import ensure_base_model
-
-    yield ensure_base_model("micro-arith", progress=False)
-    if old is None:
-        os.environ.pop("TLT_CACHE_DIR", None)
-    else:
-        os.environ["TLT_CACHE_DIR"] = old
-
-
-@pytest.fixture(scope="module")
 def local_ray():
     import ray
 

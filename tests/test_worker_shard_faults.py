@@ -18,10 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pool():
-    from tlt.tasks.bootstrap import ensure_base_model
-
-    model = ensure_base_model("micro-arith", progress=False)
+def pool(micro_model):
+    model = micro_model
     job = parse_job(manifest("faults", {
         "model": {"path": str(model)},
         "algorithm": {"groupSize": 2, "promptsPerStep": 6, "maxResponseTokens": 48},

@@ -134,14 +134,6 @@ def operator(crd, kubeconfig, tmp_path_factory):
     proc.stop()
 
 
-@pytest.fixture(scope="session")
-def micro_model():
-    """The built-in micro model (bootstrapped in seconds, then cached); real jobs' pods read it from this path."""
-    from tlt.tasks.bootstrap import ensure_base_model
-
-    return ensure_base_model("micro-arith", progress=False)
-
-
 @pytest.fixture(scope="module")
 def api(kube_api):
     return client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)

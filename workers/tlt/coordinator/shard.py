@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -190,7 +190,8 @@ class RolloutShard:
                                        metrics=drafter_metrics())
         self._rollout: _Rollout | None = None
         self._data_key: tuple | None = None
-        # id(sample) -> (sample, its training windows): each buffered sequence is prefilled once
+        # id(sample) -> (sample, its training windows): the hidden states the torch engine decoded
+        # them with, or else one target prefill per buffered sequence
         self._windows: dict[int, tuple[Sample, list]] = {}
         self._data: list = []
         self._preempt = threading.Event()
@@ -231,33 +232,45 @@ class RolloutShard:
         """Start decoding `requests` in the background (a new step's rollout)."""
         self.reclaim()
         self.buffer.start_step(step)
+        self._forget_dropped_windows()  # a shard that is never lent must not hoard them
         rollout = _Rollout(step)
         self._rollout = rollout
         self._news.clear()
         self.engine.wake()
-        self.engine.submit(requests)
+        self.engine.submit(self._keeping_hidden(requests))
         rollout.thread = threading.Thread(target=self._decode_loop, args=(rollout,), daemon=True, name=f"{self.name}-decode")
         rollout.thread.start()
 
     def add_requests(self, requests: list[Request]) -> None:
         """More work for the running rollout (tail consolidation moves sequences here)."""
         self.reclaim()
-        self.engine.submit(requests)
+        self.engine.submit(self._keeping_hidden(requests))
         rollout = self._rollout
         if rollout is not None and (rollout.thread is None or not rollout.thread.is_alive()):
             rollout.thread = threading.Thread(target=self._decode_loop, args=(rollout,), daemon=True)
             rollout.thread.start()
+
+    def _keeping_hidden(self, requests: list[Request]) -> list[Request]:
+        """A torch shard that trains a drafter asks for the hidden states its decode computes
+        anyway (the EAGLE drafter reads them): a lend then trains on them without a prefill."""
+        if self.trainer is None or self.engine_kind != "torch":
+            return requests
+        return [replace(r, return_hidden_states=True) for r in requests]
 
     def _decode_loop(self, rollout: _Rollout) -> None:
         try:
             while self.engine.has_work():
                 done = self.engine.step()
                 if done:
+                    for r in done:
+                        sample = Sample.of(r.prompt, r.tokens, self.policy_version)
+                        if r.hidden_states is not None:  # kept in host memory: the GPU's is the KV cache's
+                            self._keep_decoded_windows(sample, r.hidden_states.cpu())
+                            r.hidden_states = None  # the coordinator gets the tokens, not the states
+                        self.buffer.add(sample)
                     with self._lock:
                         rollout.results.extend(done)
                     self._news.set()
-                    for r in done:
-                        self.buffer.add(Sample.of(r.prompt, r.tokens, self.policy_version))
         except BaseException as err:  # surfaced to the coordinator by take_results()
             rollout.error = err
         self._record_acceptance()  # before the coordinator moves the versions on
@@ -368,27 +381,42 @@ class RolloutShard:
             if self.trainer.run(preempt=self._preempt, max_steps=1).reason == "no-data":
                 break
 
+    def _keep_decoded_windows(self, sample: Sample, hidden: torch.Tensor) -> None:
+        """Training windows of a sequence from the states its decode computed: those of the prompt
+        and every response token but the last, which was never fed (no pair needs the state after it)."""
+        fed = Sample(sample.tokens[:-1], sample.prompt_len, sample.policy_version)
+        windows = make_windows([fed], [hidden], max_response_tokens=self.spec.drafter.window_tokens)
+        with self._lock:
+            self._windows[id(sample)] = (sample, windows)
+
+    def _forget_dropped_windows(self) -> None:
+        kept = {id(s) for s in self.buffer.samples()}
+        with self._lock:
+            self._windows = {k: v for k, v in self._windows.items() if k in kept}
+
     def _training_data(self):
-        """Packed batches of the buffered rollouts. Each sequence's target prefill runs once, in
-        length-sorted chunks (little padding; a preemption waits for one chunk at most) whose
-        results outlive the lend: lends are short, and a lend spent prefilling the whole buffer
-        again trains nothing. A sequence keeps the hidden states of the policy that prefilled it
-        (at most `drafter.bufferSteps` updates old)."""
+        """Packed batches of the buffered rollouts. A sequence the torch engine decoded here brings
+        its hidden states along; any other (put in the buffer directly, or decoded by vLLM, which
+        returns none) gets one target prefill, in length-sorted chunks (little padding; a
+        preemption waits for one chunk at most) whose results outlive the lend: lends are short,
+        and a lend spent prefilling the whole buffer again trains nothing. A sequence keeps the
+        hidden states of the policy that decoded or prefilled it (at most `drafter.bufferSteps`
+        updates old)."""
         key = (len(self.buffer), self.buffer.dropped, tuple(self.buffer.steps))
         if self._data_key == key:
             return self._data
         samples = self.buffer.samples()
         if not samples:
             return None
-        kept = {id(s) for s in samples}
-        self._windows = {k: v for k, v in self._windows.items() if k in kept}
+        self._forget_dropped_windows()
         todo = sorted((s for s in samples if id(s) not in self._windows), key=lambda s: len(s.tokens))
         for chunk in _prefill_chunks(todo):
             if self._preempt.is_set():
                 return None  # the chunks prefilled so far are kept for the next lend
             for sample, hidden in zip(chunk, prefill_hidden(self.model, chunk)):
                 windows = make_windows([sample], [hidden], max_response_tokens=self.spec.drafter.window_tokens)
-                self._windows[id(sample)] = (sample, windows)
+                with self._lock:
+                    self._windows[id(sample)] = (sample, windows)
         batches = []
         for chunk in _prefill_chunks(samples):  # packed in pieces too: a reclaim waits for one
             if self._preempt.is_set():
