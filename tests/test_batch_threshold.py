@@ -51,9 +51,18 @@ def test_a_shard_measures_acceptance_per_drafter_version_and_takes_a_new_thresho
         threading.Event().wait(0.05)
     assert len(s.take_results()) == 2
     c = s.engine.counters()
-    assert c.verify_rounds > 0 and s.measured_acceptance() == (c.accepted_tokens, c.verify_rounds)
+    first = (c.accepted_tokens, c.verify_rounds)
+    assert c.verify_rounds > 0 and s.measured_acceptance() == first
+    # The loop pushes a new version after each rollout and then re-tunes: until the new version has
+    # verified a round, the threshold follows the last measured one (not "nothing measured", which
+    # froze `auto` at its first value for the whole run).
     s.set_drafter(1, s.eagle.state_dict())
-    assert s.measured_acceptance() == (0, 0)  # a new version: nothing measured with it yet
+    assert s.measured_acceptance() == first
+    s.start_rollout(2, [Request(prompt=[1, 9, 6, 7], max_tokens=20, temperature=1.0, seed=i, id=i) for i in range(2)])
+    while s.progress().busy:
+        threading.Event().wait(0.05)
+    c = s.engine.counters()
+    assert s.measured_acceptance() == (c.accepted_tokens - first[0], c.verify_rounds - first[1])  # version 1's own
 
     adaptive = shard(policy_folder)
     adaptive.set_threshold(5)

@@ -289,10 +289,14 @@ class RolloutShard:
 
     # ---- speculation's batch threshold (`auto`) ----
     def measured_acceptance(self) -> tuple[int, int]:
-        """(accepted tokens, verify rounds) of this shard's rollouts with the drafter version it runs."""
+        """(accepted tokens, verify rounds) of this shard's rollouts with the newest drafter version
+        measured: the one it runs, or until that has verified a round, the last one before it (the
+        coordinator pushes a new version after every step's rollout, before it re-tunes the threshold;
+        a version trained further accepts at least as much, so this errs on the safe side)."""
         self._record_acceptance()
         with self._lock:
-            return self._measured.get(self.drafter_version, (0, 0))
+            measured = [v for v, (_, rounds) in self._measured.items() if rounds and v <= self.drafter_version]
+            return self._measured[max(measured)] if measured else (0, 0)
 
     def measure_acceptance(self, prompts: list[list[int]], stop_ids: list[int], strategy: Strategy) -> float | None:
         """The acceptance length this shard's drafter reaches on `prompts` at the rollout's sampling,
