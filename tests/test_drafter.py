@@ -436,18 +436,6 @@ def test_a_torch_shard_trains_its_drafter_on_the_states_its_decode_computed(poli
     assert shard.drafter_report()[1] >= 2
 
 
-def test_a_lent_drafter_step_trains_one_row_of_about_the_window_length(policy_folder):
-    """Short steps: a fresh drafter learns per optimizer step, so a lend takes many small ones."""
-    shard = rollout_shard(policy_folder, "rows-0")  # drafter.windowTokens: 32
-    samples = random_samples(24, seed=7)
-    shard.buffer.extend(samples, 0)
-    batches = shard._training_data()
-    longest = max(s.prompt_len + min(32, s.response_len) for s in samples)  # a first window: prompt + 32
-    assert all(b.tokens.shape[0] == 1 and b.tokens.shape[1] <= max(32, longest) for b in batches)
-    assert sum(int(b.loss_mask.sum()) for b in batches) == sum(
-        int(b.loss_mask.sum()) for b in training_batches(shard.model, samples, max_response_tokens=32))
-
-
 # ---------------------------------------------------------------- tracking
 
 def test_metrics_count_training_preemptions_and_acceptance_per_version(random_batches):

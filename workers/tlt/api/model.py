@@ -405,8 +405,7 @@ class DrafterSpec(SpecModel):
     train_on_idle: bool = Field(True, description="Train on workers the long tail leaves idle.")
     learning_rate: float = Field(1e-4, gt=0.0, description="Drafter learning rate.")
     sync_every: int = Field(1, ge=1, description="Average replicas into a new drafter version every N RL steps.")
-    window_tokens: int = Field(512, ge=16, description="Train on windows of at most this many response tokens; "
-                               "a lent worker's drafter step trains one packed row of about this many tokens.")
+    window_tokens: int = Field(512, ge=16, description="Train on windows of at most this many response tokens.")
     buffer_steps: int = Field(2, ge=1, description="Steps of rollouts each worker keeps as drafter training data.")
     template: PodTemplate | None = Field(None, description="Pod overrides of dedicated drafter pods.")
 

@@ -38,10 +38,8 @@ from tlt.trainer.sync import receiver_metrics
 
 
 PREFILL_TOKENS = 1024  # most (padded) tokens per target prefill preparing drafter data: a reclaim waits for one
-# Packed rows per lent drafter training step, each about `drafter.windowTokens` long: many small
-# optimizer steps per short lend (a fresh drafter learns per step more than per token: on the
-# quickstart, 2 s of 256-token steps reach the acceptance of 8 s of 1024-token ones), and a
-# reclaim waits for one of them at most
+# Packed rows (about 1K tokens each) per lent drafter training step: many small optimizer steps
+# per short lend, and a reclaim waits for one of them at most
 DRAFTER_ROWS = 1
 PROBE_TOKENS = 128  # response tokens per prompt when measuring a drafter's acceptance length
 
@@ -427,8 +425,7 @@ class RolloutShard:
         for chunk in _prefill_chunks(samples):  # packed in pieces too: a reclaim waits for one
             if self._preempt.is_set():
                 return None
-            batches += pack_windows([w for s in chunk for w in self._windows[id(s)][1]],
-                                    row_tokens=self.spec.drafter.window_tokens, rows_per_batch=DRAFTER_ROWS)
+            batches += pack_windows([w for s in chunk for w in self._windows[id(s)][1]], rows_per_batch=DRAFTER_ROWS)
         self._data_key, self._data = key, batches
         return batches
 
