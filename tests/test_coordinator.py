@@ -162,9 +162,8 @@ def test_killing_tlt_run_mid_step_and_rerunning_resumes_without_loss(micro_model
     out = tmp_path / "killed"
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(manifest(micro_model, out, steps=3)))
-    env = dict(os.environ)
     cmd = [sys.executable, "-m", "tlt.cli", "run", str(job_file), "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while latest_checkpoint(out) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -173,7 +172,7 @@ def test_killing_tlt_run_mid_step_and_rerunning_resumes_without_loss(micro_model
     proc.wait()
     killed_at = latest_checkpoint(out).step
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     records = read_records(out / "metrics.jsonl")
     assert max(r["step"] for r in records if r["kind"] == "step") == 3

@@ -19,14 +19,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pool(micro_model):
-    model = micro_model
     job = parse_job(manifest("faults", {
-        "model": {"path": str(model)},
+        "model": {"path": str(micro_model)},
         "algorithm": {"groupSize": 2, "promptsPerStep": 6, "maxResponseTokens": 48},
         "rollout": {"replicas": 2, "gpusPerReplica": 0, "maxBatchSize": 8},
         "speculative": {"mode": "adaptive", "batchThreshold": 4, "strategies": ["3_1_3"]},
     }))
-    pool = WorkerPool(job.spec, str(model))
+    pool = WorkerPool(job.spec, str(micro_model))
     pool.start_shards(threshold=4)
     yield pool
     pool.shutdown()

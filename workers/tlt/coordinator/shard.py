@@ -265,7 +265,7 @@ class RolloutShard:
                     for r in done:
                         sample = Sample.of(r.prompt, r.tokens, self.policy_version)
                         if r.hidden_states is not None:  # kept in host memory: the GPU's is the KV cache's
-                            self._keep_decoded_windows(sample, r.hidden_states.cpu())
+                            self._keep_windows(sample, r.hidden_states.cpu())
                             r.hidden_states = None  # the coordinator gets the tokens, not the states
                         self.buffer.add(sample)
                     with self._lock:
@@ -385,10 +385,12 @@ class RolloutShard:
             if self.trainer.run(preempt=self._preempt, max_steps=1).reason == "no-data":
                 break
 
-    def _keep_decoded_windows(self, sample: Sample, hidden: torch.Tensor) -> None:
-        """Training windows of a sequence from the states its decode computed: those of the prompt
-        and every response token but the last, which was never fed (no pair needs the state after it)."""
-        fed = Sample(sample.tokens[:-1], sample.prompt_len, sample.policy_version)
+    def _keep_windows(self, sample: Sample, hidden: torch.Tensor) -> None:
+        """A buffered sequence's training windows, cut from the target's states of its first
+        `len(hidden)` tokens: all of them from a prefill; from decoding, all but the last token,
+        which was never fed (no pair needs the state after it)."""
+        fed = sample if len(hidden) == len(sample.tokens) else Sample(
+            sample.tokens[:len(hidden)], sample.prompt_len, sample.policy_version)
         windows = make_windows([fed], [hidden], max_response_tokens=self.spec.drafter.window_tokens)
         with self._lock:
             self._windows[id(sample)] = (sample, windows)
@@ -418,9 +420,7 @@ class RolloutShard:
             if self._preempt.is_set():
                 return None  # the chunks prefilled so far are kept for the next lend
             for sample, hidden in zip(chunk, prefill_hidden(self.model, chunk)):
-                windows = make_windows([sample], [hidden], max_response_tokens=self.spec.drafter.window_tokens)
-                with self._lock:
-                    self._windows[id(sample)] = (sample, windows)
+                self._keep_windows(sample, hidden)
         batches = []
         for chunk in _prefill_chunks(samples):  # packed in pieces too: a reclaim waits for one
             if self._preempt.is_set():
