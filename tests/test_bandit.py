@@ -90,3 +90,23 @@ def test_a_new_drafter_version_is_tried_again_after_losing_to_plain_decoding():
     manager.record(strategy, 2, tokens=12, seconds=0.04)  # 300 tokens/s: the new drafter pays
     assert manager.decide(2) == strategy
     assert manager.bandit.median(2, PLAIN) == 200.0  # plain decoding's measurements still hold
+
+
+def test_a_new_drafter_version_keeps_the_rewards_of_a_bucket_a_strategy_leads():
+    short, deep = Strategy(4, 1, 4), Strategy(6, 1, 6)
+    manager = AdaptiveManager([short, deep], batch_threshold=8, hysteresis=0, epsilon=0.0)
+    rewards = {short: 300.0, deep: 500.0, PLAIN: 200.0}  # batch 4: the deep chain leads
+    for _ in range(9):
+        arm = manager.decide(4)
+        manager.record_plain(4, tokens=2, seconds=0.01) if arm is None else manager.record(arm, 4, rewards[arm], 1.0)
+    for _ in range(6):  # batch 1: plain decoding leads
+        arm = manager.decide(1)
+        manager.record_plain(1, tokens=2, seconds=0.01) if arm is None else manager.record(arm, 1, 100.0, 1.0)
+    assert manager.decide(4) == deep and manager.decide(1) is None
+    manager.drafter_changed()
+    # where a strategy leads, the next round exploits it (no forced re-try of the arm that lost);
+    # where plain decoding led, every strategy is tried again with the new drafter
+    assert manager.decide(4) == deep
+    assert manager.bandit.median(4, short) == 300.0
+    assert manager.decide(1) == short and manager.bandit.median(1, short) is None
+    assert manager.bandit.median(1, PLAIN) == 200.0

@@ -6,7 +6,7 @@ import threading
 import pytest
 from specs import manifest, spec_of
 
-from tlt.coordinator.shard import RolloutShard, auto_threshold
+from tlt.coordinator.shard import RolloutShard, auto_threshold, cost_batch_sizes
 from tlt.speculative.costs import CostTable
 from tlt.engine.types import Request
 from tlt.models import ModelConfig, random_model, save_model
@@ -75,3 +75,19 @@ def test_a_probe_measures_its_drafters_acceptance_without_touching_its_engine(po
     assert acceptance is not None and 1.0 <= acceptance <= 4.0
     assert s.engine.counters().verify_rounds == 0 and s.engine.counters().generated_tokens == 0
     assert shard(policy_folder, **{"drafter.enabled": False}).measure_acceptance([[1, 5]], [0], Strategy(3, 1, 3)) is None
+
+
+@pytest.mark.parametrize("max_batch, prompts, sizes", [
+    (64, 32, (1, 2, 4, 8, 16, 32, 64)),
+    (48, 32, (1, 2, 4, 8, 16, 32, 48)),
+    (256, 6, (1, 2, 4, 8, 16, 24)),  # a step's 6 x 4 rollouts are the most a shard ever runs
+])
+def test_the_auto_cost_table_covers_every_batch_a_shard_runs(max_batch, prompts, sizes):
+    spec = spec_of(manifest(), **{"rollout.maxBatchSize": max_batch, "algorithm.promptsPerStep": prompts,
+                                  "algorithm.groupSize": 4, "algorithm.miniBatchSize": 4,
+                                  "speculative.strategies": ["3_1_3"]})
+    assert cost_batch_sizes(spec) == sizes
+    # where speculation pays at every measured batch, `auto` speculates at all of them
+    cheap = CostTable(device="cpu", context_len=128, drafter_ratio=0.1,
+                      target_seconds={b: {w: 1.0 + 0.001 * b * w for w in (1, 4)} for b in sizes})
+    assert auto_threshold(spec, cheap, 3.0) == sizes[-1]

@@ -465,7 +465,7 @@ class SpeculativeSpec(SpecModel):
         description="Bandit arms, each `steps_topk_verifyTokens` (draft depth, candidates per level, tokens verified).",
     )
     bucket_bounds: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [1, 2, 4, 8, 16, 32],
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256],
         min_length=1,
         max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "set"},

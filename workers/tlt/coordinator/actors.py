@@ -29,7 +29,7 @@ import torch
 
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.api.topology import PodNodes, node_name, shard_names
-from tlt.coordinator.shard import RolloutShard, auto_threshold, bind_threads
+from tlt.coordinator.shard import RolloutShard, auto_threshold, bind_threads, cost_batch_sizes
 from tlt.drafter import Sample
 from tlt.drafter.averaging import average_replicas
 from tlt.engine.types import Request, Result
@@ -218,7 +218,7 @@ class ShardWorker(RolloutShard):
         from tlt.speculative.adaptive import Strategy
 
         # with the engine's own time per plain step and per round: on a CPU it decides where speculation pays
-        table = measure_costs(self.model, self.eagle, batch_sizes=(1, 2, 4, 8, 16, 32), widths=(1, 4, 8),
+        table = measure_costs(self.model, self.eagle, batch_sizes=cost_batch_sizes(self.spec), widths=(1, 4, 8),
                               context_len=128, repeats=3, progress=False,
                               round_strategy=self.spec.speculative.strategies[0])
         return table.to_json(), self.measure_acceptance(prompts, stop_ids, Strategy.parse(self.spec.speculative.strategies[0]))

@@ -100,6 +100,15 @@ def auto_threshold(spec: ReasoningRLJobSpec, costs, acceptance_length: float | N
     return max(1, costs.auto_threshold(strategy, acceptance_length=acceptance_length))
 
 
+def cost_batch_sizes(spec: ReasoningRLJobSpec) -> tuple[int, ...]:
+    """The running batches `auto`'s cost table is measured at: powers of two up to the most a shard
+    decodes at once (`rollout.maxBatchSize`, or a step's rollouts if fewer), and that most itself,
+    so `auto` can reach every batch the shards run."""
+    most = min(spec.rollout.max_batch_size, spec.algorithm.prompts_per_step * spec.algorithm.group_size)
+    sizes = [1 << i for i in range(most.bit_length()) if 1 << i < most]
+    return (*sizes, most)
+
+
 def preflight(spec: ReasoningRLJobSpec, decodes: bool = True) -> str | None:
     """What stops this machine from running the job's workers, in one line naming the field and
     the fix, or None; checked before any work starts (`tlt run`, `tlt worker`). `decodes`: the

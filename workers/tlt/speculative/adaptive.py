@@ -109,9 +109,16 @@ class BucketedBandit:
         key = (self.bucket(batch), arm)
         self.rewards.setdefault(key, deque(maxlen=self.window)).append(reward)
 
-    def forget(self, arms) -> None:
-        """Drop every bucket's rewards of `arms`: each is tried again before it competes."""
-        self.rewards = {key: window for key, window in self.rewards.items() if key[1] not in arms}
+    def leader(self, bucket: int, arms) -> object | None:
+        """The arm with the best median in bucket index `bucket` among `arms` (None: none measured)."""
+        measured = [(statistics.median(w), a) for (b, a), w in self.rewards.items() if b == bucket and a in arms and w]
+        return max(measured, key=lambda m: m[0])[1] if measured else None
+
+    def forget(self, arms, buckets=None) -> None:
+        """Drop the rewards of `arms` in `buckets` (bucket indices; default all): each is tried
+        again before it competes there."""
+        self.rewards = {key: window for key, window in self.rewards.items()
+                        if key[1] not in arms or (buckets is not None and key[0] not in buckets)}
 
 
 # The bandit's arm for "no speculation": plain decoding competes with the strategies on
@@ -178,10 +185,15 @@ class AdaptiveManager:
             self.bandit.record(batch, PLAIN, tokens / seconds)
 
     def drafter_changed(self) -> None:
-        """A new drafter version: the strategies' rewards measured the old one (a drafter that lost
-        to plain decoding early in a run would otherwise rarely be tried again as it learns), so
-        every bucket tries them afresh; plain decoding's rewards still hold."""
-        self.bandit.forget(self.strategies)
+        """A new drafter version. Where plain decoding leads a bucket, the strategies' rewards
+        measured an older drafter that lost (and would rarely be tried again as it learns), so they
+        are tried afresh there. Where a strategy leads, the rewards stay: a bucket sees a few dozen
+        rounds a step, and re-trying every arm on one noisy round each after every version (the
+        coordinator pushes one per step) spent a third of those rounds on arms that lose; the
+        sliding window follows the drafter as it improves. Plain decoding's rewards always hold."""
+        arms = [*self.strategies, PLAIN]
+        losing = [b for b in {key[0] for key in self.bandit.rewards} if self.bandit.leader(b, arms) == PLAIN]
+        self.bandit.forget(self.strategies, losing)
 
 
 @dataclass
