@@ -6,7 +6,7 @@ import threading
 import pytest
 from specs import manifest, spec_of
 
-from tlt.coordinator.shard import RolloutShard, auto_threshold, cost_batch_sizes
+from tlt.coordinator.shard import RolloutShard, auto_threshold, cost_batch_sizes, newest_acceptance
 from tlt.speculative.costs import CostTable
 from tlt.engine.types import Request
 from tlt.models import ModelConfig, random_model, save_model
@@ -52,17 +52,17 @@ def test_a_shard_measures_acceptance_per_drafter_version_and_takes_a_new_thresho
     assert len(s.take_results()) == 2
     c = s.engine.counters()
     first = (c.accepted_tokens, c.verify_rounds)
-    assert c.verify_rounds > 0 and s.measured_acceptance() == first
+    assert c.verify_rounds > 0 and s.measured_acceptance() == (0, *first)
     # The loop pushes a new version after each rollout and then re-tunes: until the new version has
     # verified a round, the threshold follows the last measured one (not "nothing measured", which
     # froze `auto` at its first value for the whole run).
     s.set_drafter(1, s.eagle.state_dict())
-    assert s.measured_acceptance() == first
+    assert s.measured_acceptance() == (0, *first)
     s.start_rollout(2, [Request(prompt=[1, 9, 6, 7], max_tokens=20, temperature=1.0, seed=i, id=i) for i in range(2)])
     while s.progress().busy:
         threading.Event().wait(0.05)
     c = s.engine.counters()
-    assert s.measured_acceptance() == (c.accepted_tokens - first[0], c.verify_rounds - first[1])  # version 1's own
+    assert s.measured_acceptance() == (1, c.accepted_tokens - first[0], c.verify_rounds - first[1])  # version 1's own
 
     adaptive = shard(policy_folder)
     adaptive.set_threshold(5)
@@ -91,3 +91,12 @@ def test_the_auto_cost_table_covers_every_batch_a_shard_runs(max_batch, prompts,
     cheap = CostTable(device="cpu", context_len=128, drafter_ratio=0.1,
                       target_seconds={b: {w: 1.0 + 0.001 * b * w for w in (1, 4)} for b in sizes})
     assert auto_threshold(spec, cheap, 3.0) == sizes[-1]
+
+
+def test_auto_takes_the_newest_drafter_version_any_shard_measured():
+    # rollout-1's tail never reached a speculating batch with version 4: its version-1 rounds
+    # (acceptance 1.0) must not pull version 4's 2.5 down
+    assert newest_acceptance([(4, 250, 100), (1, 60, 60)]) == 2.5
+    assert newest_acceptance([(4, 250, 100), (4, 150, 100), (3, 10, 10)]) == 2.0
+    assert newest_acceptance([(0, 0, 0), (2, 30, 10)]) == 3.0
+    assert newest_acceptance([(0, 0, 0), (0, 0, 0)]) is None

@@ -29,7 +29,7 @@ import torch
 
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.api.topology import PodNodes, node_name, shard_names
-from tlt.coordinator.shard import RolloutShard, auto_threshold, bind_threads, cost_batch_sizes
+from tlt.coordinator.shard import RolloutShard, auto_threshold, bind_threads, cost_batch_sizes, newest_acceptance
 from tlt.drafter import Sample
 from tlt.drafter.averaging import average_replicas
 from tlt.engine.types import Request, Result
@@ -374,10 +374,9 @@ class WorkerPool:
         when nothing was measured, and for a fixed threshold or vLLM's fixed schedule."""
         if self._costs is None or self.spec.speculative.mode != "adaptive" or self.spec.rollout.engine != "torch":
             return self._threshold
-        counts = self._each({n: w.measured_acceptance.remote() for n, w in self.shards.items()}).values()
-        tokens, rounds = sum(t for t, _ in counts), sum(r for _, r in counts)
-        if rounds:
-            threshold = auto_threshold(self.spec, self._costs, tokens / rounds)
+        acceptance = newest_acceptance(self._each({n: w.measured_acceptance.remote() for n, w in self.shards.items()}).values())
+        if acceptance is not None:
+            threshold = auto_threshold(self.spec, self._costs, acceptance)
             if threshold != self._threshold:
                 self._threshold = threshold
                 self._each({n: w.set_threshold.remote(threshold) for n, w in self._workers().items()})

@@ -100,6 +100,18 @@ def auto_threshold(spec: ReasoningRLJobSpec, costs, acceptance_length: float | N
     return max(1, costs.auto_threshold(strategy, acceptance_length=acceptance_length))
 
 
+def newest_acceptance(measured) -> float | None:
+    """The acceptance length of the newest drafter version any shard measured, from the shards'
+    `(version, accepted tokens, verify rounds)`; None when none verified a round. Older versions are
+    left out: a shard whose tail never reached a speculating batch still reports the last version it
+    measured, and mixing that in held `auto` low for steps after the drafter had learned."""
+    measured = [m for m in measured if m[2]]
+    if not measured:
+        return None
+    newest = max(v for v, _, _ in measured)
+    return sum(t for v, t, _ in measured if v == newest) / sum(r for v, _, r in measured if v == newest)
+
+
 def cost_batch_sizes(spec: ReasoningRLJobSpec) -> tuple[int, ...]:
     """The running batches `auto`'s cost table is measured at: powers of two up to the most a shard
     decodes at once (`rollout.maxBatchSize`, or a step's rollouts if fewer), and that most itself,
@@ -297,15 +309,15 @@ class RolloutShard:
                 self._measured[self.drafter_version] = (before[0] + tokens, before[1] + rounds)
 
     # ---- speculation's batch threshold (`auto`) ----
-    def measured_acceptance(self) -> tuple[int, int]:
-        """(accepted tokens, verify rounds) of this shard's rollouts with the newest drafter version
-        measured: the one it runs, or until that has verified a round, the last one before it (the
-        coordinator pushes a new version after every step's rollout, before it re-tunes the threshold;
-        a version trained further accepts at least as much, so this errs on the safe side)."""
+    def measured_acceptance(self) -> tuple[int, int, int]:
+        """(drafter version, accepted tokens, verify rounds) of this shard's rollouts with the newest
+        drafter version it measured: the one it runs, or until that has verified a round, the last one
+        before it ((0, 0, 0): none). The coordinator pushes a new version after every step's rollout,
+        before it re-tunes the threshold, and takes the newest version any shard measured."""
         self._record_acceptance()
         with self._lock:
             measured = [v for v, (_, rounds) in self._measured.items() if rounds and v <= self.drafter_version]
-            return self._measured[max(measured)] if measured else (0, 0)
+            return (max(measured), *self._measured[max(measured)]) if measured else (0, 0, 0)
 
     def measure_acceptance(self, prompts: list[list[int]], stop_ids: list[int], strategy: Strategy) -> float | None:
         """The acceptance length this shard's drafter reaches on `prompts` at the rollout's sampling,
