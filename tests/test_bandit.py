@@ -92,7 +92,7 @@ def test_a_new_drafter_version_is_tried_again_after_losing_to_plain_decoding():
     assert manager.bandit.median(2, PLAIN) == 200.0  # plain decoding's measurements still hold
 
 
-def test_a_new_drafter_version_keeps_the_rewards_of_a_bucket_a_strategy_leads():
+def test_a_new_drafter_version_keeps_the_leading_strategys_rewards_and_re_tries_the_others():
     short, deep = Strategy(4, 1, 4), Strategy(6, 1, 6)
     manager = AdaptiveManager([short, deep], batch_threshold=8, hysteresis=0, epsilon=0.0)
     rewards = {short: 300.0, deep: 500.0, PLAIN: 200.0}  # batch 4: the deep chain leads
@@ -104,9 +104,12 @@ def test_a_new_drafter_version_keeps_the_rewards_of_a_bucket_a_strategy_leads():
         manager.record_plain(1, tokens=2, seconds=0.01) if arm is None else manager.record(arm, 1, 100.0, 1.0)
     assert manager.decide(4) == deep and manager.decide(1) is None
     manager.drafter_changed()
-    # where a strategy leads, the next round exploits it (no forced re-try of the arm that lost);
-    # where plain decoding led, every strategy is tried again with the new drafter
+    # batch 4: the arm that lost is tried once with the new drafter, then competes with the
+    # leader's whole window (not with one noisy round of it)
+    assert manager.bandit.median(4, deep) == 500.0 and manager.bandit.median(4, short) is None
+    assert manager.decide(4) == short
+    manager.record(short, 4, 450.0, 1.0)  # better than before, still below the leader's median
     assert manager.decide(4) == deep
-    assert manager.bandit.median(4, short) == 300.0
-    assert manager.decide(1) == short and manager.bandit.median(1, short) is None
+    # batch 1: plain decoding led, so every strategy is tried again
+    assert manager.decide(1) == short and manager.bandit.median(1, deep) is None
     assert manager.bandit.median(1, PLAIN) == 200.0

@@ -114,11 +114,11 @@ class BucketedBandit:
         measured = [(statistics.median(w), a) for (b, a), w in self.rewards.items() if b == bucket and a in arms and w]
         return max(measured, key=lambda m: m[0])[1] if measured else None
 
-    def forget(self, arms, buckets=None) -> None:
-        """Drop the rewards of `arms` in `buckets` (bucket indices; default all): each is tried
+    def forget(self, arms, bucket: int | None = None) -> None:
+        """Drop the rewards of `arms` in bucket index `bucket` (default: every bucket): each is tried
         again before it competes there."""
         self.rewards = {key: window for key, window in self.rewards.items()
-                        if key[1] not in arms or (buckets is not None and key[0] not in buckets)}
+                        if key[1] not in arms or (bucket is not None and key[0] != bucket)}
 
 
 # The bandit's arm for "no speculation": plain decoding competes with the strategies on
@@ -185,15 +185,17 @@ class AdaptiveManager:
             self.bandit.record(batch, PLAIN, tokens / seconds)
 
     def drafter_changed(self) -> None:
-        """A new drafter version. Where plain decoding leads a bucket, the strategies' rewards
-        measured an older drafter that lost (and would rarely be tried again as it learns), so they
-        are tried afresh there. Where a strategy leads, the rewards stay: a bucket sees a few dozen
-        rounds a step, and re-trying every arm on one noisy round each after every version (the
-        coordinator pushes one per step) spent a third of those rounds on arms that lose; the
-        sliding window follows the drafter as it improves. Plain decoding's rewards always hold."""
+        """A new drafter version: the strategies' rewards measured an older drafter. In each bucket,
+        every strategy but the leader is tried afresh (a drafter that improves can change which
+        arm wins, and one that lost to plain decoding early would rarely be tried again); the
+        leading strategy keeps its window, so the arms tried afresh compete with its median, not
+        with one noisy round of it (re-trying every arm on one round each after every version,
+        which the coordinator pushes every step, spent a third of a bucket's rounds on arms that
+        lose). Plain decoding's rewards always hold."""
         arms = [*self.strategies, PLAIN]
-        losing = [b for b in {key[0] for key in self.bandit.rewards} if self.bandit.leader(b, arms) == PLAIN]
-        self.bandit.forget(self.strategies, losing)
+        for bucket in {key[0] for key in self.bandit.rewards}:
+            leader = self.bandit.leader(bucket, arms)
+            self.bandit.forget([s for s in self.strategies if s != leader], bucket)
 
 
 @dataclass
