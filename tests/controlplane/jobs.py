@@ -89,7 +89,7 @@ def small_job(name: str, model: Path, out: Path, steps: int = 2, eval_every: int
     spec.pop("task", None)
     spec["model"] = {"path": str(model)}
     spec["algorithm"].update(steps=steps, promptsPerStep=prompts, groupSize=samples, maxResponseTokens=tokens, miniBatchSize=8)
-    # The quickstart's learning recipe (lr 2e-4, a per-sequence token sum) is tuned for tiny-arith; with it the
+    # The quickstart's learning recipe (lr 3e-4, a per-sequence token sum) is tuned for tiny-arith; with it the
     # 40-step fault job on the untrained micro model outran its 600 s in CI; with this recipe it does not.
     spec["algorithm"].update(learningRate=5e-5, lossAggregation="seq-mean-token-mean")
     spec["eval"] = {"everySteps": eval_every, "numPrompts": 6}
