@@ -316,8 +316,8 @@ class RolloutShard:
         before it re-tunes the threshold, and takes the newest version any shard measured."""
         self._record_acceptance()
         with self._lock:
-            measured = [v for v, (_, rounds) in self._measured.items() if rounds and v <= self.drafter_version]
-            return (max(measured), *self._measured[max(measured)]) if measured else (0, 0, 0)
+            newest = max((v for v, (_, rounds) in self._measured.items() if rounds and v <= self.drafter_version), default=None)
+            return (0, 0, 0) if newest is None else (newest, *self._measured[newest])
 
     def measure_acceptance(self, prompts: list[list[int]], stop_ids: list[int], strategy: Strategy) -> float | None:
         """The acceptance length this shard's drafter reaches on `prompts` at the rollout's sampling,

@@ -103,16 +103,19 @@ class BucketedBandit:
             return untried[0]
         if len(arms) > 1 and self.rng.random() < self.epsilon:
             return self.rng.choice(arms)
-        return max(arms, key=lambda a: (self.median(batch, a), -arms.index(a)))
+        return self.leader(self.bucket(batch), arms)
 
     def record(self, batch: int, arm: Strategy, reward: float) -> None:
         key = (self.bucket(batch), arm)
         self.rewards.setdefault(key, deque(maxlen=self.window)).append(reward)
 
-    def leader(self, bucket: int, arms) -> object | None:
-        """The arm with the best median in bucket index `bucket` among `arms` (None: none measured)."""
-        measured = [(statistics.median(w), a) for (b, a), w in self.rewards.items() if b == bucket and a in arms and w]
-        return max(measured, key=lambda m: m[0])[1] if measured else None
+    def leader(self, bucket: int, arms: list) -> object | None:
+        """Among the measured `arms`, the one with the best median in bucket index `bucket` (ties: the
+        earlier in `arms`); None when none is measured there."""
+        measured = [a for a in arms if self.rewards.get((bucket, a))]
+        if not measured:
+            return None
+        return max(measured, key=lambda a: (statistics.median(self.rewards[(bucket, a)]), -arms.index(a)))
 
     def forget(self, arms, bucket: int | None = None) -> None:
         """Drop the rewards of `arms` in bucket index `bucket` (default: every bucket): each is tried
