@@ -113,3 +113,33 @@ def test_a_new_drafter_version_keeps_the_leading_strategys_rewards_and_re_tries_
     # batch 1: plain decoding led, so every strategy is tried again
     assert manager.decide(1) == short and manager.bandit.median(1, deep) is None
     assert manager.bandit.median(1, PLAIN) == 200.0
+
+
+def test_a_new_drafter_version_that_accepts_as_much_keeps_every_reward_and_one_that_changed_re_tries():
+    """The coordinator pushes a version after every step; re-trying the arms each time cost the
+    quickstart 15% of its rollout time with a warmed-up drafter that no longer changed."""
+    short, deep = Strategy(4, 1, 4), Strategy(6, 1, 6)
+    manager = AdaptiveManager([short, deep], batch_threshold=8, hysteresis=0, epsilon=0.0)
+
+    def rounds(n, accepted):  # n rounds at batch 4; the deep chain leads; `accepted` tokens per row
+        for _ in range(n):
+            arm = manager.decide(4)
+            if arm is None:
+                manager.record_plain(4, tokens=4, seconds=0.02)  # 200 tokens/s
+            else:
+                manager.record(arm, 4, tokens=4 * accepted, seconds=4 * accepted / (500.0 if arm == deep else 300.0))
+
+    rounds(9, 4.0)
+    manager.drafter_changed()  # nothing to compare with yet: the losing arm is re-tried
+    assert manager.bandit.median(4, short) is None
+    rounds(9, 4.0)
+    assert manager.bandit.median(4, short) == 300.0
+    manager.drafter_changed()  # v1 accepted 4.0 a round; the arms were re-tried at 4.0: all hold
+    assert manager.bandit.median(4, short) == 300.0 and manager.bandit.median(4, deep) == 500.0
+    rounds(9, 4.3)
+    manager.drafter_changed()  # +7.5% since the re-try: within the 10% tolerance
+    assert manager.bandit.median(4, short) == 300.0
+    rounds(9, 4.5)
+    manager.drafter_changed()  # +12.5% since the re-try: the arms may rank otherwise now
+    assert manager.bandit.median(4, short) is None and manager.bandit.median(4, deep) == 500.0
+    assert manager.decide(4) == short

@@ -69,6 +69,27 @@ def test_a_shard_measures_acceptance_per_drafter_version_and_takes_a_new_thresho
     assert adaptive.engine.speculation.switch.threshold == 5
 
 
+def test_a_shards_progress_reports_the_acceptance_of_this_rollout_not_of_the_engines_lifetime(policy_folder):
+    """status.drafter.acceptanceLength, the step record and the gauge say "last step": a lifetime
+    mean lagged the drafter by many steps (a warmed-up drafter that online training pulled down
+    from 5.9 to 4.5 showed 4.7)."""
+    s = shard(policy_folder, **{"speculative.mode": "always"})
+    rollouts = []
+    for step, temperature in ((1, 0.0), (2, 1.0)):
+        s.start_rollout(step, [Request(prompt=[1, 5, 6, 7], max_tokens=20, temperature=temperature, seed=i, id=i)
+                               for i in range(2)])
+        while s.progress().busy:
+            threading.Event().wait(0.05)
+        c = s.engine.counters()
+        rollouts.append((c.accepted_tokens, c.verify_rounds))
+        assert s.progress().acceptance_length == pytest.approx(
+            (c.accepted_tokens - (rollouts[0][0] if step == 2 else 0))
+            / (c.verify_rounds - (rollouts[0][1] if step == 2 else 0)))
+    (a1, r1), (a2, r2) = rollouts
+    assert a1 / r1 != pytest.approx((a2 - a1) / (r2 - r1))  # the two rollouts accepted differently
+    assert s.progress().acceptance_length != pytest.approx(s.engine.counters().mean_acceptance_length)
+
+
 def test_a_probe_measures_its_drafters_acceptance_without_touching_its_engine(policy_folder):
     s = shard(policy_folder)
     acceptance = s.measure_acceptance([[1, 5, 6, 7], [1, 9, 9]], [0], Strategy(3, 1, 3))

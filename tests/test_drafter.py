@@ -239,6 +239,20 @@ def test_training_does_not_wait_for_a_slow_disk(random_batches, tmp_path, monkey
     assert ckpt_mod.read_state(tmp_path)["step"] == 4  # the newest snapshot won
 
 
+def test_the_online_rate_warms_up_then_decays_as_an_inverse_square_root(random_batches):
+    cfg = TrainConfig(lr=1e-2, warmup_steps=20, decay_steps=30)
+    assert cfg.lr_at(0) == pytest.approx(5e-4) and cfg.lr_at(19) == pytest.approx(1e-2)
+    assert cfg.lr_at(20) == pytest.approx(1e-2) and cfg.lr_at(110) == pytest.approx(5e-3)  # half after 90 more
+    assert all(cfg.lr_at(s) > cfg.lr_at(s + 1) > 0 for s in range(20, 2000))
+    assert TrainConfig(lr=1e-2, warmup_steps=20).lr_at(5000) == 1e-2  # decay_steps=0: constant
+    # the trainer applies it, step by step, across runs (a lend is cut into many runs)
+    target, batches = random_batches
+    trainer = make_trainer(target, batches, lr=1e-2, warmup_steps=2, decay_steps=4, grad_accum=1)
+    trainer.run(max_steps=3)
+    trainer.run(max_steps=4)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (4 / (4 + 6 - 2)) ** 0.5)
+
+
 def test_loss_decreases_on_the_builtin_task():
     from tlt.drafter.measure import plain_generate
     from tlt.drafter.warmup import task_prompts, tokenizer_for
@@ -370,6 +384,10 @@ def test_lent_shard_trains_until_reclaimed_and_reports_its_steps(policy_folder):
     assert trained.wait(120)
     shard.reclaim()
     assert shard.trainer.version == 1 and shard.drafter_report()[1] >= 1
+    # its rate decays over all its steps, across versions (a constant one held a fresh drafter lower)
+    config, step = shard.trainer.config, shard.trainer.state.step
+    assert shard.trainer.optimizer.param_groups[0]["lr"] == config.lr_at(step - 1)
+    assert config.lr_at(config.warmup_steps + 90) < 0.6 * shard.spec.drafter.learning_rate
 
 
 def test_a_lent_shard_prefills_each_buffered_sequence_once_across_preempted_lends(policy_folder, monkeypatch):

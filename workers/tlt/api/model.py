@@ -403,7 +403,12 @@ class DrafterSpec(SpecModel):
     )
     gpus_per_replica: int = Field(1, ge=0, description="GPUs per dedicated drafter pod.")
     train_on_idle: bool = Field(True, description="Train on workers the long tail leaves idle.")
-    learning_rate: float = Field(1e-4, gt=0.0, description="Drafter learning rate.")
+    learning_rate: float = Field(
+        1e-4, gt=0.0,
+        description="Peak drafter learning rate: reached after 20 warmup optimizer steps, then decayed as "
+                    "1/sqrt(1 + steps/30) (online training has no last step). A drafter started from "
+                    "initCheckpoint wants a lower peak than a fresh one.",
+    )
     sync_every: int = Field(1, ge=1, description="Average replicas into a new drafter version every N RL steps.")
     window_tokens: int = Field(512, ge=16, description="Train on windows of at most this many response tokens.")
     buffer_steps: int = Field(2, ge=1, description="Steps of rollouts each worker keeps as drafter training data.")

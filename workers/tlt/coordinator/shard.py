@@ -27,7 +27,7 @@ from tlt.drafter.buffer import make_windows, prefill_hidden
 from tlt.drafter.packing import pack_windows
 from tlt.engine.memory import fit_kv_memory
 from tlt.engine.torch_engine import TorchEngine
-from tlt.engine.types import Request, Result
+from tlt.engine.types import Counters, Request, Result
 from tlt.models.config import ConfigError
 from tlt.models.drafter import EagleDrafter
 from tlt.models.loading import load_model, load_weights
@@ -41,6 +41,11 @@ PREFILL_TOKENS = 1024  # most (padded) tokens per target prefill preparing draft
 # Packed rows (about 1K tokens each) per lent drafter training step: many small optimizer steps
 # per short lend, and a reclaim waits for one of them at most
 DRAFTER_ROWS = 1
+# Online drafter training: after its warmup the rate falls as 1/sqrt(1 + steps/30) (half the peak
+# after 90 more optimizer steps). A constant rate high enough to learn within the first RL steps
+# (6e-3 on the quickstart) held acceptance at ~4.7 after 16 steps, and pulled a warmed-up drafter
+# down from 5.9 to 4.7; with the decay, a fresh drafter at 1e-2 reached 5.3 over steps 17-24.
+DRAFTER_LR_DECAY_STEPS = 30
 PROBE_TOKENS = 128  # response tokens per prompt when measuring a drafter's acceptance length
 
 
@@ -160,6 +165,14 @@ class _Rollout:
     thread: threading.Thread | None = None
     results: list[Result] = field(default_factory=list)
     error: BaseException | None = None
+    counters_at_start: Counters | None = None  # the engine's, so progress reports this rollout's acceptance
+
+
+def _acceptance_since(start: Counters | None, now: Counters) -> float:
+    """Mean accepted tokens per verified sequence-round since `start` (0.0: none verified)."""
+    rounds = now.verify_rounds - (start.verify_rounds if start else 0)
+    accepted = now.accepted_tokens - (start.accepted_tokens if start else 0)
+    return accepted / rounds if rounds > 0 else 0.0
 
 
 class RolloutShard:
@@ -207,7 +220,7 @@ class RolloutShard:
         self.buffer = RolloutBuffer(keep_steps=spec.drafter.buffer_steps)
         self.trainer: SpotTrainer | None = None
         if self.eagle is not None and spec.drafter.train_on_idle:
-            self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate), worker=name,
+            self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate, decay_steps=DRAFTER_LR_DECAY_STEPS), worker=name,
                                        metrics=drafter_metrics())
         self._rollout: _Rollout | None = None
         self._data_key: tuple | None = None
@@ -254,7 +267,7 @@ class RolloutShard:
         self.reclaim()
         self.buffer.start_step(step)
         self._forget_dropped_windows()  # a shard that is never lent must not hoard them
-        rollout = _Rollout(step)
+        rollout = _Rollout(step, counters_at_start=self.engine.counters())
         self._rollout = rollout
         self._news.clear()
         self.engine.wake()
@@ -350,7 +363,7 @@ class RolloutShard:
         return ShardProgressReport(
             name=self.name, role=self.role, running=c.running, waiting=c.waiting, finished=c.finished,
             generated_tokens=c.generated_tokens, speculating=c.speculating,
-            acceptance_length=c.mean_acceptance_length,
+            acceptance_length=_acceptance_since(rollout.counters_at_start, c) if rollout else 0.0,
             drafter_steps=self.trainer.state.step if self.trainer else 0,
             busy=busy, results_ready=len(rollout.results) if rollout else 0,
         )

@@ -5,8 +5,9 @@ device back within one micro-step when rollout work returns.
   embedding and LM head are shared and frozen.
 - Loss: `packing.loss_terms` (SmoothL1 + 0.1 x CE of LM-head distributions, masked
   to response tokens), accumulated over `grad_accum` micro-batches with exact
-  per-token weights; linear lr warmup, then constant (training is online and never
-  "ends"); gradient clipping.
+  per-token weights; linear lr warmup, then constant or, with `decay_steps`, an
+  inverse-square-root decay (training is online and never "ends": the rate keeps
+  falling slowly instead of reaching zero at a planned last step); gradient clipping.
 - Preemption: `run(preempt)` checks the `threading.Event` before every micro-step and
   returns as soon as it is set. Everything (weights, optimizer moments, accumulated
   gradients, data cursor) stays in memory, so the next `run` continues exactly where
@@ -45,10 +46,13 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     checkpoint_every: int = 50  # optimizer steps; 0 = only at preemption
     seed: int = 0
+    decay_steps: int = 0  # 0: constant after warmup; else lr * sqrt(d / (d + steps since warmup))
 
     def lr_at(self, step: int) -> float:
         if self.warmup_steps > 0 and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
+        if self.decay_steps > 0:
+            return self.lr * math.sqrt(self.decay_steps / (self.decay_steps + step - max(0, self.warmup_steps)))
         return self.lr
 
 

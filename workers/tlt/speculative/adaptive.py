@@ -146,9 +146,14 @@ class AdaptiveManager:
     buckets: list[int] | None = None
     seed: int = 0
     include_plain: bool = True  # plain decoding is an arm too
+    retry_tolerance: float = 0.1  # relative change of acceptance that makes a new drafter re-try the arms
     switch: ThresholdSwitch = field(init=False)
     bandit: BucketedBandit = field(init=False)
     _plain_chosen: bool = field(init=False, default=False)
+    # drafter_changed's evidence: (tokens, sequence-rounds) per strategy under the current drafter
+    # version, and the acceptance per strategy when the arms were last re-tried
+    _version_rounds: dict = field(init=False, default_factory=dict)
+    _reference: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
         hyst = self.hysteresis if self.hysteresis is not None else max(1, self.batch_threshold // 4)
@@ -176,6 +181,8 @@ class AdaptiveManager:
     def record(self, strategy: Strategy, batch: int, tokens: int, seconds: float) -> None:
         if seconds > 0:
             self.bandit.record(batch, strategy, tokens / seconds)
+        done, rows = self._version_rounds.get(strategy, (0, 0))
+        self._version_rounds[strategy] = (done + tokens, rows + batch)
 
     @property
     def plain_chosen(self) -> bool:
@@ -188,13 +195,24 @@ class AdaptiveManager:
             self.bandit.record(batch, PLAIN, tokens / seconds)
 
     def drafter_changed(self) -> None:
-        """A new drafter version: the strategies' rewards measured an older drafter. In each bucket,
-        every strategy but the leader is tried afresh (a drafter that improves can change which
-        arm wins, and one that lost to plain decoding early would rarely be tried again); the
-        leading strategy keeps its window, so the arms tried afresh compete with its median, not
-        with one noisy round of it (re-trying every arm on one round each after every version,
-        which the coordinator pushes every step, spent a third of a bucket's rounds on arms that
-        lose). Plain decoding's rewards always hold."""
+        """A new drafter version: the strategies' rewards may have been measured with a drafter
+        that accepted more or less. When the version just ended accepted about as many tokens
+        per round as the one the arms were last re-tried with (within `retry_tolerance`, on the
+        strategy it ran most), every reward still holds: re-trying the arms after each of the
+        versions the coordinator pushes every step cost the quickstart 15% of its rollout time
+        with a warmed-up drafter that no longer changed. Otherwise each bucket re-tries every
+        strategy but its leader (a drafter that improves can change which arm wins, and one
+        that lost to plain decoding early would rarely be tried again); the leader keeps its
+        window, so the arms tried afresh compete with its median, not with one noisy round of it.
+        Plain decoding's rewards always hold."""
+        rounds, self._version_rounds = self._version_rounds, {}
+        ended = {arm: tokens / rows for arm, (tokens, rows) in rounds.items() if rows}
+        most = max(ended, key=lambda arm: rounds[arm][1], default=None)  # the strategy it ran most
+        ref = self._reference.get(most)
+        if ref is not None and abs(ended[most] / ref - 1.0) <= self.retry_tolerance:
+            return
+        # the ended version's acceptance stands for the new one's until that is measured
+        self._reference = ended
         arms = [*self.strategies, PLAIN]
         for bucket in {key[0] for key in self.bandit.rewards}:
             leader = self.bandit.leader(bucket, arms)
