@@ -258,7 +258,7 @@ FIELDS: dict[str, Changes | ReadIn] = {
     "drafter.dedicated_replicas": Changes(children, 2),
     "drafter.gpus_per_replica": Changes(children, 2, also=(("drafter.dedicatedReplicas", 1),)),
     "drafter.train_on_idle": Changes(elastic, False, also=(("rollout.replicas", 4),)),
-    "drafter.learning_rate": ReadIn("tlt.coordinator.shard", "TrainConfig(lr=spec.drafter.learning_rate)", "tests/test_drafter.py"),
+    "drafter.learning_rate": ReadIn("tlt.coordinator.shard", "TrainConfig(lr=spec.drafter.learning_rate, decay_steps=DRAFTER_LR_DECAY_STEPS)", "tests/test_drafter.py"),
     "drafter.sync_every": ReadIn("tlt.coordinator.loop", "step % spec.drafter.sync_every == 0", "tests/test_coordinator.py"),
     "drafter.window_tokens": ReadIn("tlt.coordinator.shard", "max_response_tokens=self.spec.drafter.window_tokens",
                                     "tests/test_drafter.py"),
