@@ -267,3 +267,29 @@ def test_a_drained_shard_lent_to_drafter_training_trains_and_is_reclaimed_at_onc
     shard.set_drafter(version + 1, before)  # the averaged version comes back
     assert shard.drafter_report()[1] == 0
     assert all(torch.equal(before[k], v) for k, v in shard.eagle.state_dict().items())
+
+
+def test_auto_measures_the_new_drafter_when_no_shard_speculated_in_the_last_rollout(micro_model, tmp_path):
+    """A threshold the last measurement set too low keeps speculation off, so the drafter trained since
+    would never be measured (the quickstart's sat at `auto` = 1 for two steps): the pool then measures
+    the version the shards run on the start-up probe's prompts."""
+    import ray
+
+    from tlt.coordinator.actors import WorkerPool
+    from tlt.coordinator.shard import auto_threshold
+    from tlt.speculative.adaptive import Strategy
+
+    doc = manifest(micro_model, tmp_path / "run")
+    doc["spec"]["speculative"]["batchThreshold"] = "auto"
+    spec = parse_job(doc).spec
+    pool = WorkerPool(spec, str(micro_model))
+    try:
+        prompts, stops = [[1, 5, 6, 7], [1, 9, 6]], [2]
+        pool.calibrate_threshold(prompts, stops)
+        pool.start_shards(0)  # speculation off: no rollout measures the drafter
+        shard = next(iter(pool.shards.values()))
+        measured = ray.get(shard.measure_acceptance.remote(prompts, stops, Strategy(3, 1, 3)))
+        assert measured is not None and measured >= 1.0
+        assert pool.tune_threshold() == auto_threshold(spec, pool._costs, measured) >= 1
+    finally:
+        pool.shutdown()

@@ -34,6 +34,7 @@ from tlt.drafter import Sample
 from tlt.drafter.averaging import average_replicas
 from tlt.engine.types import Request, Result
 from tlt.net import free_port
+from tlt.speculative.adaptive import Strategy
 
 TRAINER_STATE = "trainer"
 DRAFTER_STATE = "drafter.pt"
@@ -215,8 +216,6 @@ class ShardWorker(RolloutShard):
         """What `batchThreshold: auto` is resolved from: this machine's cost table (as JSON), and the
         acceptance length this worker's drafter reaches on `prompts` (None without a drafter)."""
         from tlt.engine.costs import measure_costs
-        from tlt.speculative.adaptive import Strategy
-
         # with the engine's own time per plain step and per round: on a CPU it decides where speculation pays
         table = measure_costs(self.model, self.eagle, batch_sizes=cost_batch_sizes(self.spec), widths=(1, 4, 8),
                               context_len=128, repeats=3, progress=False,
@@ -290,6 +289,7 @@ class WorkerPool:
         # Faults (see the module's docstring).
         self._threshold = 0
         self._costs = None  # this machine's cost table, when `batchThreshold: auto` was measured
+        self._probe_prompts: tuple[list[list[int]], list[int]] | None = None  # and what it measured acceptance on
         self._drafter_state: dict | None = None  # what workers start from (a checkpoint's drafter)
         self._drafter: tuple[int, dict] | None = None  # the last averaged drafter pushed
         self._policy_version = 0
@@ -366,15 +366,26 @@ class WorkerPool:
         finally:
             ray.kill(probe)
         self._costs = CostTable.from_json(table)
+        self._probe_prompts = (prompts, stop_ids)
         return auto_threshold(self.spec, self._costs, acceptance)
 
     def tune_threshold(self) -> int:
         """`batchThreshold: auto` again, at the acceptance length the shards measured with the drafter
-        version they run; they speculate up to the new threshold from their next rollout on. Unchanged
-        when nothing was measured, and for a fixed threshold or vLLM's fixed schedule."""
+        version they run (when no shard speculated in this rollout: the new version's, measured on the
+        start-up probe's prompts); they speculate up to the new threshold from their next rollout on.
+        Unchanged when nothing was measured, and for a fixed threshold or vLLM's fixed schedule."""
         if self._costs is None or self.spec.speculative.mode != "adaptive" or self.spec.rollout.engine != "torch":
             return self._threshold
         acceptance = newest_acceptance(self._each({n: w.measured_acceptance.remote() for n, w in self.shards.items()}).values())
+        ran = self._each({n: w.progress.remote() for n, w in self.shards.items()})
+        if self._probe_prompts and ran and not any(p.acceptance_length for p in ran.values()):
+            # No shard verified a round in this rollout: the threshold the last measurement gave kept
+            # speculation off, so the drafter trained since would never be measured (the quickstart's
+            # fresh drafter sat at 1.06 and `auto` at 1 for steps 2-3). Measure the version the shards
+            # now run on the start-up probe's prompts instead.
+            name = next(iter(self.shards))
+            acceptance = ray.get(self.shards[name].measure_acceptance.remote(
+                *self._probe_prompts, Strategy.parse(self.spec.speculative.strategies[0]))) or acceptance
         if acceptance is not None:
             threshold = auto_threshold(self.spec, self._costs, acceptance)
             if threshold != self._threshold:
