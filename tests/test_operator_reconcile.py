@@ -590,7 +590,12 @@ def test_pods_of_a_deleted_job_with_the_same_name_are_ignored_until_they_are_gon
     assert world.condition("Blocked")["status"] == "True" and "uid-1" in world.condition("Blocked")["message"]
     assert world.reasons().count("ForeignChildren") == 1, "said once, not at every reconcile"
     assert all(p["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for p in world.pods.values()), "left alone"
-    world.pods.clear()  # the garbage collector finished
+    world.pods.pop("demo-trainer-0")  # the garbage collector deletes them one by one
+    world.reconcile()
+    assert "demo-trainer-0" not in world.condition("Blocked")["message"], "the condition lists who still blocks"
+    assert world.reasons().count("ForeignChildren") == 1, "said when it became blocked, not at each change of the list"
+    world.pods = {n: p for n, p in world.pods.items()  # the garbage collector finished
+                  if p["metadata"]["ownerReferences"][0]["uid"] != "uid-1"}
     world.reconcile()
     assert len(world.pods) == 4 and all(p["metadata"]["ownerReferences"][0]["uid"] == "uid-2" for p in world.pods.values())
     assert world.condition("Blocked")["status"] == "False"

@@ -744,7 +744,10 @@ def _active(ctx: _Context, desired: dict, phase: str) -> Outcome:
     if blocked:
         message = "children owned by another object hold this job's names; waiting for them to go: " + ", ".join(sorted(blocked))
         conditions["Blocked"] = (True, "ForeignChildren", message)
-        if _condition_message(ctx.written, "Blocked") != message:
+        # Said when the job becomes blocked. The list changes while the other object's children go (the
+        # garbage collector deletes them one by one, and a reconcile that did not list the supporting
+        # children sees only the pods): the condition follows it, a second event would only repeat it.
+        if not _condition_message(ctx.written, "Blocked"):
             out.events.append(Event("ForeignChildren", message, "Warning"))
         out.requeue(5.0)
     return _finish_status(ctx, desired, new_phase, conditions)
