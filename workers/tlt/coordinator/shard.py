@@ -43,8 +43,9 @@ PREFILL_TOKENS = 1024  # most (padded) tokens per target prefill preparing draft
 DRAFTER_ROWS = 1
 # Online drafter training: after its warmup the rate falls as 1/sqrt(1 + steps/30) (half the peak
 # after 90 more optimizer steps). A constant rate high enough to learn within the first RL steps
-# (6e-3 on the quickstart) held acceptance at ~4.7 after 16 steps, and pulled a warmed-up drafter
-# down from 5.9 to 4.7; with the decay, a fresh drafter at 1e-2 reached 5.3 over steps 17-24.
+# (6e-3 on the quickstart) pulled a warmed-up drafter down from 5.9 to 4.7 within 4 versions (1e-3
+# held 5.75); with the decay, fresh drafters at 1e-2 reached 4.1-6.0 over steps 17-24 in six runs
+# (one run at a constant 6e-3: 4.3-5.3).
 DRAFTER_LR_DECAY_STEPS = 30
 PROBE_TOKENS = 128  # response tokens per prompt when measuring a drafter's acceptance length
 
