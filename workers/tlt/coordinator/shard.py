@@ -166,14 +166,8 @@ class _Rollout:
     thread: threading.Thread | None = None
     results: list[Result] = field(default_factory=list)
     error: BaseException | None = None
-    counters_at_start: Counters | None = None  # the engine's, so progress reports this rollout's acceptance
-
-
-def _acceptance_since(start: Counters | None, now: Counters) -> float:
-    """Mean accepted tokens per verified sequence-round since `start` (0.0: none verified)."""
-    rounds = now.verify_rounds - (start.verify_rounds if start else 0)
-    accepted = now.accepted_tokens - (start.accepted_tokens if start else 0)
-    return accepted / rounds if rounds > 0 else 0.0
+    # the engine's counters when the rollout started: progress reports this rollout's acceptance
+    counters_at_start: Counters = field(default_factory=Counters)
 
 
 class RolloutShard:
@@ -221,8 +215,9 @@ class RolloutShard:
         self.buffer = RolloutBuffer(keep_steps=spec.drafter.buffer_steps)
         self.trainer: SpotTrainer | None = None
         if self.eagle is not None and spec.drafter.train_on_idle:
-            self.trainer = SpotTrainer(self.eagle, TrainConfig(lr=spec.drafter.learning_rate, decay_steps=DRAFTER_LR_DECAY_STEPS), worker=name,
-                                       metrics=drafter_metrics())
+            self.trainer = SpotTrainer(
+                self.eagle, TrainConfig(lr=spec.drafter.learning_rate, decay_steps=DRAFTER_LR_DECAY_STEPS),
+                worker=name, metrics=drafter_metrics())
         self._rollout: _Rollout | None = None
         self._data_key: tuple | None = None
         # id(sample) -> (sample, its training windows): the hidden states the torch engine decoded
@@ -364,7 +359,7 @@ class RolloutShard:
         return ShardProgressReport(
             name=self.name, role=self.role, running=c.running, waiting=c.waiting, finished=c.finished,
             generated_tokens=c.generated_tokens, speculating=c.speculating,
-            acceptance_length=_acceptance_since(rollout.counters_at_start, c) if rollout else 0.0,
+            acceptance_length=c.acceptance_since(rollout.counters_at_start) if rollout else 0.0,
             drafter_steps=self.trainer.state.step if self.trainer else 0,
             busy=busy, results_ready=len(rollout.results) if rollout else 0,
         )

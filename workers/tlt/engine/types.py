@@ -84,3 +84,8 @@ class Counters:
     @property
     def mean_acceptance_length(self) -> float:
         return self.accepted_tokens / self.verify_rounds if self.verify_rounds else 0.0
+
+    def acceptance_since(self, start: "Counters") -> float:
+        """Mean accepted tokens per sequence-round verified since `start` (0.0: none verified)."""
+        rounds = self.verify_rounds - start.verify_rounds
+        return (self.accepted_tokens - start.accepted_tokens) / rounds if rounds > 0 else 0.0
