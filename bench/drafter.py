@@ -29,8 +29,6 @@ import torch
 
 def policy_update(target, samples, task, tokenizer, steps: int, lr: float, seed: int):
     """A new policy: `steps` AdamW steps of cross-entropy on the target's own correct responses."""
-    from tlt.drafter.packing import plan_rows
-
     new = copy.deepcopy(target)
     for p in new.parameters():
         p.requires_grad_(True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tlt.drafter import (DrafterMetrics, RolloutBuffer, Sample, SpotTrainer, TrainConfig, average_replicas,
-                         loss_terms, make_windows, pack, prefill_hidden, unpacked, weighted_average)
+                         loss_terms, make_windows, pack, prefill_hidden, weighted_average)
 from tlt.drafter import checkpoint as ckpt_mod
 from tlt.drafter.checkpoint import AsyncCheckpointer
 from tlt.drafter.packing import micro_batches, training_batches
@@ -96,7 +96,7 @@ def test_prefill_hidden_equals_a_single_sequence_forward():
 
 # ---------------------------------------------------------------- packing
 
-def test_packed_and_unpacked_training_give_the_same_loss_and_gradients():
+def test_a_packed_micro_batch_gives_the_loss_and_gradients_of_its_windows_trained_alone():
     target = tiny_target()
     samples = random_samples(7, seed=2)
     windows = make_windows(samples, prefill_hidden(target, samples), max_response_tokens=16)
@@ -104,40 +104,41 @@ def test_packed_and_unpacked_training_give_the_same_loss_and_gradients():
         w.loss_mask[:] = True  # a window whose every token is a target (its first has no predecessor)
     drafter = EagleDrafter.for_target(target, seed=3, init_std=0.2)
 
-    def loss_and_grad(batch):
+    def loss_and_grad(batches):
         drafter.zero_grad()
-        s, n = loss_terms(drafter, batch)
+        terms = [loss_terms(drafter, b) for b in batches]
+        s, n = sum(t[0] for t in terms), sum(t[1] for t in terms)
         (s / n).backward()
         return float((s / n).detach()), [p.grad.clone() for p in drafter.parameters()]
 
-    packed = pack(windows, row_tokens=64)
-    ref = unpacked(windows)
-    assert packed.tokens.shape[0] < ref.tokens.shape[0]  # it did pack
-    assert packed.num_targets == ref.num_targets
+    packed = micro_batches(windows, batch_tokens=64)
+    assert len(packed) < len(windows) and all(b.tokens.shape[1] <= 64 for b in packed)  # it did pack
+    alone = [pack([w]) for w in windows]
+    assert sum(b.num_targets for b in packed) == sum(b.num_targets for b in alone)
     lp, gp = loss_and_grad(packed)
-    lu, gu = loss_and_grad(ref)
-    assert lp == pytest.approx(lu, rel=1e-10)
-    for a, b in zip(gp, gu):
+    la, ga = loss_and_grad(alone)
+    assert lp == pytest.approx(la, rel=1e-10)
+    for a, b in zip(gp, ga):
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_packed_rows_do_not_attend_across_windows():
+def test_packed_windows_do_not_attend_across_windows():
     target = tiny_target()
-    samples = random_samples(2, seed=4)
+    samples = random_samples(3, seed=4)
     windows = make_windows(samples, prefill_hidden(target, samples))
     drafter = EagleDrafter.for_target(target, seed=3, init_std=0.2)
-    batch = pack(windows, row_tokens=1000)
-    assert batch.tokens.shape[0] == 1
-    n0 = len(windows[0]) if int(batch.positions[0, 0]) == int(windows[0].positions[0]) else len(windows[1])
-    # changing the second window's tokens must not change the first window's predictions
+    batch = pack(windows)
+    n0, n1 = len(windows[0]), len(windows[1])
+    # changing the second window's tokens changes neither the first's nor the third's predictions
     pred = drafter.features(batch.tokens[:, 1:], batch.hidden[:, :-1], batch.positions[:, :-1],
-                            attn_mask=batch.attn_mask[:, :-1, :-1])
+                            attn_mask=batch.varlen)
     tokens2 = batch.tokens.clone()
-    tokens2[0, n0:] = (tokens2[0, n0:] + 1) % 48
+    tokens2[0, n0 + 1:n0 + n1] = (tokens2[0, n0 + 1:n0 + n1] + 1) % 48
     pred2 = drafter.features(tokens2[:, 1:], batch.hidden[:, :-1], batch.positions[:, :-1],
-                             attn_mask=batch.attn_mask[:, :-1, :-1])
-    assert torch.equal(pred[0, : n0 - 1], pred2[0, : n0 - 1])
-    assert not torch.equal(pred[0, n0:], pred2[0, n0:])
+                             attn_mask=batch.varlen)
+    assert torch.equal(pred[0, :n0], pred2[0, :n0])
+    assert torch.equal(pred[0, n0 + n1:], pred2[0, n0 + n1:])
+    assert not torch.equal(pred[0, n0:n0 + n1], pred2[0, n0:n0 + n1])
 
 
 # ---------------------------------------------------------------- spot trainer
@@ -154,7 +155,7 @@ def make_trainer(target, batches, **cfg):
 def random_batches():
     target = tiny_target(torch.float32)
     samples = random_samples(24, seed=6)
-    return target, training_batches(target, samples, max_response_tokens=32, row_tokens=96, rows_per_batch=2)
+    return target, training_batches(target, samples, max_response_tokens=32, batch_tokens=192)
 
 
 def test_preemption_returns_within_one_micro_step_and_resumes_with_identical_weights(random_batches):
@@ -264,8 +265,8 @@ def test_loss_decreases_on_the_builtin_task():
     outputs = plain_generate(target, prompts, 48, temperature=1.0, stop_ids=[tok.eos_token_id], batch_size=48)
     samples = [Sample.of(p, o) for p, o in zip(prompts, outputs)]
     train, held = samples[:40], samples[40:]
-    batches = training_batches(target, train, row_tokens=256, rows_per_batch=2)
-    held_batch = training_batches(target, held, row_tokens=4096, rows_per_batch=100)[0]
+    batches = training_batches(target, train, batch_tokens=512)
+    held_batch = training_batches(target, held, batch_tokens=1 << 20)[0]
     trainer = SpotTrainer(EagleDrafter.for_target(target), TrainConfig(lr=3e-3, warmup_steps=5))
     trainer.set_data(batches)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tlt.trainer import Rollouts, collate, pack, plan_micro_batches
-from tlt.trainer.varlen import plan, varlen_attention
+from tlt.trainer.varlen import plan, varlen_attention  # the HF adapter of tlt.models.varlen
 
 
 def test_collate_lays_out_prompt_and_response_with_the_positions_that_predict_each_response_token():

@@ -24,7 +24,7 @@ import torch
 from tlt.api.model import ReasoningRLJobSpec
 from tlt.drafter import RolloutBuffer, Sample, SpotTrainer, TrainConfig, drafter_metrics
 from tlt.drafter.buffer import make_windows, prefill_hidden
-from tlt.drafter.packing import pack_windows
+from tlt.drafter.packing import micro_batches
 from tlt.engine.memory import fit_kv_memory
 from tlt.engine.torch_engine import TorchEngine
 from tlt.engine.types import Counters, Request, Result
@@ -38,9 +38,9 @@ from tlt.trainer.sync import receiver_metrics
 
 
 PREFILL_TOKENS = 1024  # most (padded) tokens per target prefill preparing drafter data: a reclaim waits for one
-# Packed rows (about 1K tokens each) per lent drafter training step: many small optimizer steps
-# per short lend, and a reclaim waits for one of them at most
-DRAFTER_ROWS = 1
+# Tokens per lent drafter training step (one packed micro-batch): many small optimizer steps per
+# short lend, and a reclaim waits for one of them at most
+DRAFTER_BATCH_TOKENS = 1024
 # Online drafter training: after its warmup the rate falls as 1/sqrt(1 + steps/30) (half the peak
 # after 90 more optimizer steps). A constant rate high enough to learn within the first RL steps
 # (6e-3 on the quickstart) pulled a warmed-up drafter down from 5.9 to 4.7 within 4 versions (1e-3
@@ -455,7 +455,7 @@ class RolloutShard:
         for chunk in _prefill_chunks(samples):  # packed in pieces too: a reclaim waits for one
             if self._preempt.is_set():
                 return None
-            batches += pack_windows([w for s in chunk for w in self._windows[id(s)][1]], rows_per_batch=DRAFTER_ROWS)
+            batches += micro_batches([w for s in chunk for w in self._windows[id(s)][1]], DRAFTER_BATCH_TOKENS)
         self._data_key, self._data = key, batches
         return batches
 

@@ -1,11 +1,18 @@
-"""Sequence packing: several training windows in one row, no attention across them.
+"""Sequence packing: a micro-batch is one row of training windows back to back, no padding.
 
-Each packed row carries the windows' tokens, target hidden states, loss mask and
-their own position ids, and a block-diagonal causal mask [T, T] (True = may attend).
-The drafter's loss pairs position t with t+1; at the seam between two windows that
-pair would mix samples, so the first token of every window is never a loss target.
-The pair at the seam belongs to the earlier window's block and comes last in it
-(causal), so no other pair of either window attends to it.
+    tokens     [1, N]     window_1 + window_2 + ...
+    hidden     [1, N, H]  the target's states at those tokens
+    loss_mask  [1, N]     True where token t is a target (its state h_t is predicted)
+    positions  [1, N]     each window's own absolute positions
+    varlen                where each window's pairs are, for attention (`tlt.models.varlen`)
+
+The drafter's loss pairs position t with t+1 (pair t reads x_{t+1} and h_t). At the seam
+between two windows that pair would mix samples, so the first token of every window is
+never a loss target; the seam pair is the last of the earlier window's block, so under
+causal attention no other pair of either window sees it. Attention runs per window: it
+costs the sum of the windows' squared lengths, not N^2 as a block-diagonal mask over
+the row did (`bench/drafter_packing.py`: 1.8x the training steps per second on the
+quickstart's rollouts).
 
 `EAGLE`-style loss lives here too, as (sum, count) so micro-batches accumulate with
 exact per-token weighting: SmoothL1(pred_h, h_next) averaged over the hidden size,
@@ -21,16 +28,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tlt.models.varlen import VarlenPlan, plan as varlen_plan
+
 from .buffer import Window
 
 
 @dataclass
 class Batch:
-    tokens: torch.Tensor  # [R, T] long
-    hidden: torch.Tensor  # [R, T, H]
-    loss_mask: torch.Tensor  # [R, T] bool, True where token t is a target (its state h_t is predicted)
-    positions: torch.Tensor  # [R, T] long
-    attn_mask: torch.Tensor  # [R, T, T] bool
+    tokens: torch.Tensor  # [1, N] long
+    hidden: torch.Tensor  # [1, N, H]
+    loss_mask: torch.Tensor  # [1, N] bool, True where token t is a target (its state h_t is predicted)
+    positions: torch.Tensor  # [1, N] long
+    varlen: VarlenPlan  # attention per window over the N - 1 pairs
     num_windows: int
 
     @property
@@ -39,74 +48,44 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(self.tokens.to(device), self.hidden.to(device), self.loss_mask.to(device),
-                     self.positions.to(device), self.attn_mask.to(device), self.num_windows)
+                     self.positions.to(device), self.varlen.to(device), self.num_windows)
 
 
-def plan_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
-    """First-fit decreasing: indices of windows per row, each row at most `row_tokens`
-    long (a longer window gets a row of its own)."""
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """First-fit decreasing: indices of windows per micro-batch, each at most `batch_tokens`
+    tokens (a longer window gets a micro-batch of its own)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    rows: list[list[int]] = []
+    groups: list[list[int]] = []
     room: list[int] = []
     for i in order:
         n = lengths[i]
-        for r, free in enumerate(room):
+        for g, free in enumerate(room):
             if n <= free:
-                rows[r].append(i)
-                room[r] -= n
+                groups[g].append(i)
+                room[g] -= n
                 break
         else:
-            rows.append([i])
-            room.append(max(row_tokens - n, 0))
-    return rows
+            groups.append([i])
+            room.append(max(batch_tokens - n, 0))
+    return groups
 
 
-def collate(rows: Sequence[Sequence[Window]]) -> Batch:
-    """Rows of windows -> padded batch; padding attends only to itself and is never a target."""
-    width = max(sum(len(w) for w in row) for row in rows)
-    r = len(rows)
-    first = rows[0][0]
-    hsize = first.hidden.shape[-1]
-    tokens = torch.zeros(r, width, dtype=torch.long)
-    hidden = torch.zeros(r, width, hsize, dtype=first.hidden.dtype, device=first.hidden.device)
-    loss_mask = torch.zeros(r, width, dtype=torch.bool)
-    positions = torch.zeros(r, width, dtype=torch.long)
-    block = torch.full((r, width), -1, dtype=torch.long)
-    for i, row in enumerate(rows):
-        at = 0
-        for j, w in enumerate(row):
-            n = len(w)
-            tokens[i, at:at + n] = w.tokens
-            hidden[i, at:at + n] = w.hidden
-            loss_mask[i, at:at + n] = w.loss_mask
-            loss_mask[i, at] = False  # its predecessor belongs to another window
-            positions[i, at:at + n] = w.positions
-            block[i, at:at + n] = j
-            at += n
-    idx = torch.arange(width)
-    causal = idx[None, :, None] >= idx[None, None, :]
-    same = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
-    pad_self = (block[:, :, None] < 0) & (idx[None, :, None] == idx[None, None, :])
-    attn = (same & causal) | pad_self
-    return Batch(tokens, hidden, loss_mask, positions, attn, sum(len(row) for row in rows))
+def pack(windows: Sequence[Window]) -> Batch:
+    """`windows` back to back in one row (layout in the module doc)."""
+    lengths = [len(w) for w in windows]
+    loss_mask = torch.cat([w.loss_mask for w in windows]).clone()
+    starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+    loss_mask[starts] = False  # a window's first token: its predecessor belongs to another window
+    pairs = lengths[:-1] + [lengths[-1] - 1]  # the row's last token starts no pair
+    return Batch(torch.cat([w.tokens for w in windows])[None], torch.cat([w.hidden for w in windows])[None],
+                 loss_mask[None], torch.cat([w.positions for w in windows])[None],
+                 varlen_plan([n for n in pairs if n > 0]), len(windows))
 
 
-def pack(windows: Sequence[Window], row_tokens: int) -> Batch:
-    """All `windows` packed into as few rows of at most `row_tokens` tokens as first-fit gives."""
-    rows = plan_rows([len(w) for w in windows], row_tokens)
-    return collate([[windows[i] for i in row] for row in rows])
-
-
-def unpacked(windows: Sequence[Window]) -> Batch:
-    """One window per row (the reference that packing must reproduce)."""
-    return collate([[w] for w in windows])
-
-
-def micro_batches(windows: Sequence[Window], row_tokens: int, rows_per_batch: int) -> list[Batch]:
-    """Pack all windows, then group the rows into micro-batches of `rows_per_batch` rows."""
-    plan = plan_rows([len(w) for w in windows], row_tokens)
-    return [collate([[windows[i] for i in row] for row in plan[k:k + rows_per_batch]])
-            for k in range(0, len(plan), rows_per_batch)]
+def micro_batches(windows: Sequence[Window], batch_tokens: int = 1024) -> list[Batch]:
+    """All `windows`, packed into as few micro-batches of at most `batch_tokens` tokens as first-fit gives."""
+    windows = list(windows)
+    return [pack([windows[i] for i in group]) for group in plan_batches([len(w) for w in windows], batch_tokens)]
 
 
 def loss_terms(drafter, batch: Batch, ce_weight: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +94,7 @@ def loss_terms(drafter, batch: Batch, ce_weight: float = 0.1) -> tuple[torch.Ten
     Pair t reads (x_{t+1}, h_t) and predicts h_{t+1}; it counts when token t+1 is a target.
     """
     pred = drafter.features(batch.tokens[:, 1:], batch.hidden[:, :-1], positions=batch.positions[:, :-1],
-                            attn_mask=batch.attn_mask[:, :-1, :-1])
+                            attn_mask=batch.varlen)
     nxt = batch.hidden[:, 1:].to(pred.dtype)
     compute = torch.promote_types(pred.dtype, torch.float32)
     reg = F.smooth_l1_loss(pred, nxt, reduction="none").mean(-1)
@@ -131,24 +110,17 @@ def top1_agreement(drafter, batch: Batch) -> tuple[int, int]:
     """How often the drafter's top-1 token (from pred_h) equals the target's (from h_next)."""
     with torch.no_grad():
         pred = drafter.features(batch.tokens[:, 1:], batch.hidden[:, :-1], positions=batch.positions[:, :-1],
-                                attn_mask=batch.attn_mask[:, :-1, :-1])
+                                attn_mask=batch.varlen)
         same = drafter.logits(pred).argmax(-1) == drafter.logits(batch.hidden[:, 1:].to(pred.dtype)).argmax(-1)
         m = batch.loss_mask[:, 1:].to(same.device)
         return int((same & m).sum()), int(m.sum())
 
 
-def training_batches(target, samples, max_response_tokens: int = 512, row_tokens: int = 1024,
-                     rows_per_batch: int = 4, context: int = 0, max_prefill_tokens: int = 16384) -> list[Batch]:
+def training_batches(target, samples, max_response_tokens: int = 512, batch_tokens: int = 1024,
+                     context: int = 0, max_prefill_tokens: int = 16384) -> list[Batch]:
     """Rollout samples -> packed micro-batches: prefill the whole sequences on the
     target's device (hidden states stay there), cut windows, pack them."""
     from .buffer import make_windows, prefill_hidden
 
     hidden = prefill_hidden(target, samples, max_prefill_tokens)
-    return pack_windows(make_windows(samples, hidden, max_response_tokens, context), row_tokens, rows_per_batch)
-
-
-def pack_windows(windows: Sequence[Window], row_tokens: int = 1024, rows_per_batch: int = 4) -> list[Batch]:
-    """Windows -> packed micro-batches (a row is at least as long as the longest window)."""
-    if not windows:
-        return []
-    return micro_batches(list(windows), max(row_tokens, max(len(w) for w in windows)), rows_per_batch)
+    return micro_batches(make_windows(samples, hidden, max_response_tokens, context), batch_tokens)

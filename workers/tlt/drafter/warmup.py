@@ -40,8 +40,7 @@ class WarmupConfig:
     lr: float = 2e-3
     warmup_steps: int = 30
     grad_clip: float = 1.0
-    row_tokens: int = 1024
-    rows_per_batch: int = 4
+    batch_tokens: int = 4096  # per micro-batch (one packed row)
     max_response_tokens: int = 512
     checkpoint_every: int = 50
     seed: int = 0
@@ -125,7 +124,7 @@ def warmup(target, prompts_fn: Callable[[], list[list[int]]], out: str | Path, c
                                    cfg.num_slots, progress)
         meta = {"prompts": len(prompts), "max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
         save_samples(data_path, samples, meta)
-    batches = training_batches(target, samples, cfg.max_response_tokens, cfg.row_tokens, cfg.rows_per_batch)
+    batches = training_batches(target, samples, cfg.max_response_tokens, cfg.batch_tokens)
     if not batches:
         raise ValueError("the generated sequences hold no response tokens to train on")
     drafter = EagleDrafter.for_target(target, seed=cfg.seed)

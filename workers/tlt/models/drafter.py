@@ -36,6 +36,7 @@ from .config import ConfigError, ModelConfig
 from .kv_cache import KVCache
 from .llama import CausalLM, DecoderLayer, RopeTable, rope_cos_sin
 from .loading import resolve_dtype
+from .varlen import VarlenPlan
 
 
 def drafter_config(target: ModelConfig) -> ModelConfig:
@@ -95,7 +96,7 @@ class EagleDrafter(nn.Module):
     def features(self, input_ids: torch.Tensor, target_hidden: torch.Tensor,
                  positions: torch.Tensor | None = None, cache: KVCache | None = None,
                  slots: torch.Tensor | None = None, write_offset: int = 0,
-                 tail_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                 tail_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | VarlenPlan | None = None,
                  window: int | None = None, read_slots: slice | None = None) -> torch.Tensor:
         """Predicted next hidden states [B, T, H] from tokens x_{t+1} and target states h_t
         (cache arguments as in `CausalLM.hidden`)."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .kv_cache import AttentionPlan, KVCache
+from .varlen import VarlenPlan, packed_attention
 
 
 class RMSNorm(nn.Module):
@@ -89,7 +90,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * d, h, bias=False)
 
     def forward(self, x, cos, sin, layer: int, cache: KVCache | None, plan: AttentionPlan | None,
-                attn_mask: torch.Tensor | None):
+                attn_mask: torch.Tensor | VarlenPlan | None):
+        """`attn_mask`: [B, T, T] bool (True = may attend), or the `VarlenPlan` of a packed row (B = 1)."""
         bsz, seq, _ = x.shape
         # [B, T, heads, D] until attention: rope and the cache write need no transposes
         q = apply_rope(self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim), cos, sin).transpose(1, 2)
@@ -98,6 +100,9 @@ class Attention(nn.Module):
         if cache is not None:
             keys, values = cache.write_and_read(layer, plan, k, v)
             mask = plan.mask
+        elif isinstance(attn_mask, VarlenPlan):
+            out = packed_attention(q[0], k[0].transpose(0, 1), v[0].transpose(0, 1), attn_mask)  # [T, heads, D]
+            return self.o_proj(out.reshape(1, seq, self.num_heads * self.head_dim))
         else:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
             mask = attn_mask[:, None] if attn_mask is not None else None
@@ -175,7 +180,7 @@ class CausalLM(nn.Module):
     def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                cache: KVCache | None = None, slots: torch.Tensor | None = None,
                write_offset: int = 0, tail_mask: torch.Tensor | None = None,
-               attn_mask: torch.Tensor | None = None, window: int | None = None,
+               attn_mask: torch.Tensor | VarlenPlan | None = None, window: int | None = None,
                read_slots: slice | None = None) -> torch.Tensor:
         """Post-norm last hidden states [B, T, H].
 
@@ -184,7 +189,8 @@ class CausalLM(nn.Module):
         `window` (>= every row's committed length + write_offset + T) fixes how many
         cache positions attention reads, so the forward has static shapes and no host
         read; `read_slots`, a slice equal to `slots`, reads the cache as a view.
-        Without: plain attention over `input_ids`, causal or `attn_mask` [B, T, T].
+        Without: plain attention over `input_ids`, causal, or `attn_mask` [B, T, T], or per
+        sequence of a packed row (`attn_mask` a `VarlenPlan`, B = 1).
         """
         bsz, seq = input_ids.shape
         if positions is None:

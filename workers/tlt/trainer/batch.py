@@ -8,7 +8,7 @@ subset out for one forward pass.
 
     input_ids      [1, N]  prompt_1 + response_1 + prompt_2 + response_2 + ...
     position_ids   [1, N]  0, 1, ... restarting at every sequence
-    varlen                 where each sequence is, for attention (`tlt.trainer.varlen`)
+    varlen                 where each sequence is, for attention (`tlt.models.varlen`)
 
 `collate`: one row per sequence, right-padded with pad_id to the longest:
 
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import torch
 
-from tlt.trainer.varlen import VarlenPlan, plan as varlen_plan
+from tlt.models.varlen import VarlenPlan, plan as varlen_plan
 
 IntSeq = Sequence[int] | torch.Tensor
 FloatSeq = Sequence[float] | torch.Tensor

@@ -14,7 +14,7 @@ One `train(rollouts)` call is one RL step's update:
    with the configured mode over the mini-batch's response tokens.
 
 A micro-batch is packed: its sequences back to back in one row, no padding,
-attention per sequence (`tlt.trainer.varlen`), the LM head only where a response
+attention per sequence (`tlt.models.varlen`), the LM head only where a response
 token is predicted; with long-tailed response lengths padding would multiply the
 work several times. `remove_padding=False` pads instead (the baseline of
 `bench/trainer.py`); both give the same loss and gradient up to float rounding.
