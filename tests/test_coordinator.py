@@ -56,12 +56,21 @@ def fast_polls(monkeypatch):
     monkeypatch.setattr(loop, "POLL_SECONDS", 0.02)
 
 
-def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path, fast_polls):
+def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path, fast_polls, monkeypatch):
+    from tlt.coordinator.actors import WorkerPool
+
     out = tmp_path / "run"
     doc = lending_workload(manifest(micro_model, out))
     # Nearly greedy, this model runs every response to the limit: rollout-0 then decodes
     # twice the tokens rollout-1 does, which leaves rollout-1 idle for about half of a rollout.
     doc["spec"]["algorithm"]["temperature"] = 0.1
+    tune = WorkerPool.tune_threshold
+
+    def slow_tune(pool):  # a threshold probe that takes a while: part of the step, not after it
+        time.sleep(0.5)
+        return tune(pool)
+
+    monkeypatch.setattr(WorkerPool, "tune_threshold", slow_tune)
     summary = EmbeddedRun(parse_job(doc), progress=False).run()
 
     records = read_records(out / "metrics.jsonl")
@@ -70,6 +79,9 @@ def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path, fas
     steps = [r for r in records if r["kind"] == "step"]
     assert [s["step"] for s in steps] == [1, 2]
     assert all(s["time_rollout"] > 0 and s["time_train"] > 0 for s in steps)
+    # tlt's own work between steps (drafter sync, `auto` threshold) counts in the step's time
+    assert all(s["time_sync"] >= 0.5 for s in steps), [s["time_sync"] for s in steps]
+    assert all(s["step_seconds"] >= s["time_rollout"] + s["time_train"] + s["time_sync"] for s in steps)
     assert [e["step"] for e in records if e["kind"] == "eval"] == [0, 1, 2]
     roles = {(r["worker"], r["role"]) for r in records if r["kind"] == "role"}
     assert ("rollout-0", "rollout") in roles and ("trainer-0", "trainer") in roles

@@ -231,11 +231,14 @@ class EmbeddedRun:
                 policy_version=step,
             )
             train_seconds = time.perf_counter() - t0
-        # Drafter sync: average the replicas trained this step into the next version.
+        # Drafter sync: average the replicas trained this step into the next version, then set
+        # `auto` at the acceptance length measured this step (or the new version's, probed): part
+        # of the step's time, which the baseline does not spend.
         t0 = time.perf_counter()
         self._phase_roles(step, "sync")
         if spec.drafter.enabled and step % spec.drafter.sync_every == 0:
             drafter_version = self.pool.sync_drafters(drafter_version)
+        threshold, self.threshold = self.threshold, self.pool.tune_threshold()
         sync_seconds = time.perf_counter() - t0
         self._phase_roles(step, "idle")
         record = dict(
@@ -260,8 +263,7 @@ class EmbeddedRun:
         self.log.write("lengths", step=step, shards=len(self.pool.shard_names),
                        groups=[[len(r.tokens) for r in results] for _, results in groups],
                        prompt_tokens=round(sum(len(item.ids) for item, _ in groups) / max(1, len(groups)), 1),
-                       batch_threshold=self.threshold, time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
-        self.threshold = self.pool.tune_threshold()  # `auto`: at the acceptance length this step measured
+                       batch_threshold=threshold, time_rollout=seconds["rollout"], sampling_rounds=rounds + 1)
         self.metrics.record_step(record)
         self._step_done(step, record)
         if spec.eval.every_steps and (step % spec.eval.every_steps == 0 or step == spec.algorithm.steps):
