@@ -74,6 +74,33 @@ def test_sampled_outputs_do_not_depend_on_batch_composition(target):
     assert [r.tokens for r in wide] == [r.tokens for r in reversed(narrow)]
 
 
+def test_a_prompt_sampled_several_times_is_prefilled_once_and_decodes_as_if_prefilled_alone(target):
+    """GRPO's groups share their prompt: admission prefills each distinct prompt once and copies its
+    KV entries and states to the group's other slots; outputs, log-probs and states are those of
+    requests admitted one at a time."""
+    prompts = mixed_prompts(4, seed=6)
+    reqs = lambda: [Request(prompt=p, max_tokens=15, temperature=1.0, seed=200 + 4 * g + k, id=(g, k),
+                            return_hidden_states=True) for g, p in enumerate(prompts) for k in range(4)]
+    engine = TorchEngine(target, num_slots=16, max_model_len=64, store_hidden_states=True)
+    prefilled = []
+    hidden = engine.model.hidden
+
+    def counting_hidden(input_ids, *args, **kwargs):
+        if input_ids.shape[1] > 1:
+            prefilled.append(input_ids.shape[0])
+        return hidden(input_ids, *args, **kwargs)
+
+    engine.model.hidden = counting_hidden
+    grouped = engine.generate(reqs())
+    assert prefilled == [len(prompts)]  # one prefill, one row per distinct prompt
+    alone = TorchEngine(target, num_slots=1, max_model_len=64, store_hidden_states=True).generate(reqs())
+    for a, b in zip(grouped, alone):
+        assert a.tokens == b.tokens, f"request {a.id}"
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)
+        assert torch.allclose(a.hidden_states, b.hidden_states, atol=1e-9)
+    assert len({tuple(r.tokens) for r in grouped}) > len(prompts)  # the samples of a group differ
+
+
 @pytest.mark.parametrize("sampling", list(SAMPLING))
 @pytest.mark.parametrize("drafts", ["plain", "eagle-4_1_4", "eagle-3_2_6", "eagle-4_3_10", "ngram-5_1_5"])
 def test_hidden_states_on_request_equal_a_prefill_of_the_sequence(target, drafts, sampling):

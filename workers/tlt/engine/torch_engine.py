@@ -334,7 +334,19 @@ class TorchEngine:
         self.cache.reset(slots)
         if self.dcache is not None:
             self.dcache.reset(slots)
-        h = self.model.hidden(ids, cache=self.cache, slots=slots)
+        # GRPO samples every prompt groupSize times: each distinct prompt is prefilled once and
+        # its KV entries and states go to the other slots (prefix caching for whole prompts).
+        first: dict[tuple, int] = {}
+        source = [first.setdefault(tuple(r.prompt), b) for b, r in enumerate(take)]  # [B] row prefilled for b
+        if len(first) < len(take):
+            once = torch.tensor(sorted(first.values()), dtype=torch.long, device=dev)
+            h = self.model.hidden(ids[once], cache=self.cache, slots=slots[once])
+            place = {b: k for k, b in enumerate(sorted(first.values()))}
+            h = h[torch.tensor([place[b] for b in source], dtype=torch.long, device=dev)]
+            copies = [b for b, s in enumerate(source) if s != b]
+            self.cache.copy_entries(slots[[source[b] for b in copies]], slots[copies], width)
+        else:
+            h = self.model.hidden(ids, cache=self.cache, slots=slots)
         self.cache.advance(slots, lens)
         if self.hist is not None:
             self.hist[slots, :width] = h

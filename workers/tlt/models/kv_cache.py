@@ -100,6 +100,12 @@ class KVCache:
         values = vc[plan.read_slots, : plan.read_len]
         return keys.transpose(1, 2), values.transpose(1, 2)
 
+    def copy_entries(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
+        """Copy the first `length` entries of every layer from slots `src` into slots `dst`
+        (a shared prompt's KV; lengths are set by the caller)."""
+        self.k[:, dst, :length] = self.k[:, src, :length]
+        self.v[:, dst, :length] = self.v[:, src, :length]
+
     def advance(self, slots: torch.Tensor, counts: torch.Tensor | int) -> None:
         """Commit the first `counts` new entries of each slot (written at offset 0)."""
         self.lengths[slots] += counts
