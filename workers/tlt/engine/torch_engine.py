@@ -5,7 +5,7 @@ Per slot the engine keeps the whole sequence (prompt + generated), the target KV
 cache of every token but the last (the *pending* token, sampled and emitted but not
 yet fed), and, when an EAGLE drafter or hidden states are wanted, the target's last
 hidden state per position. A step admits waiting requests into free slots (one padded
-prefill), then either decodes one token for every running sequence or runs one
+prefill of each distinct prompt: a group's samples share it), then either decodes one token for every running sequence or runs one
 speculative round: the drafter catches up on the committed tokens and drafts, the
 target verifies all sequences' drafts in one forward, each row accepts the prefix
 plain sampling would have emitted, and only the accepted KV entries are kept.
