@@ -5,10 +5,11 @@ Per slot the engine keeps the whole sequence (prompt + generated), the target KV
 cache of every token but the last (the *pending* token, sampled and emitted but not
 yet fed), and, when an EAGLE drafter or hidden states are wanted, the target's last
 hidden state per position. A step admits waiting requests into free slots (one padded
-prefill of each distinct prompt: a group's samples share it), then either decodes one token for every running sequence or runs one
-speculative round: the drafter catches up on the committed tokens and drafts, the
-target verifies all sequences' drafts in one forward, each row accepts the prefix
-plain sampling would have emitted, and only the accepted KV entries are kept.
+prefill of each distinct prompt: a group's samples share it), then either decodes one
+token for every running sequence or runs one speculative round: the drafter catches
+up on the committed tokens and drafts, the target verifies all sequences' drafts in
+one forward, each row accepts the prefix plain sampling would have emitted, and only
+the accepted KV entries are kept.
 
 The hot path (decode steps and rounds) keeps its bookkeeping on the device and reads
 back one small tensor of results per step; what it needs to know on the host (lengths
@@ -339,10 +340,10 @@ class TorchEngine:
         first: dict[tuple, int] = {}
         source = [first.setdefault(tuple(r.prompt), b) for b, r in enumerate(take)]  # [B] row prefilled for b
         if len(first) < len(take):
-            once = torch.tensor(sorted(first.values()), dtype=torch.long, device=dev)
+            once = list(first.values())  # ascending: each prompt's first row
             h = self.model.hidden(ids[once], cache=self.cache, slots=slots[once])
-            place = {b: k for k, b in enumerate(sorted(first.values()))}
-            h = h[torch.tensor([place[b] for b in source], dtype=torch.long, device=dev)]
+            place = {b: k for k, b in enumerate(once)}
+            h = h[[place[b] for b in source]]
             copies = [b for b, s in enumerate(source) if s != b]
             self.cache.copy_entries(slots[[source[b] for b in copies]], slots[copies], width)
         else:
