@@ -143,3 +143,16 @@ def test_a_new_drafter_version_that_accepts_as_much_keeps_every_reward_and_one_t
     manager.drafter_changed()  # +12.5% since the re-try: the arms may rank otherwise now
     assert manager.bandit.median(4, short) is None and manager.bandit.median(4, deep) == 500.0
     assert manager.decide(4) == short
+
+
+def test_a_new_threshold_brings_its_default_hysteresis_along():
+    # `auto` starts at 1 with a fresh drafter and rises once it is measured: the switch must then
+    # hold speculation on a quarter of the new threshold above it, as if it had started there.
+    manager = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=1, epsilon=0.0)
+    manager.set_threshold(64)
+    assert manager.decide(64) is not None
+    assert manager.decide(80) is not None  # 64 + 16: still on
+    assert manager.decide(81) is None
+    fixed = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=1, hysteresis=0, epsilon=0.0)
+    fixed.set_threshold(64)
+    assert fixed.decide(64) is not None and fixed.decide(65) is None  # an explicit hysteresis stays

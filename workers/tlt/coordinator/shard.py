@@ -350,7 +350,7 @@ class RolloutShard:
         """Speculate at running batches up to `threshold` from now on (the torch engine's adaptive
         manager; vLLM's schedule is fixed at start-up)."""
         if self.engine_kind == "torch" and isinstance(self.engine.speculation, AdaptiveManager):
-            self.engine.speculation.switch.threshold = threshold
+            self.engine.speculation.set_threshold(threshold)
 
     def progress(self) -> ShardProgressReport:
         self._record_acceptance()

@@ -66,6 +66,9 @@ class VLLMSchedule:
         self.strategy = strategy
         self.switch = ThresholdSwitch(threshold)
 
+    def set_threshold(self, threshold: int) -> None:
+        self.switch.threshold = threshold  # vLLM's schedule has no hysteresis
+
     def decide(self, batch: int) -> Strategy | None:
         return self.strategy if batch > 0 and self.switch.update(batch) else None
 
@@ -333,7 +336,7 @@ class ClusterSimulator:
         self.batch_threshold = self._auto_threshold()
         for w in self.workers.values():
             if isinstance(w.manager, (AdaptiveManager, VLLMSchedule)) and self.batch_threshold is not None:
-                w.manager.switch.threshold = self.batch_threshold
+                w.manager.set_threshold(self.batch_threshold)
         self._assign(self.lengths[step - 1])
         self._control()
         for w in self._shards():

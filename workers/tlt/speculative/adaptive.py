@@ -161,6 +161,14 @@ class AdaptiveManager:
         arms = [*self.strategies, PLAIN] if self.include_plain else self.strategies
         self.bandit = BucketedBandit(arms, self.buckets, self.epsilon, self.window, self.seed)
 
+    def set_threshold(self, threshold: int) -> None:
+        """Speculate up to `threshold` from the next decision on (`auto` re-measured); a default
+        hysteresis follows it (a quarter of it), so raising the threshold from 1 to 64 does not
+        leave the switch flapping between 64 and 66."""
+        self.batch_threshold = self.switch.threshold = threshold
+        if self.hysteresis is None:
+            self.switch.hysteresis = max(1, threshold // 4)
+
     def allowed(self, batch: int) -> list[Strategy]:
         if self.compute_budget is None:
             return self.strategies
