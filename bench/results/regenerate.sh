@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every figure README's "What is measured" quotes, each into its own file here
-# (the full printed table, whose last line is the benchmark's JSON). On 2 cores: about 20 minutes.
+# (the full printed table, whose last line is the benchmark's JSON). On 2 cores: about 25 minutes.
 #   bash bench/results/regenerate.sh            # all
-#   bash bench/results/regenerate.sh e2e        # one of: e2e rollout simulate trainer drafter_packing weight_sync
+#   bash bench/results/regenerate.sh e2e        # one of: e2e e2e-repeat rollout simulate trainer drafter_packing weight_sync
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source .venv/bin/activate
@@ -22,6 +22,7 @@ run() {  # name, command...: the output of the command, with the machine it ran 
     fi
 }
 run e2e tlt bench e2e examples/quickstart.yaml --out runs/bench-e2e
+run e2e-repeat tlt bench e2e examples/quickstart.yaml --out runs/bench-e2e-repeat  # this machine is noisy: a second run
 run rollout tlt bench rollout --temperature 1.0
 run simulate tlt simulate --gpus 64 --json
 run trainer python bench/trainer.py examples/quickstart.yaml --rounds 3
