@@ -156,18 +156,20 @@ class AdaptiveManager:
     _reference: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
-        hyst = self.hysteresis if self.hysteresis is not None else max(1, self.batch_threshold // 4)
-        self.switch = ThresholdSwitch(self.batch_threshold, hyst)
+        self.switch = ThresholdSwitch(self.batch_threshold, self._hysteresis_at(self.batch_threshold))
         arms = [*self.strategies, PLAIN] if self.include_plain else self.strategies
         self.bandit = BucketedBandit(arms, self.buckets, self.epsilon, self.window, self.seed)
 
     def set_threshold(self, threshold: int) -> None:
         """Speculate up to `threshold` from the next decision on (`auto` re-measured); a default
-        hysteresis follows it (a quarter of it), so raising the threshold from 1 to 64 does not
-        leave the switch flapping between 64 and 66."""
+        hysteresis follows it, so raising the threshold from 1 to 64 does not leave the switch
+        turning off at 66 instead of 81."""
         self.batch_threshold = self.switch.threshold = threshold
-        if self.hysteresis is None:
-            self.switch.hysteresis = max(1, threshold // 4)
+        self.switch.hysteresis = self._hysteresis_at(threshold)
+
+    def _hysteresis_at(self, threshold: int) -> int:
+        """The given hysteresis, else a quarter of `threshold` (at least 1)."""
+        return self.hysteresis if self.hysteresis is not None else max(1, threshold // 4)
 
     def allowed(self, batch: int) -> list[Strategy]:
         if self.compute_budget is None:
