@@ -101,6 +101,36 @@ def test_a_prompt_sampled_several_times_is_prefilled_once_and_decodes_as_if_pref
     assert len({tuple(r.tokens) for r in grouped}) > len(prompts)  # the samples of a group differ
 
 
+@pytest.mark.parametrize("drafts", ["plain", "eagle-4_1_4", "eagle-3_2_6"])
+def test_the_running_batch_reads_the_caches_as_views_as_sequences_finish_and_move(target, drafts):
+    """Sequences finish in any order; the running ones move into the freed low slots, so every
+    decode and verify forward reads the KV caches as one slice instead of gathering them per
+    layer, and a moved sequence decodes exactly as it would have alone."""
+    kind, _, strategy = drafts.partition("-")
+    drafter = bigram_drafter(target) if kind == "eagle" else None
+    engine = TorchEngine(target, num_slots=16, max_model_len=80, drafter=drafter, store_hidden_states=True,
+                         speculation=FixedStrategy(Strategy.parse(strategy)) if drafter else None)
+    reads, hidden = [], engine.model.hidden
+
+    def recording_hidden(input_ids, *args, **kwargs):
+        if kwargs.get("window") is not None:  # the hot path (admission's prefill has no window)
+            reads.append(kwargs.get("read_slots"))
+        return hidden(input_ids, *args, **kwargs)
+
+    engine.model.hidden = recording_hidden
+    requests = lambda: mixed_requests(mixed_prompts(24, seed=9), temperature=1.0, return_hidden_states=True)
+    results = engine.generate(requests())
+    assert engine.counters().finished == 24 and len(reads) > 20  # mixed lengths: most finish under a running one
+    assert all(isinstance(r, slice) for r in reads), "a forward gathered the caches"
+    alone = TorchEngine(target, num_slots=1, max_model_len=80, store_hidden_states=True).generate(requests())
+    for a, b in zip(results, alone):
+        assert a.tokens == b.tokens, f"request {a.id}"
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)
+        assert torch.allclose(a.hidden_states, b.hidden_states, atol=1e-9)
+    if drafter is not None:
+        assert engine.counters().mean_acceptance_length > 1.5
+
+
 @pytest.mark.parametrize("sampling", list(SAMPLING))
 @pytest.mark.parametrize("drafts", ["plain", "eagle-4_1_4", "eagle-3_2_6", "eagle-4_3_10", "ngram-5_1_5"])
 def test_hidden_states_on_request_equal_a_prefill_of_the_sequence(target, drafts, sampling):

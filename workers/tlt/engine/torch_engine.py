@@ -401,6 +401,7 @@ class TorchEngine:
         """The running batch, rebuilt only after admissions, finishes and preemptions."""
         if self._batch is not None:
             return self._batch
+        self._compact()
         slots = [i for i, r in enumerate(self._slot_req) if r is not None]
         if not slots:
             return None
@@ -422,6 +423,39 @@ class TorchEngine:
                              sampling=BatchSampling.of([r.temperature for r in reqs], [r.top_p for r in reqs]),
                              bucket=bucket)
         return self._batch
+
+    def _compact(self) -> None:
+        """Move the running sequences into the lowest slots (one move per hole, usually the
+        slot a sequence just finished in), so the batch is one run of slots and attention
+        reads the caches as views. A gathered read copies every layer's keys and values per
+        forward: on a CPU that made a B8 verify at window 512 1.4-1.5x slower, a drafter step 1.25-1.4x.
+        Sampling is keyed by seed and response position, never by slot, so outputs stay the same."""
+        n = sum(r is not None for r in self._slot_req)
+        holes = [i for i in range(n) if self._slot_req[i] is None]
+        if not holes:
+            return
+        movers = [i for i in range(n, self.num_slots) if self._slot_req[i] is not None]  # as many as holes
+        src = torch.tensor(movers, dtype=torch.long)
+        dst = torch.tensor(holes, dtype=torch.long)
+        # Only committed entries are ever read (a forward reads past them only what it just wrote).
+        committed = int(self._hlen[src].max())
+        d_src, d_dst = src.to(self.device), dst.to(self.device)
+        for cache, length in ((self.cache, committed), (self.dcache, int(self._hdlen[src].max()))):
+            if cache is not None and length > 0:
+                cache.k[:, d_dst, :length] = cache.k[:, d_src, :length]
+                cache.v[:, d_dst, :length] = cache.v[:, d_src, :length]
+        if self.dcache is not None:
+            self.dcache.lengths[d_dst] = self.dcache.lengths[d_src]
+        if self.hist is not None and committed > 0:
+            self.hist[d_dst, :committed] = self.hist[d_src, :committed]
+        for buf in (self.cache.lengths, self.seq, self.out_lp, self.prompt_len, self.gen, self.max_tokens,
+                    self.temperature, self.top_p, self.seed_key, self.stops):
+            buf[d_dst] = buf[d_src]
+        for host in (self._hlen, self._hdlen, self._hgen):
+            host[dst] = host[src]
+        with self._lock:
+            for s, d in zip(movers, holes):
+                self._slot_req[d], self._slot_req[s] = self._slot_req[s], None
 
     def _window(self, batch: _Batch, ahead: int, capacity: int) -> int:
         """Attention window of a forward writing `ahead` entries past the committed ones."""
