@@ -230,23 +230,45 @@ def test_a_jsonl_dataset_with_the_math_verifier_runs(micro_model, tmp_path):
     assert [r["step"] for r in records if r["kind"] == "step"] == [1]
 
 
-def test_a_finished_sequence_wakes_the_coordinator_and_a_drained_shard_does_not(micro_model):
+def test_the_coordinator_is_woken_when_a_shard_drains_not_by_each_finished_sequence(micro_model):
+    """Finished sequences are taken at the control interval; the waiter returns when decoding ends,
+    so the coordinator lends the drained shard (and sees the rollout's end) at once."""
+    import threading
+
     from tlt.coordinator.shard import RolloutShard
     from tlt.engine.types import Request
 
     job = parse_job(manifest(micro_model, Path("/tmp/unused")))
     shard = RolloutShard("rollout-0", str(micro_model), job.spec, batch_threshold=2)
-    assert not shard.wait_for_results(0.01)  # no rollout: nothing to wake for
-    shard.start_rollout(1, [Request(prompt=[1, 5, 6, 7], max_tokens=8 + 8 * i, temperature=1.0, seed=i, id=i)
-                            for i in range(3)])
+    assert not shard.wait_for_drain(0.01)  # no rollout: nothing to wake for
+    gate, hold, step = threading.Event(), threading.Event(), shard.engine.step
+
+    def gated_step():  # after a sequence finished, the decode loop waits for the gate
+        if hold.is_set():
+            gate.wait(60)
+        done = step()
+        if done:
+            hold.set()
+        return done
+
+    shard.engine.step = gated_step
+    shard.start_rollout(1, [Request(prompt=[1, 5, 6, 7], max_tokens=4 + 30 * i, temperature=1.0, seed=i, id=i)
+                            for i in range(2)])
     taken = []
-    while len(taken) < 3:
-        assert shard.wait_for_results(30), "a finished sequence must wake the waiter"
+    while not taken:  # the short sequence finished while the long one is still decoding
+        assert not shard.wait_for_drain(0.01), "a finished sequence must not wake the waiter"
         taken += shard.take_results()
-    while shard.progress().busy:  # the decode loop is leaving
-        shard.wait_for_results(0.05)
-    assert shard.take_results() == []
-    assert shard.wait_for_results(0.01)  # ended: the waiter sees it at once (the pool then stops waiting on it)
+    assert [r.id for r in taken] == [0] and shard.progress().busy
+    gate.set()
+    assert shard.wait_for_drain(60), "a drained shard must wake the waiter"
+    assert [r.id for r in shard.take_results()] == [1]
+    assert shard.wait_for_drain(0.01)  # ended: the waiter sees it at once (the pool then stops waiting on it)
+    gate.clear()
+    shard.add_requests([Request(prompt=[1, 5, 6, 7], max_tokens=30, temperature=1.0, seed=9, id=9)])
+    assert not shard.wait_for_drain(0.01)  # work again (tail consolidation moved some here): not drained
+    gate.set()
+    assert shard.wait_for_drain(60)
+    assert [r.id for r in shard.take_results()] == [9]
 
 
 def test_a_drained_shard_lent_to_drafter_training_trains_and_is_reclaimed_at_once(micro_model):

@@ -295,7 +295,7 @@ class WorkerPool:
         self._policy_version = 0
         self._step = 0
         self._pending: dict[str, dict] = {}  # shard -> {request id: Request} unfinished this step
-        self._waits: dict = {}  # shard -> its outstanding wait_for_results call
+        self._waits: dict = {}  # shard -> its outstanding wait_for_drain call
         self._started: set[str] = set()  # shards whose rollout of this step started
         self._orphans: list[Request] = []  # unfinished requests of lost shards, to resubmit
         self._lost: dict[str, float] = {}  # lost worker -> when to try re-creating it
@@ -437,12 +437,12 @@ class WorkerPool:
         self._started |= set(self._each(calls))
         self._resubmit()
 
-    def wait_for_results(self, names, timeout: float) -> None:
-        """Until one of the shards `names` (those still decoding) has finished sequences to take, at
-        most `timeout` seconds. One call is outstanding per shard (a threaded actor has few slots)."""
+    def wait_for_drain(self, names, timeout: float) -> None:
+        """Until one of the shards `names` (those still decoding) has drained, at most `timeout`
+        seconds. One call is outstanding per shard (a threaded actor has few slots)."""
         for name in names:
             if name in self.shards and name not in self._waits:
-                self._waits[name] = self.shards[name].wait_for_results.remote(timeout)
+                self._waits[name] = self.shards[name].wait_for_drain.remote(timeout)
         if not self._waits:
             time.sleep(timeout)
             return

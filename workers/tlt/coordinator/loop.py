@@ -36,7 +36,7 @@ from tlt.trainer.algorithm import shaped_rewards, step_advantages
 from tlt.trainer.losses import dynamic_sampling
 
 CHECKPOINTS = "checkpoints"
-POLL_SECONDS = 0.2  # the coordinator's control interval; a finished sequence wakes it at once
+POLL_SECONDS = 0.2  # the coordinator's control interval; a shard that drains wakes it at once
 PROBE_PROMPTS = 8  # prompts the drafter's acceptance length is measured on for `batchThreshold: auto`
 
 
@@ -360,7 +360,7 @@ class EmbeddedRun:
             if len(results) == len(requests):
                 break
             self._control(step, progress)
-            self.pool.wait_for_results([n for n, p in progress.items() if p.busy], POLL_SECONDS)
+            self.pool.wait_for_drain([n for n, p in progress.items() if p.busy], POLL_SECONDS)
         bar.close()
         return results, {"lent_seconds": lent_seconds, "acceptance_length": acceptance}
 

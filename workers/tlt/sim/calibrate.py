@@ -23,7 +23,7 @@ What the replay matches to the embedded runner (`tlt.coordinator.loop`):
   length (a chain whose per-level acceptance gives that mean);
 - the elastic policy (`tlt.elastic.plan`: lending, tail consolidation) every 0.2 s
   (`POLL_SECONDS`, the coordinator's control interval), and the rollout ends at its
-  last finish (a finished sequence wakes the coordinator at once);
+  last finish (a shard that drains wakes the coordinator at once);
 - the engine's costs per iteration: target forward + (speculating) drafting, the
   engine's own overhead per step or round, KV reads padded to the longest context,
   and a fixed + per-token prefill per admission, all from the cost table.
