@@ -442,8 +442,7 @@ class TorchEngine:
         d_src, d_dst = src.to(self.device), dst.to(self.device)
         for cache, length in ((self.cache, committed), (self.dcache, int(self._hdlen[src].max()))):
             if cache is not None and length > 0:
-                cache.k[:, d_dst, :length] = cache.k[:, d_src, :length]
-                cache.v[:, d_dst, :length] = cache.v[:, d_src, :length]
+                cache.copy_entries(d_src, d_dst, length)
         if self.dcache is not None:
             self.dcache.lengths[d_dst] = self.dcache.lengths[d_src]
         if self.hist is not None and committed > 0:

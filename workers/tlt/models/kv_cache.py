@@ -102,7 +102,7 @@ class KVCache:
 
     def copy_entries(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
         """Copy the first `length` entries of every layer from slots `src` into slots `dst`
-        (a shared prompt's KV; lengths are set by the caller)."""
+        (a shared prompt's KV, or a sequence moved to another slot; lengths are set by the caller)."""
         self.k[:, dst, :length] = self.k[:, src, :length]
         self.v[:, dst, :length] = self.v[:, src, :length]
 
