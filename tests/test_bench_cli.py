@@ -66,12 +66,13 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
         assert 0 < run["rollout_share"] <= 1
         assert run["rollout_tokens_per_second"] > 0 and run["train_tokens_per_second"] > 0
     # The same rollouts train the same policy; the update's old logprobs come from the
-    # engine (a verify forward of several tokens when speculating, of one without), equal to
-    # float32 rounding, so the weights agree far below what one update changes.
+    # engine (a verify forward of several tokens when speculating, of one without; after a near
+    # tie, the next step's forward), equal to float32 rounding, so the weights agree far below
+    # what one update changes (about 6e-4 here; they differed by 7e-9 to 1.7e-7).
     a, b = (load_file(str(out / run / "policy" / "model.safetensors")) for run in ("baseline", "tlt"))
     start = load_file(str(micro_folder / "model.safetensors"))
     assert max(float((a[k] - start[k]).abs().max()) for k in start) > 1e-6, "training moved nothing"
-    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     assert "Step time: baseline vs tlt" in (out / "tlt" / "report.html").read_text()
 
 

@@ -235,3 +235,45 @@ def test_bad_requests_are_refused_with_the_field_named(target):
         engine.submit(Request(prompt=[1000], max_tokens=2))
     with pytest.raises(RequestError, match="store_hidden_states"):
         engine.submit(Request(prompt=[1], max_tokens=2, return_hidden_states=True))
+
+
+def _noisy_float32(scale, seed):
+    """The test target in float32 with every float32 LM-head output perturbed by up to `scale` (fresh
+    noise per forward): an exaggerated stand-in for the last-bit differences between forwards that
+    batch a sequence differently. The engine's float64 copy (its near-tie recomputes) is unperturbed."""
+    model = near_bigram_target().float()
+    g = torch.Generator().manual_seed(seed)
+
+    def perturb(module, inputs, out):
+        if out.dtype == torch.float32:
+            return out + (torch.rand(out.shape, generator=g) * 2 - 1).to(out.dtype) * scale
+
+    model.lm_head.register_forward_hook(perturb)
+    return model
+
+
+@pytest.mark.parametrize("sampling", list(SAMPLING))
+def test_near_tie_draws_are_recomputed_so_forwards_that_round_differently_emit_the_same_tokens(target, sampling):
+    """Plain and speculative engines whose logits differ by noise (as float32 forwards of different
+    shapes do, exaggerated) emit the clean float64 engine's tokens when near ties are recomputed,
+    and differ from them when they are not (the noise really flips draws)."""
+    from tlt.speculative.sampling import Ties
+    ties = Ties(mass=0.05, logits=0.05)  # well above the noise's effect (logits 5e-3 off at most)
+    reference = [r.tokens for r in TorchEngine(target, num_slots=16, max_model_len=80).generate(
+        mixed_requests(mixed_prompts(), **SAMPLING[sampling]))]
+    outputs, engines = {}, {}
+    runs = [("plain", None, ties), ("chain", "4_1_4", ties), ("tree", "3_2_6", ties)]
+    runs += [(f"plain, no recompute {seed}", None, None) for seed in range(3)]
+    for name, strategy, recompute in runs:
+        noisy = _noisy_float32(5e-3, seed=len(outputs))
+        kw = {} if strategy is None else dict(drafter=bigram_drafter(noisy),
+                                               speculation=FixedStrategy(Strategy.parse(strategy)))
+        engines[name] = TorchEngine(noisy, num_slots=16, max_model_len=80, ties=recompute, **kw)
+        outputs[name] = [r.tokens for r in engines[name].generate(mixed_requests(mixed_prompts(), **SAMPLING[sampling]))]
+    for name in ("plain", "chain", "tree"):
+        assert outputs[name] == reference, f"{name}: request {next(i for i, (a, b) in enumerate(zip(outputs[name], reference)) if a != b)} diverged"
+        assert engines[name].counters().near_ties > 0, "the workload must hit near ties"
+    for name in ("chain", "tree"):
+        assert engines[name].counters().mean_acceptance_length > 1.5
+    assert any(outputs[f"plain, no recompute {seed}"] != reference for seed in range(3)), \
+        "the noise must flip some draw without recomputing"

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from tlt.speculative.sampling import sample_from, target_probs, uniforms
+from tlt.speculative.sampling import Ties, draws, sample_from, target_probs, uniforms
 from tlt.speculative.tree import build_tree, chain_tree
 from tlt.speculative.verify import accept, accept_chain
 
@@ -252,3 +252,47 @@ def test_the_chain_fast_path_accepts_what_the_tree_rule_accepts(temperature, top
     assert torch.equal(got.path, ref.path)
     assert torch.allclose(got.logprobs, ref.logprobs)
     assert 1.5 < float(ref.num_nodes.float().mean()) < steps + 1  # both accepting and rejecting happened
+
+
+def test_draws_flag_the_near_ties_a_differently_rounded_forward_could_flip():
+    """A uniform within `Ties.mass` of its token's CDF edge, a nucleus within it of its cut, and a
+    greedy row's top two logits within `Ties.logits` are near ties; other draws are not."""
+    ties = Ties(mass=1e-4, logits=1e-3)
+    half = torch.log(torch.tensor([[[0.5, 0.5, 1e-9, 1e-9]]], dtype=torch.float64))  # [1, 1, V]
+    t1, p1 = torch.tensor([1.0]), torch.tensor([1.0])
+    for u, near_expected in ((0.5 + 1e-6, True), (0.5 - 1e-6, True), (0.25, False), (0.75, False)):
+        tokens, near = draws(half, t1, p1, torch.tensor([[u]], dtype=torch.float64), ties=ties)
+        assert bool(near[0, 0]) is near_expected, u
+        nudged, _ = draws(half + torch.tensor([1e-5, 0, 0, 0]), t1, p1, torch.tensor([[u]], dtype=torch.float64), ties=ties)
+        if not near_expected:
+            assert nudged[0, 0] == tokens[0, 0], "a draw away from the edges survives a rounding difference"
+    # the nucleus: top_p 0.5 sits on the first token's mass exactly
+    _, near = draws(half, t1, torch.tensor([0.5]), torch.tensor([[0.25]], dtype=torch.float64), ties=ties)
+    assert bool(near[0, 0])
+    # greedy: the top two logits 5e-4 apart are a near tie, 1e-2 apart are not
+    for gap, near_expected in ((5e-4, True), (1e-2, False)):
+        logits = torch.tensor([[[1.0 + gap, 1.0, 0.0, 0.0]]], dtype=torch.float64)
+        _, near = draws(logits, torch.tensor([0.0]), p1, None, ties=ties)
+        assert bool(near[0, 0]) is near_expected
+    # a forced (recomputed) token replaces the round's first draw and is never a near tie
+    tokens, near = draws(half, t1, p1, torch.tensor([[0.5 + 1e-6]], dtype=torch.float64), ties=ties,
+                         forced=torch.tensor([3]))
+    assert int(tokens[0, 0]) == 3 and not bool(near[0, 0])
+
+
+def test_a_chain_round_stops_before_its_first_near_tie_draw():
+    """Drafts all accepted up to a near-tie draw: the round emits only the draws before it and says
+    it was cut, so the engine can recompute that position; with no near tie it is not cut."""
+    peaked = torch.full((1, 4, V), -20.0, dtype=torch.float64)
+    peaked[0, :, 1] = 0.0  # the target emits token 1 with probability ~1 at every node
+    drafts = torch.tensor([[1, 1, 1]])
+    u = torch.full((1, 4), 0.5, dtype=torch.float64)
+    t1, p1 = torch.tensor([1.0]), torch.tensor([1.0])
+    whole = accept_chain(drafts, peaked, t1, p1, u, ties=Ties())
+    assert int(whole.num_nodes[0]) == 4 and not bool(whole.cut[0])
+    u[0, 2] = 1 - 1e-12  # the third draw lands on the last edge of the CDF
+    cut = accept_chain(drafts, peaked, t1, p1, u, ties=Ties())
+    assert int(cut.num_nodes[0]) == 2 and bool(cut.cut[0])
+    assert cut.tokens[0, :2].tolist() == [1, 1]
+    tree = accept(chain_tree(torch.tensor([0]), drafts, torch.tensor([3])), peaked, t1, p1, u, ties=Ties())
+    assert int(tree.num_nodes[0]) == 2 and bool(tree.cut[0])

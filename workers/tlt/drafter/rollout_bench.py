@@ -46,6 +46,7 @@ class ModeRun:
     acceptance: float
     outputs: list[list[int]] = field(repr=False, default_factory=list)
     spec_rounds: int = 0
+    near_ties: int = 0  # draws recomputed in float64 (the engine's `Ties`)
 
 
 def _controller(mode: str, chain: Strategy, threshold: int, seed: int):
@@ -79,7 +80,7 @@ def run_mode(target, drafter, mode: str, requests: Sequence[Request], chain: Str
     rounds = c.verify_rounds - before.verify_rounds
     acc = (c.accepted_tokens - before.accepted_tokens) / rounds if rounds else 0.0
     outs = [r.tokens for r in results]
-    return ModeRun(seconds, sum(len(o) for o in outs), acc, outs, rounds)
+    return ModeRun(seconds, sum(len(o) for o in outs), acc, outs, rounds, c.near_ties - before.near_ties)
 
 
 def long_problem_prompts(tokenizer, count: int, min_steps: int, seed: int = 0) -> list[list[int]]:
@@ -193,6 +194,7 @@ def run_bench(target, drafter, tokenizer, cfg: BenchConfig, progress: bool = Tru
         "temperature": cfg.temperature,
         "outputs_identical": matched,
         "mismatched_sequences": mismatches,
+        "near_ties_recomputed": {m: sum(r.near_ties for r in tail_runs[m]) for m in modes},
         "targets": {"adaptive_batch1_ge_2.0": per_batch.get(1, {}).get("adaptive", {}).get("ratio", 0) >= 2.0,
                     "adaptive_long_tail_ge_1.5": tail["plain"].seconds / tail["adaptive"].seconds >= 1.5,
                     "adaptive_batch64_ge_0.97": per_batch.get(64, {}).get("adaptive", {}).get("ratio", 0) >= 0.97},

@@ -26,6 +26,9 @@ class EngineMetrics:
         self.tokens_per_second = Gauge(
             "tlt_engine_tokens_per_second", "Generated tokens per second over the last step",
             registry=registry)
+        self.near_ties = Counter(
+            "tlt_engine_near_ties", "Near-tie draws recomputed in float64 (token identity in float32)",
+            registry=registry)
         self.running_batch = Gauge(
             "tlt_engine_running_batch_size", "Sequences in the running batch", registry=registry)
 

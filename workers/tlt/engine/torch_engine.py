@@ -11,6 +11,12 @@ up on the committed tokens and drafts, the target verifies all sequences' drafts
 one forward, each row accepts the prefix plain sampling would have emitted, and only
 the accepted KV entries are kept.
 
+Token identity in float32: forwards that batch a sequence differently round its logits
+differently, which flips a draw whose uniform falls on a CDF edge (about one draw in a few
+hundred thousand). A step therefore never emits a near-tie draw (`tlt.speculative.sampling.Ties`):
+the row stops before it, that one position is recomputed from the whole sequence in float64,
+and the next step emits the recomputed token, so every path emits the same one.
+
 The hot path (decode steps and rounds) keeps its bookkeeping on the device and reads
 back one small tensor of results per step; what it needs to know on the host (lengths
 for the attention window, greedy or sampled) it mirrors from those results. With
@@ -21,6 +27,7 @@ as a CUDA graph; otherwise the same functions run with exact shapes.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import deque
@@ -37,7 +44,7 @@ from tlt.models.loading import load_weights
 from tlt.speculative.adaptive import Strategy
 from tlt.speculative.eagle import draft_chain, draft_tree
 from tlt.speculative.ngram import NgramDrafter
-from tlt.speculative.sampling import BatchSampling, sample_from, seed_keys, target_probs, token_logprobs, uniforms
+from tlt.speculative.sampling import FLOAT32_TIES, BatchSampling, Ties, draws, seed_keys, token_logprobs, uniforms
 from tlt.speculative.verify import accept, accept_chain
 
 from .metrics import engine_metrics
@@ -72,9 +79,11 @@ class TorchEngine:
                  drafter: EagleDrafter | NgramDrafter | None = None,
                  speculation: SpeculationController | None = None,
                  store_hidden_states: bool = False, metrics_registry=None,
-                 max_tree_nodes: int = 64, static: bool | None = None, cuda_graphs: bool | None = None):
+                 max_tree_nodes: int = 64, static: bool | None = None, cuda_graphs: bool | None = None,
+                 ties: Ties | None | str = "auto"):
         """`static`: fixed shapes per running-batch bucket and attention window (default:
-        on CUDA); `cuda_graphs`: replay those steps as CUDA graphs (default: static on CUDA)."""
+        on CUDA); `cuda_graphs`: replay those steps as CUDA graphs (default: static on CUDA);
+        `ties`: near-tie draws recomputed in float64 (module docstring; `auto`: float32 models)."""
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         if speculation is not None and drafter is None:
@@ -91,6 +100,8 @@ class TorchEngine:
         self.drafter = drafter
         self.speculation = speculation
         self.max_tree_nodes = max_tree_nodes
+        self.ties = (FLOAT32_TIES if model.dtype == torch.float32 else None) if ties == "auto" else ties
+        self._canonical: CausalLM | None = None  # the float64 copy near ties are recomputed with
         self.metrics = engine_metrics(metrics_registry)
         self._eagle = isinstance(drafter, EagleDrafter)
         self._keep_hidden = store_hidden_states or self._eagle
@@ -120,6 +131,9 @@ class TorchEngine:
         self.temperature = torch.zeros(S, dtype=torch.float64, device=dev)
         self.top_p = torch.ones(S, dtype=torch.float64, device=dev)
         self.seed_key = torch.zeros(S, dtype=torch.int64, device=dev)  # sampling.seed_keys of the request's seed
+        # A near tie's recomputed token (-1: none) and the response position it is for.
+        self.forced = torch.full((S,), -1, dtype=torch.long, device=dev)
+        self.forced_pos = torch.full((S,), -1, dtype=torch.long, device=dev)
         self.stops = torch.full((S, 4), -1, dtype=torch.long, device=dev)
         h = self.model.config.hidden_size
         self.hist = torch.zeros(S, cap, h, dtype=self.model.dtype, device=dev) if self._keep_hidden else None
@@ -264,6 +278,7 @@ class TorchEngine:
         state = dict(weights.items() if isinstance(weights, Mapping) else weights)
         with torch.inference_mode(False), torch.no_grad():
             load_weights(self.model, state, strict=False)
+        self._canonical = None
 
     def update_drafter_weights(self, weights: Mapping[str, torch.Tensor] | EagleDrafter) -> None:
         """Load a new drafter version in place; drafter caches are rebuilt lazily."""
@@ -332,6 +347,7 @@ class TorchEngine:
         self.temperature[slots] = torch.tensor([r.temperature for r in take], dtype=torch.float64, device=dev)
         self.top_p[slots] = torch.tensor([r.top_p for r in take], dtype=torch.float64, device=dev)
         self.seed_key[slots] = seed_keys(torch.tensor([int(r.seed) for r in take], dtype=torch.int64)).to(dev)
+        self.forced_pos[slots] = -1
         self.cache.reset(slots)
         if self.dcache is not None:
             self.dcache.reset(slots)
@@ -358,7 +374,11 @@ class TorchEngine:
         rows = torch.arange(len(take), device=dev)
         logits = self.model.logits(h[rows, lens - 1])
         sampling = BatchSampling.of([r.temperature for r in take], [r.top_p for r in take])
-        tokens, lp = self._sample(logits, slots, sampling)
+        tokens, near = self._sample(logits, slots, sampling)
+        if near is not None and bool(near.any()):  # not in a hot path: recompute now
+            for b in near.nonzero()[:, 0].tolist():
+                tokens[b] = self._recompute(free[b], plens[b], 0)
+        lp = token_logprobs(logits, self.temperature[slots], tokens)
         res = self._emit(slots, tokens[:, None], lp[:, None], torch.ones_like(lens), padded=False)
         return self._collect(free, idx, res, fed=False)[0]
 
@@ -386,6 +406,7 @@ class TorchEngine:
         self.temperature[slot] = r.temperature
         self.top_p[slot] = r.top_p
         self.seed_key[slot] = int(seed_keys(torch.tensor([int(r.seed)]))[0])
+        self.forced_pos[slot] = -1
         self.cache.reset(s)
         if self.dcache is not None:
             self.dcache.reset(s)
@@ -448,7 +469,7 @@ class TorchEngine:
         if self.hist is not None and committed > 0:
             self.hist[d_dst, :committed] = self.hist[d_src, :committed]
         for buf in (self.cache.lengths, self.seq, self.out_lp, self.prompt_len, self.gen, self.max_tokens,
-                    self.temperature, self.top_p, self.seed_key, self.stops):
+                    self.temperature, self.top_p, self.seed_key, self.stops, self.forced, self.forced_pos):
             buf[d_dst] = buf[d_src]
         for host in (self._hlen, self._hdlen, self._hgen):
             host[dst] = host[src]
@@ -463,16 +484,36 @@ class TorchEngine:
     def _run(self, key, fn):
         return self._graphs.run(key, fn) if self._graphs is not None else fn()
 
-    def _sample(self, logits: torch.Tensor, slots: torch.Tensor, sampling: BatchSampling):
-        temp = self.temperature[slots]
-        if sampling.all_greedy:
-            tokens = logits.argmax(-1)
-        else:
-            probs = target_probs(logits, temp, self.top_p[slots], nucleus=sampling.nucleus,
-                                 any_greedy=sampling.any_greedy)
-            u = self._uniforms(slots, self.gen[slots][:, None])[:, 0]
-            tokens = sample_from(probs, u)
-        return tokens, token_logprobs(logits, temp, tokens)
+    def _sample(self, logits: torch.Tensor, slots: torch.Tensor, sampling: BatchSampling, forced=None):
+        """The plain sampler's next token for logits [B, V]: tokens [B], and with `ties` the near-tie
+        mask [B] (else None)."""
+        u = None if sampling.all_greedy else self._uniforms(slots, self.gen[slots][:, None])
+        tokens, near = draws(logits[:, None], self.temperature[slots], self.top_p[slots], u, sampling,
+                             self.ties, forced)
+        return tokens[:, 0], None if near is None else near[:, 0]
+
+    def _forced(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Per row, the recomputed token for its next response position, else -1 (None: no ties)."""
+        if self.ties is None:
+            return None
+        return torch.where(self.forced_pos[rows] == self.gen[rows], self.forced[rows], -1)
+
+    def _recompute(self, slot: int, length: int, position: int) -> int:
+        """The plain sampler's token at response `position` of `slot`, from a float64 forward of its
+        first `length` tokens (prompt and response so far): what a near-tie draw emits."""
+        if self._canonical is None:
+            self._canonical = copy.deepcopy(self.model).to(torch.float64)
+        ids = self.seq[slot, :length][None]
+        with torch.inference_mode():
+            logits = self._canonical.logits(self._canonical.hidden(ids)[:, -1])
+        s = torch.tensor([slot], device=self.device)
+        u = self._uniforms(s, torch.tensor([[position]], device=self.device))
+        temp, top_p = self.temperature[s], self.top_p[s]
+        tokens, _ = draws(logits[:, None], temp, top_p, u, BatchSampling.of(temp.tolist(), top_p.tolist()))
+        self.metrics.near_ties.inc()
+        with self._lock:
+            self._counters = _replace(self._counters, near_ties=self._counters.near_ties + 1)
+        return int(tokens[0, 0])
 
     def _uniforms(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The plain sampler's uniforms [B, D] at response positions [B, D] (stream 0)."""
@@ -491,9 +532,12 @@ class TorchEngine:
                               window=window, read_slots=batch.read)
         if self.hist is not None:
             self.hist[rows, base] = h[:, 0]
-        tokens, lp = self._sample(self.model.logits(h[:, 0]), rows, batch.sampling)
-        self.cache.lengths[rows] = base + 1
-        return self._emit(rows, tokens[:, None], lp[:, None], torch.ones_like(base), batch.padded)
+        logits = self.model.logits(h[:, 0])
+        tokens, near = self._sample(logits, rows, batch.sampling, self._forced(rows))
+        lp = token_logprobs(logits, self.temperature[rows], tokens)
+        counts = torch.ones_like(base) if near is None else (~near).long()  # a near tie emits nothing yet
+        self.cache.lengths[rows] = base + counts
+        return self._emit(rows, tokens[:, None], lp[:, None], counts, batch.padded, near)
 
     def _speculate(self, batch: _Batch, strategy: Strategy) -> list[Result]:
         start = time.perf_counter()
@@ -516,12 +560,13 @@ class TorchEngine:
         counts = r[:, 0]
         emitted = int(counts.sum())
         self.speculation.record(strategy, len(batch.slots), emitted, time.perf_counter() - start)
+        counts = counts[counts > 0]  # a row that stopped at a near tie before its first token verified nothing
         hist = self.metrics.acceptance_length.labels(strategy=strategy.name)
         for n in counts.tolist():
             hist.observe(n)
         with self._lock:
             c = self._counters
-            self._counters = _replace(c, verify_rounds=c.verify_rounds + len(batch.slots),
+            self._counters = _replace(c, verify_rounds=c.verify_rounds + len(counts),
                                       accepted_tokens=c.accepted_tokens + emitted)
         return results
 
@@ -583,11 +628,12 @@ class TorchEngine:
         h = self.model.hidden(tokens, pos, cache=self.cache, slots=rows, window=window, read_slots=batch.read)
         logits = self.model.logits(h)
         u = None if batch.sampling.all_greedy else self._uniforms(rows, self.gen[rows][:, None] + j)
-        acc = accept_chain(drafts, logits, self.temperature[rows], self.top_p[rows], u, draft_len, batch.sampling)
+        acc = accept_chain(drafts, logits, self.temperature[rows], self.top_p[rows], u, draft_len, batch.sampling,
+                           self.ties, self._forced(rows))
         if self.hist is not None:
             self.hist[rows[:, None], pos] = h  # entries past the accepted ones are rewritten before use
         self.cache.lengths[rows] = base + acc.num_nodes
-        return self._emit(rows, acc.tokens, acc.logprobs, acc.num_nodes, batch.padded)
+        return self._emit(rows, acc.tokens, acc.logprobs, acc.num_nodes, batch.padded, acc.cut)
 
     def _tree_round(self, batch: _Batch, strategy: Strategy, window: int, dwindow: int) -> torch.Tensor:
         """A tree round (top-k > 1): draft a tree, verify it with a tree mask, accept the
@@ -604,11 +650,11 @@ class TorchEngine:
         j = torch.arange(steps + 1, device=dev)
         u = None if batch.sampling.all_greedy else self._uniforms(rows, self.gen[rows][:, None] + j)
         acc = accept(tree, logits, self.temperature[rows], self.top_p[rows], u, max_depth=steps,
-                     sampling=batch.sampling)
+                     sampling=batch.sampling, ties=self.ties, forced=self._forced(rows))
         if self.hist is not None:
             self.hist[rows[:, None], base[:, None] + j] = h[torch.arange(rows.shape[0], device=dev)[:, None], acc.path]
         self.cache.keep(rows, acc.path, acc.num_nodes)
-        return self._emit(rows, acc.tokens, acc.logprobs, acc.num_nodes, batch.padded)
+        return self._emit(rows, acc.tokens, acc.logprobs, acc.num_nodes, batch.padded, acc.cut)
 
     def _ngram_round(self, batch: _Batch, strategy: Strategy) -> torch.Tensor:
         """N-gram drafts come from the host (the suffix index): read the sequences, draft,
@@ -628,10 +674,11 @@ class TorchEngine:
         return self._verify_chain(batch, base, drafts.to(self.device), lengths.to(self.device), window)
 
     def _emit(self, slots: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor,
-              counts: torch.Tensor, padded: bool) -> torch.Tensor:
+              counts: torch.Tensor, padded: bool, cut: torch.Tensor | None = None) -> torch.Tensor:
         """Append up to counts[b] tokens per row, cut at the first stop token or at
-        max_tokens, on the device. Returns the step's results [B, 4]: tokens verified
-        (KV entries committed), tokens emitted, finished, stopped."""
+        max_tokens, on the device. Returns the step's results [B, 5]: tokens verified
+        (KV entries committed), tokens emitted, finished, stopped, and whether the row
+        stopped before a near-tie draw (`cut`)."""
         dev = slots.device
         width = tokens.shape[1]
         j = torch.arange(width, device=dev)[None, :]
@@ -649,7 +696,8 @@ class TorchEngine:
             self.cache.lengths[self._pad] = 0
             if self.dcache is not None:
                 self.dcache.lengths[self._pad] = 0
-        return torch.stack([counts, take, finished.long(), stopped.long()], 1)
+        cut = torch.zeros_like(counts) if cut is None else cut.long()
+        return torch.stack([counts, take, finished.long(), stopped.long(), cut], 1)
 
     def _collect(self, slots: list[int], idx: torch.Tensor, res: torch.Tensor, fed: bool = True):
         """The step's one read of results: update the host mirrors, finish rows.
@@ -660,6 +708,11 @@ class TorchEngine:
         self._hgen[idx] += r[:, 1]
         produced = int(r[:, 1].sum())
         results = []
+        if bool(r[:, 4].any()):  # rows that stopped before a near tie: recompute that position
+            for b in (r[:, 4].bool() & ~r[:, 2].bool()).nonzero()[:, 0].tolist():
+                slot, gen = slots[b], int(self._hgen[idx[b]])
+                token = self._recompute(slot, len(self._slot_req[slot].prompt) + gen, gen)
+                self.forced[slot], self.forced_pos[slot] = token, gen
         if bool(r[:, 2].any()):
             for b in r[:, 2].nonzero()[:, 0].tolist():
                 results.append(self._finish(slots[b], "stop" if bool(r[b, 3]) else "length"))

@@ -80,6 +80,7 @@ class Counters:
     speculating: bool = False
     verify_rounds: int = 0  # sequence-rounds verified speculatively
     accepted_tokens: int = 0  # tokens emitted by those rounds
+    near_ties: int = 0  # draws recomputed in float64 because they fell within `Ties` of a boundary
 
     @property
     def mean_acceptance_length(self) -> float:

@@ -33,6 +33,22 @@ class BatchSampling:
         return cls(all(greedy), any(greedy), any(p < 1.0 for p in top_ps))
 
 
+@dataclass(frozen=True)
+class Ties:
+    """How close to a decision boundary a draw counts as a near tie (`draws`): `mass`, a fraction of
+    the probability mass between the uniform and its token's CDF interval edge (or a nucleus cut);
+    `logits`, the gap between a greedy row's top two logits. Defaults: float32 forwards of the same
+    sequence that batch it differently (a verify forward, a decode forward) were measured to differ
+    by up to ~2e-6 in CDF and ~1.5e-4 in logits against float64 on the quickstart's model; the
+    margins leave room above that, and about one draw in 4,000 falls inside them."""
+
+    mass: float = 2e-5
+    logits: float = 1e-3
+
+
+FLOAT32_TIES = Ties()
+
+
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     # Constants below 2**31 keep every product inside int64 (no overflow).
     x = x ^ (x >> 16)
@@ -66,8 +82,10 @@ def uniforms(seeds: torch.Tensor, positions: torch.Tensor, num_streams: int,
 
 
 def target_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                 nucleus: bool | None = None, any_greedy: bool | None = None) -> torch.Tensor:
-    """The distribution a token is drawn from: float64 [..., V].
+                 nucleus: bool | None = None, any_greedy: bool | None = None,
+                 ties: Ties | None = None):
+    """The distribution a token is drawn from: float64 [..., V]; with `ties`, also a mask [...] of
+    the rows whose nucleus is within `ties.mass` of taking a token more or fewer.
 
     Rows with temperature 0 are greedy: a point mass on the argmax, which makes the
     speculative acceptance rule below reduce exactly to greedy verification.
@@ -79,17 +97,23 @@ def target_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.T
     greedy = temperature <= 0
     safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
     probs = torch.softmax(logits / safe_t[..., None], dim=-1)
+    near = None
     if nucleus if nucleus is not None else bool((top_p < 1.0).any()):
         sorted_p, order = probs.sort(dim=-1, descending=True)
         before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each token
-        keep_sorted = before < top_p.to(torch.float64)[..., None]
+        cut = top_p.to(torch.float64)[..., None]
+        keep_sorted = before < cut
+        if ties is not None:
+            near = ((before - cut).abs() < ties.mass).any(-1) & (cut[..., 0] < 1.0)
         keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
         probs = torch.where(keep, probs, torch.zeros_like(probs))
         probs = probs / probs.sum(-1, keepdim=True)
     if any_greedy if any_greedy is not None else bool(greedy.any()):
         onehot = torch.zeros_like(probs).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
         probs = torch.where(greedy[..., None], onehot, probs)
-    return probs
+    if ties is None:
+        return probs
+    return probs, near if near is not None else torch.zeros(probs.shape[:-1], dtype=torch.bool, device=probs.device)
 
 
 def token_logprobs(logits: torch.Tensor, temperature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -101,9 +125,56 @@ def token_logprobs(logits: torch.Tensor, temperature: torch.Tensor, tokens: torc
     return lp.gather(-1, tokens[..., None].long())[..., 0].float()
 
 
-def sample_from(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw from (unnormalised) probs [..., V] with uniforms u [...]."""
+def sample_from(probs: torch.Tensor, u: torch.Tensor, ties: Ties | None = None):
+    """Inverse-CDF draw from (unnormalised) probs [..., V] with uniforms u [...]; with `ties`, also
+    a mask [...] of the draws within `ties.mass` of their token's interval edge, where a forward
+    that rounds differently may draw the neighbour (`draws`)."""
     cdf = probs.cumsum(-1)
     x = (u * cdf[..., -1]).unsqueeze(-1)
-    idx = torch.searchsorted(cdf, x, right=True)[..., 0]
-    return idx.clamp_max(probs.shape[-1] - 1)
+    idx = torch.searchsorted(cdf, x, right=True)[..., 0].clamp_max(probs.shape[-1] - 1)
+    if ties is None:
+        return idx
+    hi = cdf.gather(-1, idx[..., None])[..., 0]
+    lo = torch.where(idx > 0, cdf.gather(-1, (idx - 1).clamp_min(0)[..., None])[..., 0], torch.zeros_like(hi))
+    x = x[..., 0]
+    return idx, torch.minimum(x - lo, hi - x) < ties.mass * cdf[..., -1]
+
+
+def draws(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor | None,
+          sampling: BatchSampling | None = None, ties: Ties | None = None,
+          forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plain sampler's token for logits [B, N, V] (temperature and top_p [B]) with uniforms
+    u [B, N]: tokens [B, N], and with `ties` a mask [B, N] of near-tie draws (else None).
+
+    A near tie is a draw that a forward rounding its logits differently could flip (`Ties`): the
+    uniform that close to its token's CDF interval edge, a nucleus that close to its cut, or a
+    greedy row's top two logits that close. The engine does not emit such a draw: it recomputes
+    that position in float64 and passes the token back as `forced` [B] (-1: none), which replaces
+    the draw at node 0 (the round's first emitted token) and is never a near tie.
+
+    Greedy rows take the argmax directly (no float64 softmax when the whole batch is
+    greedy; then `u` may be None). `sampling`, when the caller knows it, spares host reads.
+    """
+    n = logits.shape[1]
+    if sampling.all_greedy if sampling is not None else bool((temperature <= 0).all()):
+        tokens, near = logits.argmax(-1), None
+    else:
+        out = target_probs(logits, temperature[:, None].expand(-1, n), top_p[:, None].expand(-1, n),
+                           nucleus=sampling and sampling.nucleus, any_greedy=sampling and sampling.any_greedy, ties=ties)
+        probs, near = out if ties is not None else (out, None)
+        out = sample_from(probs, u, ties)
+        tokens, near = (out[0], near | out[1]) if ties is not None else (out, None)
+    if ties is not None:
+        greedy = (temperature <= 0)[:, None]
+        if sampling is None or sampling.any_greedy:
+            top2 = logits.topk(2, dim=-1).values.to(torch.float64)
+            near_greedy = greedy & (top2[..., 0] - top2[..., 1] < ties.logits)
+            near = near_greedy if near is None else torch.where(greedy, near_greedy, near)
+    if forced is not None:
+        given = forced >= 0
+        tokens = tokens.clone()
+        tokens[:, 0] = torch.where(given, forced, tokens[:, 0])
+        if near is not None:
+            near = near.clone()
+            near[:, 0] &= ~given
+    return tokens, near
