@@ -31,6 +31,18 @@ def test_metrics_count_tokens_and_acceptance_by_strategy_in_the_given_registry()
     assert registry.get_sample_value("tlt_engine_running_batch_size") is not None
 
 
+def test_near_tie_recomputes_are_counted_in_the_metric_and_the_counters():
+    from tlt.speculative.sampling import Ties
+    registry = CollectorRegistry()
+    model = random_model(CFG, seed=0)  # float32: near ties recomputed ("auto")
+    engine = TorchEngine(model, num_slots=4, max_model_len=64, metrics_registry=registry, ties=Ties(mass=0.1, logits=0.1))
+    results = engine.generate([Request(prompt=[1, 2], max_tokens=30, temperature=1.0, seed=i, id=i) for i in range(4)])
+    assert all(len(r.tokens) == 30 for r in results), "a near tie delays a token, it never drops one"
+    assert registry.get_sample_value("tlt_engine_near_ties_total") == engine.counters().near_ties > 0
+    assert TorchEngine(model, num_slots=1, max_model_len=8).ties is not None
+    assert TorchEngine(model.double(), num_slots=1, max_model_len=8).ties is None  # float64: exact as it is
+
+
 def test_cost_table_covers_every_batch_and_width_and_round_trips_json():
     model = random_model(CFG, seed=0)
     table = measure_costs(model, batch_sizes=(1, 4), widths=(1, 3), context_len=8, repeats=1, progress=False)

@@ -60,6 +60,7 @@ def run_figures(run_dir: Path) -> dict:
         "acceptance_length": statistics.fmean([s["acceptance_length"] for s in steps]) if steps else 0.0,
         "acceptance_per_step": [s.get("acceptance_length", 0.0) for s in steps],
         "lent_fraction": statistics.fmean([s.get("lent_fraction", 0.0) for s in steps]) if steps else 0.0,
+        "near_ties": sum(s.get("near_ties", 0) for s in steps),
     }
 
 
@@ -121,6 +122,7 @@ def print_comparison(result: dict, file=sys.stdout) -> None:
         ("trained tokens per second", b["train_tokens_per_second"], t["train_tokens_per_second"]),
         ("mean acceptance length", b["acceptance_length"], t["acceptance_length"]),
         ("fraction of worker time lent", b["lent_fraction"], t["lent_fraction"]),
+        ("near-tie draws recomputed (all steps)", b["near_ties"], t["near_ties"]),
         ("held-out greedy accuracy, first", first(b["accuracy"]), first(t["accuracy"])),
         ("held-out greedy accuracy, last", last(b["accuracy"]), last(t["accuracy"])),
         ("held-out pass@1 (sampled), first", first(b["accuracy_sampled"]), first(t["accuracy_sampled"])),

@@ -187,7 +187,7 @@ class EmbeddedRun:
         groups: list[tuple] = []  # (prompt item, its group_size results), in sampling order
         scores: dict = {}
         seconds = {"rollout": 0.0, "reward": 0.0}
-        acceptance, lent_seconds, rounds = [], 0.0, 0
+        acceptance, lent_seconds, rounds, near_ties = [], 0.0, 0, 0
         pool = RewardPool(reward_name(spec), workers=spec.reward.workers, timeout=spec.reward.timeout_seconds)
         try:
             want = a.prompts_per_step
@@ -198,6 +198,7 @@ class EmbeddedRun:
                 results, stats = self._rollout(step, self._requests(step, items, first, eos), pool, items, first)
                 seconds["rollout"] += time.perf_counter() - t0
                 lent_seconds += stats["lent_seconds"]
+                near_ties += stats["near_ties"]
                 if stats["acceptance_length"]:
                     acceptance.append(stats["acceptance_length"])
                 groups += [(item, [results[(first + g, k)] for k in range(a.group_size)]) for g, item in enumerate(items)]
@@ -251,6 +252,7 @@ class EmbeddedRun:
             drafter_version=drafter_version,
             lent_fraction=lent_seconds / max(1e-9, seconds["rollout"] * len(self.pool.shard_names)),
             groups_kept=len(keep), sampling_rounds=rounds + 1, step_seconds=time.perf_counter() - t_start,
+            near_ties=near_ties,
             reward_timeouts=len(pool.timed_out),
             **{f"train_{k}": v for k, v in metrics.items()},
         )
@@ -338,9 +340,10 @@ class EmbeddedRun:
         bar = tqdm(total=len(requests), desc=f"rollout {step}", unit="seq", leave=False, disable=not self.progress,
                    file=sys.stderr, position=1)
         lent_seconds, last = 0.0, time.perf_counter()
-        acceptance = 0.0
+        acceptance, near_ties = 0.0, {}
         while True:
             progress, finished = self.pool.poll()
+            near_ties.update({name: p.near_ties for name, p in progress.items()})
             now = time.perf_counter()
             lent_seconds += (now - last) * sum(1 for s in shards if self.pool.lent(s))
             last = now
@@ -362,7 +365,8 @@ class EmbeddedRun:
             self._control(step, progress)
             self.pool.wait_for_drain([n for n, p in progress.items() if p.busy], POLL_SECONDS)
         bar.close()
-        return results, {"lent_seconds": lent_seconds, "acceptance_length": acceptance}
+        return results, {"lent_seconds": lent_seconds, "acceptance_length": acceptance,
+                         "near_ties": sum(near_ties.values())}
 
     def _evaluate(self, prompts: PromptSource, step: int, eos) -> None:
         """Held-out greedy accuracy, and pass@1 at the evaluation temperature (default: the

@@ -159,6 +159,7 @@ class ShardProgressReport:
     drafter_steps: int = 0
     busy: bool = False
     results_ready: int = 0
+    near_ties: int = 0  # draws recomputed in float64 in this rollout (`tlt.speculative.sampling.Ties`)
 
 
 @dataclass
@@ -363,6 +364,7 @@ class RolloutShard:
             acceptance_length=c.acceptance_since(rollout.counters_at_start) if rollout else 0.0,
             drafter_steps=self.trainer.state.step if self.trainer else 0,
             busy=busy, results_ready=len(rollout.results) if rollout else 0,
+            near_ties=c.near_ties - rollout.counters_at_start.near_ties if rollout else 0,
         )
 
     def take_results(self) -> list[Result]:
