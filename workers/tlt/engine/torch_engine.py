@@ -83,7 +83,8 @@ class TorchEngine:
                  ties: Ties | None | str = "auto"):
         """`static`: fixed shapes per running-batch bucket and attention window (default:
         on CUDA); `cuda_graphs`: replay those steps as CUDA graphs (default: static on CUDA);
-        `ties`: near-tie draws recomputed in float64 (module docstring; `auto`: float32 models)."""
+        `ties`: near-tie draws recomputed in float64 (module docstring; `auto`: for float32 models,
+        which then keep a float64 copy of the target, made at the first near tie)."""
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         if speculation is not None and drafter is None:
