@@ -27,7 +27,6 @@ as a CUDA graph; otherwise the same functions run with exact shapes.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import deque
@@ -83,8 +82,8 @@ class TorchEngine:
                  ties: Ties | None | str = "auto"):
         """`static`: fixed shapes per running-batch bucket and attention window (default:
         on CUDA); `cuda_graphs`: replay those steps as CUDA graphs (default: static on CUDA);
-        `ties`: near-tie draws recomputed in float64 (module docstring; `auto`: for float32 models,
-        which then keep a float64 copy of the target, made at the first near tie)."""
+        `ties`: near-tie draws recomputed in float64 (module docstring; `auto`: for float32 models;
+        each recompute casts the weights to float64 for one forward)."""
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         if speculation is not None and drafter is None:
@@ -102,7 +101,6 @@ class TorchEngine:
         self.speculation = speculation
         self.max_tree_nodes = max_tree_nodes
         self.ties = (FLOAT32_TIES if model.dtype == torch.float32 else None) if ties == "auto" else ties
-        self._canonical: CausalLM | None = None  # the float64 copy near ties are recomputed with
         self.metrics = engine_metrics(metrics_registry)
         self._eagle = isinstance(drafter, EagleDrafter)
         self._keep_hidden = store_hidden_states or self._eagle
@@ -279,7 +277,6 @@ class TorchEngine:
         state = dict(weights.items() if isinstance(weights, Mapping) else weights)
         with torch.inference_mode(False), torch.no_grad():
             load_weights(self.model, state, strict=False)
-        self._canonical = None
 
     def update_drafter_weights(self, weights: Mapping[str, torch.Tensor] | EagleDrafter) -> None:
         """Load a new drafter version in place; drafter caches are rebuilt lazily."""
@@ -502,11 +499,13 @@ class TorchEngine:
     def _recompute(self, slot: int, length: int, position: int) -> int:
         """The plain sampler's token at response `position` of `slot`, from a float64 forward of its
         first `length` tokens (prompt and response so far): what a near-tie draw emits."""
-        if self._canonical is None:
-            self._canonical = copy.deepcopy(self.model).to(torch.float64)
+        # The live weights, cast now: a copy kept from earlier would miss weights written in place
+        # (a policy broadcast into the parameters).
+        weights = {name: t.to(torch.float64) for named in (self.model.named_parameters(), self.model.named_buffers())
+                   for name, t in named}  # tied weights once
         ids = self.seq[slot, :length][None]
         with torch.inference_mode():
-            logits = self._canonical.logits(self._canonical.hidden(ids)[:, -1])
+            logits = torch.func.functional_call(self.model, weights, (ids,))[:, -1]
         s = torch.tensor([slot], device=self.device)
         u = self._uniforms(s, torch.tensor([[position]], device=self.device))
         temp, top_p = self.temperature[s], self.top_p[s]
