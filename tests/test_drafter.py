@@ -561,3 +561,40 @@ def test_a_shards_acceptance_length_is_tracked_per_drafter_and_policy_version(po
     line = next(x for x in text.splitlines() if x.startswith('tlt_drafter_acceptance_length{drafter_version="17"'))
     assert 'policy_version="0"' in line
     assert float(line.split()[-1]) == pytest.approx(counters.mean_acceptance_length)
+
+
+def test_a_reclaim_arriving_while_a_lend_starts_its_thread_waits_for_it(policy_folder, monkeypatch):
+    """The shard's actor serves calls from several threads: a reclaim that lands between a lend
+    creating its training thread and starting it must wait, not join a thread never started."""
+    shard = rollout_shard(policy_folder, "race-0")
+    for sample in random_samples(4, seed=3):
+        shard.buffer.add(sample, 0)
+    started, release = threading.Event(), threading.Event()
+    real_start = threading.Thread.start
+
+    def slow_start(thread):  # the lend's thread exists but has not started yet
+        if thread.name == "race-0-drafter":
+            started.set()
+            release.wait(10)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    lending = threading.Thread(target=shard.lend)
+    lending.start()
+    assert started.wait(10)
+    errors = []
+    reclaiming = threading.Thread(target=lambda: _call(shard.reclaim, errors))
+    reclaiming.start()
+    reclaiming.join(0.3)
+    assert reclaiming.is_alive(), "the reclaim must wait for the lend in progress"
+    release.set()
+    lending.join(30)
+    reclaiming.join(60)
+    assert not errors and shard.role == "rollout" and shard._train_thread is None
+
+
+def _call(fn, errors):
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - the test reports it
+        errors.append(err)

@@ -228,6 +228,7 @@ class RolloutShard:
         self._data: list = []
         self._preempt = threading.Event()
         self._train_thread: threading.Thread | None = None
+        self._lending = threading.Lock()  # lend and reclaim come from different actor threads
         self._lock = threading.Lock()
         self._drained = threading.Event()  # set when the decode loop has ended (nothing left to decode, or it failed)
         self._recorded = (0, 0)  # (accepted tokens, verify rounds) already in the drafter metrics
@@ -396,18 +397,19 @@ class RolloutShard:
     # ---- lending ----
     def lend(self) -> bool:
         """Switch to drafter training on this worker's own rollouts (until reclaimed)."""
-        if self.trainer is None or self.engine.has_work():
-            return False
-        if self._train_thread is not None and self._train_thread.is_alive():
+        with self._lending:
+            if self.trainer is None or self.engine.has_work():
+                return False
+            if self._train_thread is not None and self._train_thread.is_alive():
+                return True
+            self.role = "drafter"
+            if self.engine_kind == "vllm":
+                self.engine.sleep()  # frees the GPU (weights to CPU memory, KV cache dropped)
+                self._place_torch_copy(self.lend_device)
+            self._preempt.clear()
+            self._train_thread = threading.Thread(target=self._train_loop, daemon=True, name=f"{self.name}-drafter")
+            self._train_thread.start()
             return True
-        self.role = "drafter"
-        if self.engine_kind == "vllm":
-            self.engine.sleep()  # frees the GPU (weights to CPU memory, KV cache dropped)
-            self._place_torch_copy(self.lend_device)
-        self._preempt.clear()
-        self._train_thread = threading.Thread(target=self._train_loop, daemon=True, name=f"{self.name}-drafter")
-        self._train_thread.start()
-        return True
 
     def _train_loop(self) -> None:
         batches = self._training_data()
@@ -464,13 +466,14 @@ class RolloutShard:
 
     def reclaim(self) -> None:
         """Preempt drafter training at once (within one micro-step) and go back to rollout."""
-        self._preempt.set()
-        if self._train_thread is not None:
-            self._train_thread.join()
-            self._train_thread = None
-        self._place_torch_copy("cpu")
-        self.engine.wake()
-        self.role = "rollout"
+        with self._lending:  # a lend in another actor thread has started its thread, or not begun
+            self._preempt.set()
+            if self._train_thread is not None:
+                self._train_thread.join()
+                self._train_thread = None
+            self._place_torch_copy("cpu")
+            self.engine.wake()
+            self.role = "rollout"
 
     # ---- weights ----
     def set_policy(self, version: int, state: dict) -> None:
