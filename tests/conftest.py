@@ -32,8 +32,8 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def micro_model() -> Path:
     """The built-in micro model: bootstrapped in seconds, then cached in $TLT_CACHE_DIR/models as
-    a user's would be. Tests use it, not the quickstart's tiny-arith, which takes 8-20 minutes to
-    bootstrap on a fresh 2-core machine. Control-plane jobs' pods read it from this path."""
+    a user's would be. Tests use it, not the quickstart's tiny-arith, whose every forward
+    costs far more. Control-plane jobs' pods read it from this path."""
     from tlt.tasks.bootstrap import ensure_base_model
 
     return ensure_base_model("micro-arith", progress=False)

@@ -92,3 +92,52 @@ def test_an_interrupted_build_is_built_again(cache, monkeypatch, first):
 def test_unknown_base_model_names_the_known_ones(cache):
     with pytest.raises(KeyError, match="known are .*tiny-arith"):
         ensure_base_model("huge-arith")
+
+
+def test_the_default_model_ships_built_from_its_current_recipe():
+    # A changed tiny-arith recipe without a rebuilt package copy would make every new user train
+    # for 8-13 minutes: rebuild with `tlt task bootstrap --train --out workers/tlt/tasks/pretrained/tiny-arith`.
+    from transformers import AutoModelForCausalLM
+
+    recipe = recipe_for("tiny-arith")
+    shipped = boot.shipped_folder("tiny-arith", recipe)
+    assert shipped is not None, "the shipped tiny-arith model is missing or was built from another recipe"
+    info = json.loads((shipped / BOOTSTRAP_INFO).read_text())
+    assert info["recipe_key"] == recipe.key()
+    assert info["final_loss"] < 0.2
+    model = AutoModelForCausalLM.from_pretrained(str(shipped))
+    assert model.config.num_hidden_layers == recipe.shape.num_hidden_layers
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_new_user_gets_the_shipped_model_copied_into_the_cache_without_training(cache, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the shipped model was trained again")
+
+    monkeypatch.setattr(boot, "bootstrap", no_training)
+    folder = ensure_base_model("tiny-arith", progress=False)
+    assert folder == cache / "models" / f"tiny-arith-{recipe_for('tiny-arith').key()}"
+    shipped = boot.shipped_folder("tiny-arith", recipe_for("tiny-arith"))
+    assert (folder / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    assert ensure_base_model("tiny-arith", progress=False) == folder  # and reused from then on
+
+
+@pytest.mark.parametrize("options", [{"train": True}, {"seed": 3}, {"steps": 10}])
+def test_train_or_a_changed_recipe_trains_instead_of_copying_the_shipped_model(tmp_path, cache, monkeypatch,
+                                                                                 options):
+    trained = []
+
+    def fake_training(recipe, staging, **kwargs):
+        trained.append(recipe.key())
+        staging.mkdir(parents=True)
+
+    monkeypatch.setattr(boot, "bootstrap", fake_training)
+    ensure_base_model("tiny-arith", out=tmp_path / "m", progress=False, **options)
+    assert trained == [recipe_for("tiny-arith", **{k: v for k, v in options.items() if k != "train"}).key()]
+
+
+def test_train_without_out_is_refused_naming_the_fix(cache, capsys):
+    from tlt.cli import main
+
+    assert main(["task", "bootstrap", "--train"]) != 0
+    assert "--train needs --out DIR" in capsys.readouterr().err

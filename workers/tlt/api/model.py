@@ -59,7 +59,7 @@ class ModelSpec(SpecModel):
         None, min_length=1, description="Hugging Face hub id, downloaded by the pods (e.g. Qwen/Qwen2.5-7B-Instruct)."
     )
     builtin: Literal["tiny-arith"] | None = Field(
-        None, description="A built-in tiny model, bootstrapped locally (for laptops, CI and the quickstart)."
+        None, description="A built-in tiny model that ships trained with tlt (for laptops, CI and the quickstart)."
     )
     revision: str | None = Field(None, min_length=1, description="Hub revision (branch, tag or commit) with `hubId`.")
     token_secret: SecretKeyRef | None = Field(

@@ -407,7 +407,7 @@ class WorkerPool:
         for name in self.nodes.drafter_hosts if self.nodes else ():
             self.hosts[name] = self._new_worker(name)
         # Every worker starts from the trainer's weights: a checkpoint's, or on a cluster the one
-        # built-in model each pod bootstrapped for itself.
+        # built-in model each pod put in its own cache.
         if self.checkpoint or (self.nodes and self.spec.model.builtin):
             self._sync_policy(0)
 

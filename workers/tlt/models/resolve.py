@@ -2,7 +2,7 @@
 
 A model is named by a job's `spec.model` (a built-in base model, a folder, or a hub id)
 or, on the command line and in benchmarks, by a folder or a built-in name such as
-`tiny-arith`. Built-in models are bootstrapped once and cached (`tlt.tasks.bootstrap`).
+`tiny-arith`. Built-in models ship trained or are bootstrapped, once, into the cache (`tlt.tasks.bootstrap`).
 """
 
 from __future__ import annotations

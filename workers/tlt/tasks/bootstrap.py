@@ -1,10 +1,15 @@
 """The tiny base model: a deep, narrow Llama trained briefly on imperfect traces of a task.
 
-`ensure_base_model()` returns a Hugging Face model folder, building it once and
-caching it under `$TLT_CACHE_DIR/models/` (default `~/.cache/tlt`). The folder
-name carries a hash of everything that determines the weights, so a changed
-recipe never reuses a stale model, and the same recipe on the same machine
-(same thread count) gives the same weights bit for bit.
+`ensure_base_model()` returns a Hugging Face model folder, cached under
+`$TLT_CACHE_DIR/models/` (default `~/.cache/tlt`). The folder name carries a hash
+of everything that determines the weights, so a changed recipe never reuses a
+stale model, and the same recipe on the same machine (same thread count) gives
+the same weights bit for bit.
+
+The default model ships with the package (`pretrained/`, 6 MB), trained once by
+`bootstrap()` on the machine its info file names. A new user starts in seconds
+instead of 8-9 minutes, and every machine runs the same weights: a float32 build
+depends on the CPU's rounding (see `Recipe.steps`). `train=True` builds it here.
 
 The supervised traces contain slips at a controlled rate (`error_rate` per
 step): the model learns to make them when sampling, so held-out accuracy is well
@@ -34,6 +39,7 @@ from tlt.tasks.tokenizer import TaskCodec, save_tokenizer
 # training loop change, so no stale cached model is reused.
 RECIPE_VERSION = 1
 BOOTSTRAP_INFO = "tlt_bootstrap.json"
+SHIPPED = Path(__file__).with_name("pretrained")
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,22 @@ def idle_threads(limit: int = 4) -> int:
     return max(1, min(limit, cores - math.ceil(os.getloadavg()[0] - 0.5)))
 
 
+def shipped_folder(name: str, recipe: Recipe) -> Path | None:
+    """The packaged build of `recipe`, or None: only an unchanged named recipe ships."""
+    folder = SHIPPED / name
+    return folder if _is_complete(folder, recipe) else None
+
+
 def ensure_base_model(name: str = "tiny-arith", out: Path | str | None = None,
-                      progress: bool = True, threads: int | None = 0, **overrides) -> Path:
-    """The folder of base model `name`, bootstrapped now unless already cached.
+                      progress: bool = True, threads: int | None = 0, train: bool = False,
+                      **overrides) -> Path:
+    """The folder of base model `name`: cached, else copied from the package, else trained now.
 
     `overrides` replace fields of the named recipe (e.g. steps=50, seed=1) and
     change the cache key. `out` builds into (or reuses) that folder instead of
-    the cache. `threads` sets torch's CPU threads for the build (0: `idle_threads()`,
-    None: as configured). The weights are the same bit for bit for the same recipe,
+    the cache. `train` trains even where the package ships the recipe's build.
+    `threads` sets torch's CPU threads for training (0: `idle_threads()`, None: as
+    configured). Trained weights are the same bit for bit for the same recipe,
     machine and thread count.
     """
     if threads == 0:
@@ -132,7 +146,14 @@ def ensure_base_model(name: str = "tiny-arith", out: Path | str | None = None,
             return folder
         staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        bootstrap(recipe, staging, progress=progress, threads=threads)
+        shipped = None if train else shipped_folder(name, recipe)
+        if shipped is not None:
+            shutil.copytree(shipped, staging)
+            if progress:
+                print(f"base model {name}: the packaged build, copied to {folder} "
+                      "(`tlt task bootstrap --train --out DIR` trains it on this machine)", file=sys.stderr)
+        else:
+            bootstrap(recipe, staging, progress=progress, threads=threads)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
@@ -287,7 +308,22 @@ def _train_and_save(recipe: Recipe, folder: Path, progress: bool) -> dict:
         "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
         "train_seconds": round(time.monotonic() - started, 1),
         "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cpu": _cpu_name(),
         "prompt_format": "<bos> + task prompt text; response ends with <eos>; no chat template",
     }
     (folder / BOOTSTRAP_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _cpu_name() -> str:
+    """The CPU model, as /proc/cpuinfo names it: float32 training rounds differently per CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
