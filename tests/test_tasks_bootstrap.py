@@ -96,7 +96,7 @@ def test_unknown_base_model_names_the_known_ones(cache):
 
 def test_the_default_model_ships_built_from_its_current_recipe():
     # A changed tiny-arith recipe without a rebuilt package copy would make every new user train
-    # for 8-13 minutes: rebuild with `tlt task bootstrap --train --out workers/tlt/tasks/pretrained/tiny-arith`.
+    # for 8-16 minutes: rebuild with `tlt task bootstrap --train --out workers/tlt/tasks/pretrained/tiny-arith`.
     from transformers import AutoModelForCausalLM
 
     recipe = recipe_for("tiny-arith")

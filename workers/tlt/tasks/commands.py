@@ -18,7 +18,7 @@ def register(subparsers) -> None:
             "The tiny base model is trained by supervised learning on imperfect traces of the task. "
             "The default recipe ships trained with tlt and is copied into the cache "
             "($TLT_CACHE_DIR/models, default ~/.cache/tlt/models); --train, --steps or --seed train "
-            "it on this machine (about 8-9 minutes on 2 cores for the default recipe). Later calls "
+            "it on this machine (8-16 minutes on 2 cores for the default recipe). Later calls "
             "reuse the cached folder."))
     boot.add_argument("--name", default="tiny-arith", help="base model recipe (default tiny-arith)")
     boot.add_argument("--out", default=None, help="build into this folder instead of the cache")
