@@ -169,7 +169,7 @@ def test_counters_are_readable_from_another_thread_while_generating(target):
     seen, stop = [], threading.Event()
 
     def watch():
-        while not stop.is_set():
+        while not stop.wait(0.001):  # a busy loop would starve the generating thread of the GIL
             seen.append(engine.counters())
 
     t = threading.Thread(target=watch)
