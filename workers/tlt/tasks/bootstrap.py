@@ -8,7 +8,7 @@ the same weights bit for bit.
 
 The default model ships with the package (`pretrained/`, 6 MB), trained once by
 `bootstrap()` on the machine its info file names. A new user starts in seconds
-instead of 8-9 minutes, and every machine runs the same weights: a float32 build
+instead of 8-16 minutes, and every machine runs the same weights: a float32 build
 depends on the CPU's rounding (see `Recipe.steps`). `train=True` builds it here.
 
 The supervised traces contain slips at a controlled rate (`error_rate` per
