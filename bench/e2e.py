@@ -1,4 +1,5 @@
-"""Baseline (speculation and elasticity off) vs tlt on the same job and seed, one process.
+"""Baseline (speculation and elasticity off) vs tlt on the same job and seed, one process,
+the two runs taking turns step by step.
 
     .venv/bin/python bench/e2e.py [examples/quickstart.yaml] [--out runs/bench-e2e]
 

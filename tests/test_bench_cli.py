@@ -55,6 +55,8 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
 
     assert result["differing_rollouts"] == {"1": 0, "2": 0}
     assert result["identical_rollouts"] is True and result["rewards_equal"] is True
+    # The runs took turns: start-up, step 1, step 2 and the export, each run in its turn.
+    assert result["schedule"] == "lockstep" and result["turns"] == 2 * 4
     tlt, base = result["tlt"], result["baseline"]
     assert tlt["steps"] == base["steps"] == [1, 2]
     assert tlt["acceptance_length"] >= 1.0, "tlt must have speculated for the check to mean anything"

@@ -4,6 +4,12 @@ off, what a veRL-style run does) and tlt on the same job and seed, in one proces
 Verification is coupled to the plain sampler, so both runs sample the same tokens at
 every step and therefore train the same policy: the comparison is of the same work, and
 it checks that (digests of every sampled sequence, per step, must be equal).
+
+The two runs take turns step by step (`Lockstep`): baseline step 1, tlt step 1, baseline
+step 2, ... Run one after the other, a slow stretch of a shared machine (minutes on a
+laptop or a small VM) fell on one run only and moved the ratios by 20-30%; interleaved,
+each step's pair meets the same machine. Whoever waits is idle: between steps a tlt run
+lends nothing (see `EmbeddedRun._phase_roles`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import copy
 import json
 import statistics
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob
@@ -26,6 +34,71 @@ def baseline_of(job: ReasoningRLJob) -> ReasoningRLJob:
     doc["spec"]["speculative"]["mode"] = "off"
     doc["spec"]["elasticity"] = {"lendIdle": False, "consolidateTail": {"enabled": False}}
     return ReasoningRLJob.model_validate(doc)
+
+
+class Lockstep:
+    """Runs that take turns: each stretch of work (`turn()`) waits until the runs before it
+    in `names` have done theirs, round after round. A run that ends, or fails, leaves the
+    rotation so the others go on."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.active = set(self.names)
+        self.current = 0  # index into names of whose turn it is
+        self.order: list[str] = []  # who held each turn, for the record
+        self._cond = threading.Condition()
+
+    def _advance(self) -> None:
+        for _ in self.names:
+            self.current = (self.current + 1) % len(self.names)
+            if self.names[self.current] in self.active:
+                return
+
+    @contextmanager
+    def turn(self, name: str):
+        with self._cond:
+            self._cond.wait_for(lambda: self.names[self.current] == name)
+            self.order.append(name)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._advance()
+                self._cond.notify_all()
+
+    def leave(self, name: str) -> None:
+        with self._cond:
+            self.active.discard(name)
+            if self.names[self.current] == name:
+                self._advance()
+            self._cond.notify_all()
+
+
+def run_lockstep(runs: dict[str, EmbeddedRun]) -> list[str]:
+    """Run `runs` in threads of this process, taking turns; re-raise the first failure.
+    Returns who held each turn."""
+    lock = Lockstep(list(runs))
+    errors: dict[str, BaseException] = {}
+
+    def go(name: str) -> None:
+        try:
+            runs[name].run()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller below
+            errors[name] = err
+        finally:
+            lock.leave(name)
+
+    for name, run in runs.items():
+        run.turn = lambda name=name: lock.turn(name)
+    threads = [threading.Thread(target=go, args=(name,), name=f"bench-{name}") for name in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in runs:
+        if name in errors:
+            raise RuntimeError(f"the {name} run failed: {errors[name]}") from errors[name]
+    return lock.order
 
 
 def _later(values: list[float]) -> list[float]:
@@ -98,11 +171,12 @@ def compare(job: ReasoningRLJob, out: Path, progress: bool = True) -> dict:
     runs = {"baseline": baseline_of(job), "tlt": copy.deepcopy(job)}
     for variant in runs.values():  # each run checkpoints in its own folder, never in a shared runPolicy.checkpoint.path
         variant.spec.run_policy.checkpoint.path = None
-    figures = {}
-    for name, variant in runs.items():
-        EmbeddedRun(variant, run_dir=out / name, fresh=True, progress=progress).run()
-        figures[name] = run_figures(out / name)
+    order = run_lockstep({name: EmbeddedRun(variant, run_dir=out / name, fresh=True, progress=progress, label=name)
+                          for name, variant in runs.items()})
+    figures = {name: run_figures(out / name) for name in runs}
     result = compare_runs(figures["baseline"], figures["tlt"])
+    result["schedule"] = "lockstep"  # the runs took turns step by step
+    result["turns"] = len(order)
     # The tlt run's report shows the baseline beside it.
     (out / "tlt" / COMPARISON_FILE).write_text(json.dumps({"baseline": str((out / "baseline").absolute())}))
     write_report(out / "tlt", f"tlt run: {job.metadata.name} (against the baseline)")
@@ -136,5 +210,5 @@ def print_comparison(result: dict, file=sys.stdout) -> None:
           + ("  (identical)" if result["identical_rollouts"] else "  (NOT identical)"), file=file)
     print(f"rewards equal at every step: {result['rewards_equal']}", file=file)
     print(f"whole-step speedup {result['step_speedup']:.2f}x, rollout-phase speedup {result['rollout_speedup']:.2f}x "
-          "(medians over the steps after the first)", file=file)
+          "(medians over the steps after the first; the runs took turns step by step)", file=file)
     print(json.dumps(result, default=float), file=file)

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     from tlt.cli import add_bench_command
 
     e2e = add_bench_command(
-        subparsers, "e2e", "the plain synchronous baseline vs tlt on the same job and seed: step-time ratios, accuracies"
+        subparsers, "e2e", "the plain synchronous baseline vs tlt on the same job and seed, taking turns step by step: "
+        "step-time ratios, accuracies"
     )
     e2e.add_argument("file", metavar="FILE", nargs="?", default="examples/quickstart.yaml", help="the job manifest")
     e2e.add_argument("--out", default="runs/bench-e2e", help="folder for both runs")

@@ -9,6 +9,7 @@ step), logged to metrics.jsonl, and the report is re-rendered.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,7 +80,7 @@ def latest_checkpoint(run_dir: Path, spec: ReasoningRLJobSpec | None = None) -> 
 
 class EmbeddedRun:
     def __init__(self, job: ReasoningRLJob, *, run_dir: str | Path | None = None, fresh: bool = False,
-                 progress: bool = True, max_steps: int | None = None):
+                 progress: bool = True, max_steps: int | None = None, label: str = ""):
         self.job = job
         self.spec = job.spec
         self.run_dir = Path(run_dir or self.spec.output.path).absolute()
@@ -96,11 +97,15 @@ class EmbeddedRun:
         self.roles: dict[str, str] = {}
         self.download_models = False  # embedded runs read models from disk only
         self.threshold: int | None = None  # speculation's batch threshold, once resolved
+        # `turn()` wraps each stretch of work (start-up, every step, the export): `tlt bench e2e`
+        # sets one that lets two runs take turns step by step, so both meet the same machine.
+        self.turn = contextlib.nullcontext
+        self.label = label  # prefixes progress lines when two runs share a terminal
 
     # ---- helpers ----
     def _say(self, text: str) -> None:
         if self.progress:
-            tqdm.write(text, file=sys.stderr)
+            tqdm.write(f"[{self.label}] {text}" if self.label else text, file=sys.stderr)
 
     def _set_role(self, worker: str, role: str) -> None:
         if self.roles.get(worker) != role:
@@ -127,29 +132,34 @@ class EmbeddedRun:
                        total_steps=spec.algorithm.steps)
         if ckpt:
             self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
-        self.pool = self._make_pool(model_dir, ckpt)
+        self.pool = None
         try:
-            threshold = self.threshold = self._threshold(prompts, position, eos)
-            self.pool.start_shards(threshold)
-            for w in self.pool.shard_names:
-                self._set_role(w, "rollout")
-            self._set_role(self.pool.trainer_name, "trainer")
-            if start_step == 0 and spec.eval.every_steps:
-                self._evaluate(prompts, 0, eos)
+            with self.turn():
+                self.pool = self._make_pool(model_dir, ckpt)
+                threshold = self.threshold = self._threshold(prompts, position, eos)
+                self.pool.start_shards(threshold)
+                for w in self.pool.shard_names:
+                    self._set_role(w, "rollout")
+                self._set_role(self.pool.trainer_name, "trainer")
+                if start_step == 0 and spec.eval.every_steps:
+                    self._evaluate(prompts, 0, eos)
             steps_bar = tqdm(total=spec.algorithm.steps, initial=start_step, desc="steps", unit="step",
-                             disable=not self.progress, file=sys.stderr, position=0)
+                             disable=not self.progress or bool(self.label), file=sys.stderr, position=0)
             done_here = 0
             for step in range(start_step + 1, spec.algorithm.steps + 1):
                 if self.max_steps is not None and done_here >= self.max_steps:
                     break
-                position, drafter_version = self._step(step, prompts, position, drafter_version, eos)
+                with self.turn():
+                    position, drafter_version = self._step(step, prompts, position, drafter_version, eos)
                 done_here += 1
                 steps_bar.update(1)
             steps_bar.close()
             if self.max_steps is None or done_here < self.max_steps or step == spec.algorithm.steps:
-                self._finish()
+                with self.turn():
+                    self._finish()
         finally:
-            self.pool.shutdown()
+            if self.pool is not None:
+                self.pool.shutdown()
         summary = summarize(self.log_records())
         write_report(self.run_dir, f"tlt run: {self.job.metadata.name}")
         return summary
@@ -337,7 +347,7 @@ class EmbeddedRun:
             self._set_role(name, "rollout")
         self.pool.start_rollout(step, assignment)
         results: dict = {}
-        bar = tqdm(total=len(requests), desc=f"rollout {step}", unit="seq", leave=False, disable=not self.progress,
+        bar = tqdm(total=len(requests), desc=f"{self.label} rollout {step}".lstrip(), unit="seq", leave=False, disable=not self.progress,
                    file=sys.stderr, position=1)
         lent_seconds, last = 0.0, time.perf_counter()
         acceptance, near_ties = 0.0, {}
