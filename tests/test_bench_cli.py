@@ -35,7 +35,7 @@ def e2e_job(model: Path) -> dict:
     # The micro model answers nothing right: the length penalty gives the responses of a group
     # different rewards, so the trained policy depends on what was sampled.
     spec["algorithm"]["overlongPenalty"] = {"enabled": True, "bufferTokens": 32}
-    spec["eval"] = {"everySteps": 0, "numPrompts": 1}
+    spec["eval"] = {"everySteps": 2, "numPrompts": 4}  # at steps 0 and 2
     spec["rollout"]["maxBatchSize"] = 8
     spec["speculative"] = {"mode": "adaptive", "batchThreshold": 4, "strategies": ["3_1_3"]}
     spec["elasticity"] = {"lendIdle": True, "consolidateTail": {"enabled": True, "threshold": 2}}
@@ -50,7 +50,8 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
     job.write_text(yaml.safe_dump(e2e_job(micro_folder)))
     out = tmp_path / "bench"
     assert main(["bench", "e2e", str(job), "--out", str(out), "--quiet"]) == 0
-    result = last_json_line(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    result = last_json_line(printed)
     assert result == json.loads((out / "comparison.json").read_text())
 
     assert result["differing_rollouts"] == {"1": 0, "2": 0}
@@ -64,6 +65,11 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
     for key in ("step_speedup", "rollout_speedup"):
         assert result[key] > 0 and len(result[f"{key}_per_step"]) == 2
         assert all(r > 0 for r in result[f"{key}_per_step"])
+    # held-out accuracy: the same prompts at steps 0 and 2, compared prompt by prompt
+    change = tlt["accuracy_change"]
+    assert (change["from_step"], change["to_step"]) == (0, 2) and change == base["accuracy_change"]
+    assert change["gained"] + change["lost"] <= 4 and 0 < change["p_value"] <= 1
+    assert f"held-out greedy accuracy, step 0 -> 2 (tlt run): {change['gained']} prompts gained" in printed
     for run in (tlt, base):
         assert 0 < run["rollout_share"] <= 1
         assert run["rollout_tokens_per_second"] > 0 and run["train_tokens_per_second"] > 0

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from tlt.api.load import parse_job
 from tlt.coordinator.loop import EmbeddedRun, latest_checkpoint
+from tlt.eval.evaluate import unpack_solved
 from tlt.report import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,10 @@ def test_short_run_trains_lends_and_writes_everything(micro_model, tmp_path, fas
     # tlt's own work between steps (drafter sync, `auto` threshold) counts in the step's time
     assert all(s["time_sync"] >= 0.5 for s in steps), [s["time_sync"] for s in steps]
     assert all(s["step_seconds"] >= s["time_rollout"] + s["time_train"] + s["time_sync"] for s in steps)
-    assert [e["step"] for e in records if e["kind"] == "eval"] == [0, 1, 2]
+    evals = [e for e in records if e["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    # which held-out prompts each evaluation solved, for paired comparisons between steps
+    assert all(unpack_solved(e["solved"], e["prompts"]).count(True) == round(e["accuracy"] * e["prompts"]) for e in evals)
     roles = {(r["worker"], r["role"]) for r in records if r["kind"] == "role"}
     assert ("rollout-0", "rollout") in roles and ("trainer-0", "trainer") in roles
     # lending: a drained rollout shard became a drafter trainer while the other still decoded...

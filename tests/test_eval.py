@@ -96,6 +96,41 @@ def test_score_counts_responses_the_reward_calls_correct_and_the_truncated_ones(
     assert summary.accuracy == pytest.approx(1 / 3)
     assert (summary.max_length, summary.mean_length, summary.p90_length) == (4, 3.0, percentile([3, 2, 4], 90))
     assert summary.truncated == 1
+    assert summary.solved == [True, False, False] and "solved" not in summary.as_dict()
+
+
+def test_which_prompts_were_solved_round_trips_through_hex():
+    from tlt.eval.evaluate import pack_solved, unpack_solved
+
+    for solved in ([True], [False] * 3, [True, False, True, True, False] * 103):
+        packed = pack_solved(solved)
+        assert all(c in "0123456789abcdef" for c in packed)
+        assert unpack_solved(packed, len(solved)) == solved
+    assert len(pack_solved([True] * 512)) == 128
+
+
+@pytest.mark.parametrize("gained, lost, p", [
+    (4, 8, 2 * (1 + 12 + 66 + 220 + 495) / 4096),  # a net loss of 4 prompts among 12 flips: chance
+    (0, 10, 2 / 1024),  # ten lost, none gained: not chance
+    (5, 5, 1.0),
+    (0, 0, 1.0),  # nothing moved
+])
+def test_paired_change_counts_flips_and_gives_the_exact_sign_test(gained, lost, p):
+    from tlt.eval.evaluate import paired_change
+
+    before = [True] * lost + [False] * gained + [True] * 20 + [False] * 7
+    after = [False] * lost + [True] * gained + [True] * 20 + [False] * 7
+    change = paired_change(before, after)
+    assert (change["gained"], change["lost"]) == (gained, lost)
+    assert change["p_value"] == pytest.approx(p)
+    assert paired_change(after, before)["p_value"] == pytest.approx(p)  # symmetric
+
+
+def test_paired_change_refuses_evaluations_of_different_prompts():
+    from tlt.eval.evaluate import paired_change
+
+    with pytest.raises(ValueError, match="same prompts: 2 vs 3"):
+        paired_change([True, False], [True, False, True])
 
 
 def _problems(count, seed):

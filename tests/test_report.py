@@ -2,6 +2,7 @@
 
 import json
 
+from tlt.eval.evaluate import pack_solved
 from tlt.report import MetricsLog, read_records, write_report
 from tlt.report.html import role_spans, summarize
 
@@ -26,7 +27,9 @@ def _run(tmp_path, clock, steps=3):
         log.write("role", worker="rollout-1", role="rollout")
         log.write("step", step=step, reward_mean=0.1 * step, time_rollout=8.0, time_reward=1.0, time_train=1.0,
                   time_sync=0.0, acceptance_length=2.0 + step, drafter_version=step, lent_fraction=0.3)
-        log.write("eval", step=step, accuracy=0.2 + 0.1 * step)
+        # prompts 0..step-1 of 10 solved: each step gains one
+        log.write("eval", step=step, accuracy=0.2 + 0.1 * step, prompts=10,
+                  solved=pack_solved([i < step for i in range(10)]))
     return log
 
 
@@ -65,6 +68,9 @@ def test_summary_reports_accuracy_change_rollout_share_and_acceptance(tmp_path):
     assert abs(summary["accuracy_last"] - 0.5) < 1e-9
     assert abs(summary["rollout_share"] - 0.8) < 1e-9
     assert abs(summary["mean_acceptance_length"] - 4.0) < 1e-9
+    # the same prompts, first evaluation against the last: 2 gained, none lost
+    assert summary["accuracy_change"] == {"from_step": 1, "to_step": 3, "gained": 2, "lost": 0, "p_value": 0.5}
+    assert "pass_at_1_change" not in summary  # no sampled evaluation was logged
 
 
 def test_report_html_has_every_chart_and_the_timeline(tmp_path):
@@ -76,6 +82,7 @@ def test_report_html_has_every_chart_and_the_timeline(tmp_path):
     assert page.count("<svg") >= 5
     assert "rollout-1 drafter" in page  # a lent span on the timeline
     assert ">v3</text>" in page  # acceptance labelled with the drafter version
+    assert "2 prompts gained, 0 lost from step 1 to 3 (sign test p = 0.5)" in page
 
 
 def test_report_of_an_empty_run_renders(tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 from tlt.api.model import ReasoningRLJob
 from tlt.coordinator.loop import EmbeddedRun
 from tlt.report import read_records, write_report
-from tlt.report.html import COMPARISON_FILE, STEP_PHASES, latest_per_step
+from tlt.report.html import COMPARISON_FILE, STEP_PHASES, accuracy_change, latest_per_step
 
 
 def baseline_of(job: ReasoningRLJob) -> ReasoningRLJob:
@@ -130,6 +130,8 @@ def run_figures(run_dir: Path) -> dict:
         "train_tokens_per_second": sum(_later(trained)) / max(1e-9, sum(_later(train_time))),
         "accuracy": {e["step"]: e["accuracy"] for e in evals},
         "accuracy_sampled": {e["step"]: e["accuracy_sampled"] for e in evals if "accuracy_sampled" in e},
+        "accuracy_change": accuracy_change(evals),
+        "accuracy_sampled_change": accuracy_change(evals, "_sampled"),
         "acceptance_length": statistics.fmean([s["acceptance_length"] for s in steps]) if steps else 0.0,
         "acceptance_per_step": [s.get("acceptance_length", 0.0) for s in steps],
         "lent_fraction": statistics.fmean([s.get("lent_fraction", 0.0) for s in steps]) if steps else 0.0,
@@ -205,6 +207,11 @@ def print_comparison(result: dict, file=sys.stdout) -> None:
     print(f"{'':38} {'baseline':>10} {'tlt':>10}", file=file)
     for label, x, y in rows:
         print(f"{label:38} {x:10.3f} {y:10.3f}", file=file)
+    for key, label in (("accuracy_change", "greedy accuracy"), ("accuracy_sampled_change", "pass@1")):
+        c = t.get(key)
+        if c:
+            print(f"held-out {label}, step {c['from_step']} -> {c['to_step']} (tlt run): {c['gained']} prompts gained, "
+                  f"{c['lost']} lost (sign test p = {c['p_value']:.2g})", file=file)
     diff = result["differing_rollouts"]
     print("differing rollouts per step: " + ", ".join(f"{s}: {n}" for s, n in diff.items())
           + ("  (identical)" if result["identical_rollouts"] else "  (NOT identical)"), file=file)

@@ -391,6 +391,7 @@ class EmbeddedRun:
         if sampled_t > 0:
             modes["_sampled"] = (sampled_t, a.top_p)
         from tlt.eval import score
+        from tlt.eval.evaluate import pack_solved
         from tlt.rewards import get_reward
 
         reward = get_reward(reward_name(spec))
@@ -405,6 +406,7 @@ class EmbeddedRun:
             summary = score(prompts.heldout, [self.pool.decode(r.tokens) for r in results], [r.tokens for r in results],
                             reward, eos, temperature, a.max_response_tokens)
             figures[f"accuracy{suffix}"] = summary.accuracy
+            figures[f"solved{suffix}"] = pack_solved(summary.solved)  # which prompts: paired comparisons
             figures[f"len_mean{suffix}"] = summary.mean_length
             figures[f"len_max{suffix}"] = summary.max_length
             if not suffix:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,9 +33,12 @@ class EvalResult:
     truncated: int  # responses that hit max_tokens without a stop token
     temperature: float
     max_tokens: int
+    solved: list[bool] = field(default_factory=list, repr=False)  # per prompt, in item order
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["solved"]
+        return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -60,7 +63,33 @@ def summarize(rewards: Sequence[float], lengths: Sequence[int], truncated: int,
         truncated=truncated,
         temperature=temperature,
         max_tokens=max_tokens,
+        solved=[r > 0.5 for r in rewards],
     )
+
+
+def pack_solved(solved: Sequence[bool]) -> str:
+    """Per-prompt correctness as hex, one bit a prompt (prompt 0 is the lowest bit): 128
+    characters for 512 prompts in a run's eval record."""
+    bits = sum(1 << i for i, ok in enumerate(solved) if ok)
+    return f"{bits:0{max(1, (len(solved) + 3) // 4)}x}"
+
+
+def unpack_solved(packed: str, count: int) -> list[bool]:
+    bits = int(packed, 16)
+    return [bool(bits >> i & 1) for i in range(count)]
+
+
+def paired_change(before: Sequence[bool], after: Sequence[bool]) -> dict:
+    """How the same prompts' correctness moved between two evaluations: prompts gained and lost,
+    and the exact two-sided sign test (McNemar's) on those that changed. A net change of a few
+    prompts among many that flipped either way is what chance alone gives (p near 1)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired_change needs the same prompts: {len(before)} vs {len(after)} results")
+    gained = sum(1 for b, a in zip(before, after) if a and not b)
+    lost = sum(1 for b, a in zip(before, after) if b and not a)
+    flipped, fewer = gained + lost, min(gained, lost)
+    tail = sum(math.comb(flipped, k) for k in range(fewer + 1)) / 2 ** flipped if flipped else 1.0
+    return {"gained": gained, "lost": lost, "p_value": min(1.0, 2 * tail)}
 
 
 def task_items(task_name: str, num_prompts: int, seed: int = 0, **task_options) -> list[EvalItem]:

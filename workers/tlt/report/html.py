@@ -8,6 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
+from tlt.eval.evaluate import paired_change, unpack_solved
 from tlt.report.log import read_records
 from tlt.report.svg import grouped_bars, line_chart, stacked_bars, timeline
 
@@ -38,6 +39,17 @@ def latest_per_step(records: list[dict], kind: str) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def accuracy_change(evals: list[dict], suffix: str = "") -> dict | None:
+    """Prompts gained and lost from the first evaluation to the last (see `paired_change`)."""
+    marked = [e for e in evals if f"solved{suffix}" in e]
+    if len(marked) < 2:
+        return None
+    first, last = marked[0], marked[-1]
+    n = first["prompts"]
+    change = paired_change(unpack_solved(first[f"solved{suffix}"], n), unpack_solved(last[f"solved{suffix}"], n))
+    return {"from_step": first["step"], "to_step": last["step"], **change}
+
+
 def summarize(records: list[dict]) -> dict:
     """The headline figures of a run (also printed at the end of `tlt run`)."""
     steps = latest_per_step(records, "step")
@@ -49,6 +61,10 @@ def summarize(records: list[dict]) -> dict:
         if "accuracy_sampled" in evals[0] and "accuracy_sampled" in evals[-1]:
             out["pass_at_1_first"] = evals[0]["accuracy_sampled"]
             out["pass_at_1_last"] = evals[-1]["accuracy_sampled"]
+        for key, suffix in (("accuracy_change", ""), ("pass_at_1_change", "_sampled")):
+            change = accuracy_change(evals, suffix)
+            if change:
+                out[key] = change
     if steps:
         step_times = [step_seconds(s) for s in steps]
         rollout = sum(s.get("time_rollout", 0.0) for s in steps)
@@ -143,6 +159,9 @@ def render_report(records: list[dict], title: str = "tlt run", baseline: list[di
 def _show(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
+    if isinstance(value, dict) and "gained" in value:  # an accuracy_change
+        return html.escape(f"{value['gained']} prompts gained, {value['lost']} lost from step {value['from_step']} "
+                           f"to {value['to_step']} (sign test p = {value['p_value']:.2g})")
     return html.escape(str(value))
 
 
