@@ -15,8 +15,10 @@ run() {  # name, command...: the output of the command, with the machine it ran 
     echo "[regenerate] $name: $*" >&2
     # a benchmark that fails its own check (e.g. `bench e2e` when rollouts differ) exits non-zero:
     # its output is saved all the same and the others still run
-    { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores: $*"; "$@" 2>/dev/null | tr '\r' '\n' | grep -v '^\s*$'; } > "$out/$name.txt" \
-        || echo "[regenerate] $name exited with status $? (its output is saved)" >&2
+    # (progress and errors go to runs/regenerate/NAME.err, kept out of the saved figures)
+    mkdir -p runs/regenerate
+    { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores: $*"; "$@" 2>"runs/regenerate/$name.err" | tr '\r' '\n' | grep -v '^\s*$'; } > "$out/$name.txt" \
+        || echo "[regenerate] $name exited with status $? (its output is saved; errors in runs/regenerate/$name.err)" >&2
     # the final JSON line (a benchmark's); a command that prints only JSON: all of it, on one line
     if [[ $(sed -n 2p "$out/$name.txt") == "{" ]]; then
         tail -n +2 "$out/$name.txt" | python -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' > "$out/$name.json"
