@@ -65,3 +65,37 @@ def test_only_the_run_whose_turn_it_is_works():
     assert not any(t.is_alive() for t in threads)
     assert not overlap.is_set()
     assert lock.order == ["a", "b"] * 50
+
+
+def test_an_embedded_runs_start_up_is_inside_its_first_turn(monkeypatch, tmp_path):
+    """Nothing of a run happens outside its turns: two start-ups at once raced in transformers'
+    lazy imports (`cannot import name 'AutoTokenizer'`) and one run of the pair died."""
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    from tlt.api.load import load_jobs
+    from tlt.coordinator import loop
+
+    (job,) = load_jobs(Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml")
+    run = loop.EmbeddedRun(job, run_dir=tmp_path / "run")
+    held: list = []
+
+    @contextmanager
+    def turn():
+        held.append(True)
+        try:
+            yield
+        finally:
+            held.append(False)
+
+    class Stop(Exception):
+        pass
+
+    def first_work(*args, **kwargs):
+        raise Stop(held[-1] if held else False)
+
+    run.turn = turn
+    monkeypatch.setattr(loop, "resolve_model", first_work)
+    with pytest.raises(Stop) as stopped:
+        run.run()
+    assert stopped.value.args == (True,), "the model was resolved outside a turn"

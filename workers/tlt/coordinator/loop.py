@@ -122,19 +122,22 @@ class EmbeddedRun:
     # ---- the run ----
     def run(self) -> dict:
         spec = self.spec
-        model_dir = resolve_model(spec.model, progress=self.progress, download=self.download_models)
-        tokenizer = load_tokenizer(spec, model_dir)
-        prompts = PromptSource(spec, tokenizer)
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        ckpt = latest_checkpoint(self.run_dir, spec)
-        start_step, position, drafter_version = (ckpt.step, ckpt.position, ckpt.drafter_version) if ckpt else (0, 0, 0)
-        self.log.write("run", job=self.job.metadata.name, t0=self.log.t0, resumed_from=start_step,
-                       total_steps=spec.algorithm.steps)
-        if ckpt:
-            self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
         self.pool = None
         try:
+            # Start-up is one turn from the first line: two runs in one process (`tlt bench e2e`)
+            # must not even import lazily at once (transformers' lazy imports race between threads).
             with self.turn():
+                model_dir = resolve_model(spec.model, progress=self.progress, download=self.download_models)
+                tokenizer = load_tokenizer(spec, model_dir)
+                prompts = PromptSource(spec, tokenizer)
+                eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+                ckpt = latest_checkpoint(self.run_dir, spec)
+                start_step, position, drafter_version = (
+                    (ckpt.step, ckpt.position, ckpt.drafter_version) if ckpt else (0, 0, 0))
+                self.log.write("run", job=self.job.metadata.name, t0=self.log.t0, resumed_from=start_step,
+                               total_steps=spec.algorithm.steps)
+                if ckpt:
+                    self._say(f"resuming {self.job.metadata.name} after step {start_step} from {ckpt.folder}")
                 self.pool = self._make_pool(model_dir, ckpt)
                 threshold = self.threshold = self._threshold(prompts, position, eos)
                 self.pool.start_shards(threshold)
