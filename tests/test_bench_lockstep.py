@@ -25,21 +25,22 @@ class FakeRun:
 
 def test_two_runs_alternate_every_stretch_of_work():
     log: list = []
-    order = run_lockstep({"baseline": FakeRun("baseline", 4, log), "tlt": FakeRun("tlt", 4, log)})
+    order = run_lockstep({"baseline": FakeRun("baseline", 4, log), "tlt": FakeRun("tlt", 4, log)}, start=lambda: None)
     assert log == ["baseline", "tlt"] * 4
     assert order == log
 
 
 def test_a_run_that_ends_first_leaves_the_rotation_and_the_other_goes_on():
     log: list = []
-    run_lockstep({"baseline": FakeRun("baseline", 1, log), "tlt": FakeRun("tlt", 3, log)})
+    run_lockstep({"baseline": FakeRun("baseline", 1, log), "tlt": FakeRun("tlt", 3, log)}, start=lambda: None)
     assert log == ["baseline", "tlt", "tlt", "tlt"]
 
 
 def test_a_failing_run_is_reported_and_does_not_block_the_other():
     log: list = []
     with pytest.raises(RuntimeError, match="the tlt run failed: tlt broke"):
-        run_lockstep({"baseline": FakeRun("baseline", 3, log), "tlt": FakeRun("tlt", 3, log, fail_at=0)})
+        run_lockstep({"baseline": FakeRun("baseline", 3, log), "tlt": FakeRun("tlt", 3, log, fail_at=0)},
+                     start=lambda: None)
     assert log == ["baseline", "tlt", "baseline", "baseline"]
 
 
@@ -99,3 +100,12 @@ def test_an_embedded_runs_start_up_is_inside_its_first_turn(monkeypatch, tmp_pat
     with pytest.raises(Stop) as stopped:
         run.run()
     assert stopped.value.args == (True,), "the model was resolved outside a turn"
+
+
+def test_ray_starts_in_the_callers_thread_before_any_run():
+    """Ray's processes die with the thread that started them: a run's thread must not own it
+    (the next embedded run in the process found Ray dead: `Failed to connect to GCS`)."""
+    seen: list = []
+    log: list = []
+    run_lockstep({"baseline": FakeRun("baseline", 1, log)}, start=lambda: seen.append((threading.current_thread(), list(log))))
+    assert seen == [(threading.main_thread(), [])]

@@ -259,6 +259,23 @@ def rendezvous_address(nodes: "PodNodes | None") -> tuple[str, int]:
     return address, int(port)
 
 
+def start_local_ray() -> None:
+    """The embedded runs' own Ray on this machine, started once per process.
+
+    Ray's processes die with the thread that started them (Linux's parent-death signal is
+    per thread): whoever runs several embedded runs in threads (`tlt bench e2e`) calls this
+    first, from the thread that outlives them.
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # address="local": an embedded run starts its own Ray, never joins one already on this
+    # machine (a cluster job's pods running locally, another user's Ray).
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024 * 1024, configure_logging=False)
+
+
 class WorkerPool:
     def __init__(self, spec: ReasoningRLJobSpec, model_dir: str, checkpoint: Path | None = None, nodes: PodNodes | None = None):
         from tlt.coordinator.prompts import load_tokenizer
@@ -269,13 +286,8 @@ class WorkerPool:
         self.nodes = nodes
         self.actor_model_dir = None if nodes else model_dir  # pods resolve their own copy
         self.tokenizer = load_tokenizer(spec, model_dir)
-        if nodes is None and not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            # address="local": an embedded run starts its own Ray, never joins one already on this
-            # machine (a cluster job's pods running locally, another user's Ray).
-            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                     object_store_memory=256 * 1024 * 1024, configure_logging=False)
+        if nodes is None:
+            start_local_ray()
         self.shard_names = shard_names(spec)
         self.trainer_name = node_name("trainer", 0)  # the trainer's row in the run's role log, colocated too
         self.ranks = self._start_ranks()

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tlt.api.model import ReasoningRLJob
+from tlt.coordinator.actors import start_local_ray
 from tlt.coordinator.loop import EmbeddedRun
 from tlt.report import read_records, write_report
 from tlt.report.html import COMPARISON_FILE, STEP_PHASES, accuracy_change, latest_per_step
@@ -74,9 +75,11 @@ class Lockstep:
             self._cond.notify_all()
 
 
-def run_lockstep(runs: dict[str, EmbeddedRun]) -> list[str]:
+def run_lockstep(runs: dict[str, EmbeddedRun], start=None) -> list[str]:
     """Run `runs` in threads of this process, taking turns; re-raise the first failure.
-    Returns who held each turn."""
+    `start()` runs first, in this thread (default: Ray, which must not belong to a run's
+    thread: it would die with it). Returns who held each turn."""
+    (start or start_local_ray)()
     lock = Lockstep(list(runs))
     errors: dict[str, BaseException] = {}
 
@@ -186,7 +189,8 @@ def compare(job: ReasoningRLJob, out: Path, progress: bool = True) -> dict:
     return result
 
 
-def print_comparison(result: dict, file=sys.stdout) -> None:
+def print_comparison(result: dict, file=None) -> None:
+    file = file or sys.stdout  # looked up now: a default bound at import would keep a replaced stdout
     b, t = result["baseline"], result["tlt"]
     last = lambda d: d[max(d)] if d else float("nan")  # noqa: E731
     first = lambda d: d[min(d)] if d else float("nan")  # noqa: E731
