@@ -69,7 +69,8 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
     change = tlt["accuracy_change"]
     assert (change["from_step"], change["to_step"]) == (0, 2) and change == base["accuracy_change"]
     assert change["gained"] + change["lost"] <= 4 and 0 < change["p_value"] <= 1
-    assert f"held-out greedy accuracy, step 0 -> 2 (tlt run): {change['gained']} prompts gained" in printed
+    assert (f"held-out greedy accuracy (tlt run): {change['gained']} prompts gained, {change['lost']} lost "
+            "from step 0 to 2") in printed
     for run in (tlt, base):
         assert 0 < run["rollout_share"] <= 1
         assert run["rollout_tokens_per_second"] > 0 and run["train_tokens_per_second"] > 0

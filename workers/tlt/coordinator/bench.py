@@ -26,7 +26,7 @@ from tlt.api.model import ReasoningRLJob
 from tlt.coordinator.actors import start_local_ray
 from tlt.coordinator.loop import EmbeddedRun
 from tlt.report import read_records, write_report
-from tlt.report.html import COMPARISON_FILE, STEP_PHASES, accuracy_change, latest_per_step
+from tlt.report.html import COMPARISON_FILE, STEP_PHASES, accuracy_change, describe_change, latest_per_step
 
 
 def baseline_of(job: ReasoningRLJob) -> ReasoningRLJob:
@@ -214,8 +214,7 @@ def print_comparison(result: dict, file=None) -> None:
     for key, label in (("accuracy_change", "greedy accuracy"), ("accuracy_sampled_change", "pass@1")):
         c = t.get(key)
         if c:
-            print(f"held-out {label}, step {c['from_step']} -> {c['to_step']} (tlt run): {c['gained']} prompts gained, "
-                  f"{c['lost']} lost (sign test p = {c['p_value']:.2g})", file=file)
+            print(f"held-out {label} (tlt run): {describe_change(c)}", file=file)
     diff = result["differing_rollouts"]
     print("differing rollouts per step: " + ", ".join(f"{s}: {n}" for s, n in diff.items())
           + ("  (identical)" if result["identical_rollouts"] else "  (NOT identical)"), file=file)

@@ -50,6 +50,12 @@ def accuracy_change(evals: list[dict], suffix: str = "") -> dict | None:
     return {"from_step": first["step"], "to_step": last["step"], **change}
 
 
+def describe_change(change: dict) -> str:
+    """An `accuracy_change` in words (the report's table, `tlt bench e2e`)."""
+    return (f"{change['gained']} prompts gained, {change['lost']} lost from step {change['from_step']} "
+            f"to {change['to_step']} (sign test p = {change['p_value']:.2g})")
+
+
 def summarize(records: list[dict]) -> dict:
     """The headline figures of a run (also printed at the end of `tlt run`)."""
     steps = latest_per_step(records, "step")
@@ -160,8 +166,7 @@ def _show(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     if isinstance(value, dict) and "gained" in value:  # an accuracy_change
-        return html.escape(f"{value['gained']} prompts gained, {value['lost']} lost from step {value['from_step']} "
-                           f"to {value['to_step']} (sign test p = {value['p_value']:.2g})")
+        return html.escape(describe_change(value))
     return html.escape(str(value))
 
 
