@@ -156,3 +156,35 @@ def test_a_new_threshold_brings_its_default_hysteresis_along():
     fixed = AdaptiveManager([Strategy(4, 1, 4)], batch_threshold=1, hysteresis=0, epsilon=0.0)
     fixed.set_threshold(64)
     assert fixed.decide(64) is not None and fixed.decide(65) is None  # an explicit hysteresis stays
+
+
+def _exploring(plain_seconds: float, spec_seconds: float, rounds: int = 4000, epsilon: float = 0.1):
+    """Rounds at batch 1, one token each, plain decoding leading: (share of the rounds that
+    speculated, time over the time of plain decoding alone)."""
+    manager = AdaptiveManager([Strategy(8, 1, 8)], batch_threshold=4, hysteresis=0, epsilon=epsilon, seed=3)
+    spent = speculated = 0
+    for _ in range(rounds):
+        arm = manager.decide(1)
+        if arm is None:
+            manager.record_plain(1, tokens=1, seconds=plain_seconds)
+            spent += plain_seconds
+        else:
+            manager.record(arm, 1, tokens=1, seconds=spec_seconds)
+            spent += spec_seconds
+            speculated += 1
+    return speculated / rounds, spent / (rounds * plain_seconds)
+
+
+def test_exploring_an_arm_far_slower_than_the_leader_costs_less_than_epsilon_of_the_time():
+    # A young drafter's 8-token chain that accepts nothing: 4x a plain round for the same token.
+    # Uniform exploration (half of epsilon's rounds on it) would cost 0.05 x 3 = 15% more time.
+    share, time = _exploring(plain_seconds=0.01, spec_seconds=0.04)
+    assert share < 0.025
+    assert time < 1.1
+
+
+def test_an_arm_close_to_the_leader_is_still_explored_about_as_often_as_epsilon_says():
+    # 10% slower than plain decoding: tried nearly as often as a uniform choice would (0.05 x 0.9),
+    # so a drafter that overtakes plain decoding is noticed
+    share, _ = _exploring(plain_seconds=0.01, spec_seconds=0.011)
+    assert 0.03 < share < 0.06

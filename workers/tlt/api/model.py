@@ -476,7 +476,7 @@ class SpeculativeSpec(SpecModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Upper bounds of running-batch-size buckets; the bandit learns per bucket.",
     )
-    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Exploration rate of the bandit.")
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Exploration rate of the bandit: the share of its decisions that may try another arm; an arm k times slower than the leader is tried 1/k as often.")
     window: int = Field(32, ge=1, description="Rewards per arm the bandit keeps (sliding window; median is used).")
     max_verify_tokens_per_batch: int = Field(
         512, ge=1, description="Compute guard: verifyTokens x running batch stays within this budget."

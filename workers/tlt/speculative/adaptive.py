@@ -5,7 +5,8 @@
   threshold does not flap every step).
 - `Strategy` arms `steps_topk_verifyTokens`; a `BucketedBandit` keeps, per batch-size
   bucket, a sliding window of rewards (accepted tokens per second) per arm and picks
-  the arm with the best median, exploring with probability epsilon.
+  the arm with the best median, exploring with probability epsilon, each arm in proportion
+  to its median over the leader's (a slow arm's round is long).
 - A compute guard drops arms whose verification width x batch exceeds the budget.
 - The `auto` threshold comes from the measured cost table (`tlt.speculative.costs.CostTable`).
 """
@@ -101,9 +102,16 @@ class BucketedBandit:
         untried = [a for a in arms if self.median(batch, a) is None]
         if untried:
             return untried[0]
+        leader = self.leader(self.bucket(batch), arms)
         if len(arms) > 1 and self.rng.random() < self.epsilon:
-            return self.rng.choice(arms)
-        return self.leader(self.bucket(batch), arms)
+            arm = self.rng.choice(arms)
+            # A round of an arm k times slower than the leader costs k of the leader's: explore it
+            # 1/k as often, so exploring costs under epsilon of the time whatever an arm costs (a young
+            # drafter's 8-token chain at batch 1 ran ~4x slower than plain decoding, and uniform
+            # exploration of it cost ~15% of that rollout time).
+            if arm == leader or self.rng.random() * self.median(batch, leader) < self.median(batch, arm):
+                return arm
+        return leader
 
     def record(self, batch: int, arm: Strategy, reward: float) -> None:
         key = (self.bucket(batch), arm)
