@@ -58,6 +58,7 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
     assert result["identical_rollouts"] is True and result["rewards_equal"] is True
     # The runs took turns: start-up, step 1, step 2 and the export, each run in its turn.
     assert result["schedule"] == "lockstep" and result["turns"] == 2 * 4
+    assert result["seed"] == 0 and "algorithm seed 0;" in printed
     tlt, base = result["tlt"], result["baseline"]
     assert tlt["steps"] == base["steps"] == [1, 2]
     assert tlt["acceptance_length"] >= 1.0, "tlt must have speculated for the check to mean anything"
@@ -83,6 +84,26 @@ def test_bench_e2e_prints_a_comparison_of_runs_that_sampled_identical_rollouts(m
     assert max(float((a[k] - start[k]).abs().max()) for k in start) > 1e-6, "training moved nothing"
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     assert "Step time: baseline vs tlt" in (out / "tlt" / "report.html").read_text()
+
+
+def test_bench_e2e_seed_compares_the_job_at_that_algorithm_seed(tmp_path, monkeypatch, capsys):
+    """`--seed N` reruns the comparison at another seed (another sampling and data order) without
+    editing the manifest; a negative seed is refused before any work, naming the field."""
+    import tlt.coordinator.bench as bench
+
+    compared = []
+
+    def fake_compare(job, out, progress=True):  # records the job; the comparison itself is the test above
+        compared.append(job.spec.algorithm.seed)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench, "compare", fake_compare)
+    job = ROOT / "examples" / "quickstart.yaml"
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", str(job), "--seed", "3", "--out", str(tmp_path / "b"), "--quiet"])
+    assert compared == [3]
+    assert main(["bench", "e2e", str(job), "--seed", "-1", "--out", str(tmp_path / "b"), "--quiet"]) != 0
+    assert compared == [3] and "spec.algorithm.seed must be >= 0" in capsys.readouterr().err
 
 
 def test_bench_rollout_warms_up_a_drafter_and_prints_ratios_of_identical_outputs(micro_folder, tmp_path,

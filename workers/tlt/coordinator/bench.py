@@ -182,6 +182,7 @@ def compare(job: ReasoningRLJob, out: Path, progress: bool = True) -> dict:
     result = compare_runs(figures["baseline"], figures["tlt"])
     result["schedule"] = "lockstep"  # the runs took turns step by step
     result["turns"] = len(order)
+    result["seed"] = job.spec.algorithm.seed
     # The tlt run's report shows the baseline beside it.
     (out / "tlt" / COMPARISON_FILE).write_text(json.dumps({"baseline": str((out / "baseline").absolute())}))
     write_report(out / "tlt", f"tlt run: {job.metadata.name} (against the baseline)")
@@ -220,5 +221,6 @@ def print_comparison(result: dict, file=None) -> None:
           + ("  (identical)" if result["identical_rollouts"] else "  (NOT identical)"), file=file)
     print(f"rewards equal at every step: {result['rewards_equal']}", file=file)
     print(f"whole-step speedup {result['step_speedup']:.2f}x, rollout-phase speedup {result['rollout_speedup']:.2f}x "
-          "(medians over the steps after the first; the runs took turns step by step)", file=file)
+          f"(medians over the steps after the first; algorithm seed {result.get('seed', '?')}; the runs took turns "
+          "step by step)", file=file)
     print(json.dumps(result, default=float), file=file)

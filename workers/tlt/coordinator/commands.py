@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     )
     e2e.add_argument("file", metavar="FILE", nargs="?", default="examples/quickstart.yaml", help="the job manifest")
     e2e.add_argument("--out", default="runs/bench-e2e", help="folder for both runs")
+    e2e.add_argument("--seed", type=int, help="compare the job at this spec.algorithm.seed (sampling, data order); "
+                     "default: the manifest's")
     e2e.add_argument("--quiet", action="store_true", help="no progress bars")
     e2e.set_defaults(func=run_bench_e2e)
 
@@ -88,6 +90,10 @@ def run_bench_e2e(args) -> int:
     jobs = load_jobs_or_fail(args.file)
     if len(jobs) != 1:
         raise CommandError(f"{args.file} holds {len(jobs)} jobs; `tlt bench e2e` compares one")
+    if args.seed is not None:
+        if args.seed < 0:
+            raise CommandError(f"--seed {args.seed}: spec.algorithm.seed must be >= 0")
+        jobs[0].spec.algorithm.seed = args.seed
     refuse_unrunnable(jobs[0])
     result = compare(jobs[0], Path(args.out), progress=not args.quiet)
     print_comparison(result)
