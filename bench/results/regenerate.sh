@@ -2,7 +2,7 @@
 # Regenerates every figure README's "What is measured" quotes, each into its own file here
 # (the full printed table, whose last line is the benchmark's JSON). On 2 cores: 25-35 minutes.
 #   bash bench/results/regenerate.sh            # all
-#   bash bench/results/regenerate.sh e2e        # one of: e2e e2e-repeat rollout simulate trainer drafter_packing weight_sync
+#   bash bench/results/regenerate.sh e2e        # one of: e2e e2e-seed1 rollout simulate trainer drafter_packing weight_sync
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source .venv/bin/activate
@@ -27,7 +27,8 @@ run() {  # name, command...: the output of the command, with the machine it ran 
     fi
 }
 run e2e tlt bench e2e examples/quickstart.yaml --out runs/bench-e2e
-run e2e-repeat tlt bench e2e examples/quickstart.yaml --out runs/bench-e2e-repeat  # this machine is noisy: a second run
+# a second run (this machine is noisy) at another seed: other rollouts, another training
+run e2e-seed1 tlt bench e2e examples/quickstart.yaml --seed 1 --out runs/bench-e2e-seed1
 run rollout tlt bench rollout --temperature 1.0
 run simulate tlt simulate --gpus 64 --json
 run trainer python bench/trainer.py examples/quickstart.yaml --rounds 3
