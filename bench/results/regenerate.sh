@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every figure README's "What is measured" quotes, each into its own file here
-# (the full printed table, whose last line is the benchmark's JSON). On 2 cores: 25-35 minutes.
+# (the full printed table, whose last line is the benchmark's JSON). On 2 cores: about 30 minutes.
 #   bash bench/results/regenerate.sh            # all
 #   bash bench/results/regenerate.sh e2e        # one of: e2e e2e-seed1 rollout simulate trainer drafter_packing weight_sync
 set -euo pipefail
