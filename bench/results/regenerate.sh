@@ -2,7 +2,7 @@
 # Regenerates every figure README's "What is measured" quotes, each into its own file here
 # (the full printed table, whose last line is the benchmark's JSON). On 2 cores: about 30 minutes.
 #   bash bench/results/regenerate.sh            # all
-#   bash bench/results/regenerate.sh e2e        # one of: e2e e2e-seed1 rollout simulate trainer drafter_packing weight_sync
+#   bash bench/results/regenerate.sh e2e        # one of: e2e e2e-seed1 rollout simulate trainer drafter_packing weight_sync lend_contention
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source .venv/bin/activate
@@ -34,3 +34,4 @@ run simulate tlt simulate --gpus 64 --json
 run trainer python bench/trainer.py examples/quickstart.yaml --rounds 3
 run drafter_packing python bench/drafter_packing.py examples/quickstart.yaml --rounds 5
 run weight_sync python bench/weight_sync.py --models tiny,0.5b --rounds 3 --shards 1
+run lend_contention python bench/lend_contention.py examples/quickstart.yaml --rounds 15
