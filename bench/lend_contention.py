@@ -32,22 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workers"))
 
 
-def pin(core: int) -> None:
-    os.sched_setaffinity(0, {core})
-    torch.set_num_threads(1)
-
-
 def train_forever(job: str, core: int) -> None:
     """The neighbour: drafter training steps on one core until killed (prints READY first)."""
-    pin(core)
     from tlt.api.load import load_jobs
-    from tlt.coordinator.shard import DRAFTER_BATCH_TOKENS
+    from tlt.coordinator.shard import DRAFTER_BATCH_TOKENS, bind_threads
     from tlt.drafter import Sample, make_windows, micro_batches, prefill_hidden
     from tlt.drafter.packing import loss_terms
     from tlt.models.drafter import EagleDrafter
     from tlt.models.loading import load_model
     from tlt.models.resolve import resolve_model
 
+    bind_threads([core])
     spec = load_jobs(job)[0].spec
     target = load_model(resolve_model(spec.model), dtype="float32")
     gen = torch.Generator().manual_seed(0)
@@ -83,13 +78,13 @@ def main(argv=None) -> int:
         return 0
     if len(os.sched_getaffinity(0)) < 2 or args.decode_core == args.train_core:
         raise SystemExit("needs two cores: --decode-core and --train-core must differ and be available")
-    pin(args.decode_core)
-
     from tlt.api.load import load_jobs
+    from tlt.coordinator.shard import bind_threads
     from tlt.eval.generate import generate
     from tlt.models.loading import load_model
     from tlt.models.resolve import resolve_model
 
+    bind_threads([args.decode_core])
     spec = load_jobs(args.job)[0].spec
     model = load_model(resolve_model(spec.model), dtype="float32")
     prompts = [[5 + i, 7, 9, 11] for i in range(args.requests)]

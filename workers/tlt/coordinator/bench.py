@@ -221,6 +221,6 @@ def print_comparison(result: dict, file=None) -> None:
           + ("  (identical)" if result["identical_rollouts"] else "  (NOT identical)"), file=file)
     print(f"rewards equal at every step: {result['rewards_equal']}", file=file)
     print(f"whole-step speedup {result['step_speedup']:.2f}x, rollout-phase speedup {result['rollout_speedup']:.2f}x "
-          f"(medians over the steps after the first; algorithm seed {result.get('seed', '?')}; the runs took turns "
+          f"(medians over the steps after the first; algorithm seed {result['seed']}; the runs took turns "
           "step by step)", file=file)
     print(json.dumps(result, default=float), file=file)
